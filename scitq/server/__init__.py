@@ -1,0 +1,70 @@
+"""The scitq server: a Flask app over a database, with a dispatcher thread beside it."""
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, Request, jsonify, redirect
+from werkzeug.exceptions import BadRequest as HTTPBadRequest, HTTPException
+
+from scitq.server.db import Database
+from scitq.server.dispatch import Dispatcher, Notifier
+from scitq.server.outputs import OutputStore
+
+log = logging.getLogger("scitq.server")
+
+
+@dataclass
+class ServerState:
+    """The objects every request and the dispatcher share."""
+    db: Database
+    outputs: OutputStore
+    notifier: Notifier
+    dispatcher: Dispatcher
+    data_dir: Path
+
+
+def default_data_dir():
+    from platformdirs import user_data_dir
+    return Path(os.environ.get("SCITQ_DATA_DIR") or user_data_dir("scitq"))
+
+
+def default_db_url(data_dir):
+    return os.environ.get("SCITQ_DB") or f"sqlite:///{Path(data_dir) / 'scitq.db'}"
+
+
+class JSONRequest(Request):
+    def on_json_loading_failed(self, e):
+        raise HTTPBadRequest(f"the request body is not valid JSON ({e})" if e else
+                             "the request body is not JSON (send Content-Type: application/json)")
+
+
+def create_app(config=None):
+    """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds)."""
+    app = Flask(__name__)
+    app.request_class = JSONRequest
+    app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
+                      ERROR_404_HELP=False, JSON_SORT_KEYS=False)
+    app.config.update(config or {})
+    data_dir = Path(app.config.get("DATA_DIR") or default_data_dir())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(app.config.get("DATABASE") or default_db_url(data_dir))
+    db.migrate()
+    notifier = Notifier()
+    app.extensions["scitq"] = ServerState(
+        db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
+        dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir)
+
+    from scitq.server.api import create_blueprint
+    app.register_blueprint(create_blueprint())
+
+    @app.get("/")
+    def index():
+        return redirect("/api/v1/docs")
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        """Errors outside the API's own routes (an unknown URL) are JSON too."""
+        return jsonify(error=e.description, detail=None), e.code
+
+    return app

@@ -1,0 +1,110 @@
+"""Executions: the attempts of tasks, and their output read or appended by byte offset."""
+from flask import Response, request
+from flask_restx import Namespace, Resource, fields, inputs, reqparse
+from sqlalchemy import select
+
+from scitq.errors import Conflict, NotFound, TooLarge
+from scitq.server.api import state
+from scitq.server.models import Execution
+from scitq.status import ExecutionStatus
+
+ns = Namespace("executions", description="Attempts of tasks on workers, and their output")
+
+MAX_CHUNK = 16 << 20     # bytes of output a worker may send in one request
+
+execution = ns.model("Execution", {
+    "id": fields.Integer, "task_id": fields.Integer, "worker_id": fields.Integer,
+    "worker": fields.String, "status": fields.String, "pid": fields.Integer,
+    "return_code": fields.Integer, "error": fields.String,
+    "stdout_bytes": fields.Integer, "stderr_bytes": fields.Integer,
+    "assigned_at": fields.String, "started_at": fields.String, "ended_at": fields.String,
+})
+page = ns.model("ExecutionPage", {"items": fields.List(fields.Nested(execution)),
+                                  "next": fields.Integer})
+
+list_args = reqparse.RequestParser()
+list_args.add_argument("task_id", type=inputs.natural)
+list_args.add_argument("worker_id", type=inputs.natural)
+list_args.add_argument("status", choices=[s.value for s in ExecutionStatus])
+list_args.add_argument("after", type=inputs.natural)
+list_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
+
+output_args = reqparse.RequestParser()
+output_args.add_argument("stream", choices=("stdout", "stderr"), default="stdout")
+output_args.add_argument("offset", type=inputs.natural, default=0)
+output_args.add_argument("limit", type=inputs.int_range(1, 16 << 20), default=1 << 20)
+
+append_args = reqparse.RequestParser()
+append_args.add_argument("stream", choices=("stdout", "stderr"), required=True)
+append_args.add_argument("offset", type=inputs.natural, required=True)
+
+
+def get_execution(s, execution_id):
+    ex = s.get(Execution, execution_id)
+    if ex is None:
+        raise NotFound(f"no execution {execution_id}")
+    return ex
+
+
+def output_response(ex, args):
+    """Raw bytes from `offset`; headers tell the stream's size and whether it can still grow."""
+    data, size = state().outputs.read(ex.id, args["stream"], args["offset"], args["limit"])
+    done = not ExecutionStatus(ex.status).is_active
+    return Response(data, mimetype="application/octet-stream", headers={
+        "X-Scitq-Execution": str(ex.id), "X-Scitq-Size": str(size),
+        "X-Scitq-Offset": str(args["offset"]), "X-Scitq-Complete": "true" if done else "false"})
+
+
+@ns.route("")
+class Executions(Resource):
+    @ns.expect(list_args)
+    @ns.marshal_with(page)
+    def get(self):
+        a = list_args.parse_args()
+        q = select(Execution).order_by(Execution.id).limit(a["limit"])
+        for key in ("task_id", "worker_id", "status"):
+            if a[key] is not None:
+                q = q.where(getattr(Execution, key) == a[key])
+        if a["after"] is not None:
+            q = q.where(Execution.id > a["after"])
+        with state().db.read() as s:
+            items = [e.to_dict() for e in s.scalars(q)]
+        return {"items": items, "next": items[-1]["id"] if len(items) == a["limit"] else None}
+
+
+@ns.route("/<int:execution_id>")
+class OneExecution(Resource):
+    @ns.marshal_with(execution)
+    def get(self, execution_id):
+        with state().db.read() as s:
+            return get_execution(s, execution_id).to_dict()
+
+
+@ns.route("/<int:execution_id>/output")
+class ExecutionOutput(Resource):
+    @ns.expect(output_args)
+    @ns.produces(["application/octet-stream"])
+    def get(self, execution_id):
+        """Output from a byte offset: call again from offset + length to follow it (tail -f)."""
+        with state().db.read() as s:
+            return output_response(get_execution(s, execution_id), output_args.parse_args())
+
+    @ns.expect(append_args)
+    def post(self, execution_id):
+        """Append a chunk (the raw request body) at `offset`: for the execution's worker.
+
+        A chunk already stored is acknowledged again; one past the end is refused (409).
+        """
+        a = append_args.parse_args()
+        if request.content_length is not None and request.content_length > MAX_CHUNK:
+            raise TooLarge(f"output chunks are limited to {MAX_CHUNK} bytes")
+        data = request.get_data(cache=False)
+        if len(data) > MAX_CHUNK:
+            raise TooLarge(f"output chunks are limited to {MAX_CHUNK} bytes")
+        st = state()
+        with st.db.read() as s:
+            ex = get_execution(s, execution_id)
+            if ex.status == ExecutionStatus.LOST.value:
+                raise Conflict(f"execution {execution_id} is lost: output refused")
+        size = st.outputs.append(execution_id, a["stream"], a["offset"], data)
+        return {"execution_id": execution_id, "stream": a["stream"], "size": size}

@@ -1,0 +1,123 @@
+"""Tasks: submit one or many, list with filters and a cursor, show, edit, relaunch, delete."""
+from flask_restx import Namespace, Resource, fields, inputs, reqparse
+
+from scitq.server import queue
+from scitq.server.api import state
+from scitq.server.api.executions import execution, output_response, output_args
+
+ns = Namespace("tasks", description="What to run")
+
+task_fields = {
+    "command": fields.String(required=True, min_length=1, description="shell command line"),
+    "name": fields.String(max_length=255),
+    "batch": fields.String(max_length=128, description="batch name (created if missing)"),
+    "shell": fields.Boolean(default=True, description="run through /bin/sh -c (else split into argv)"),
+}
+task_in = ns.model("TaskIn", task_fields)
+bulk_in = ns.model("TasksIn", {
+    "batch": fields.String(max_length=128, description="default batch of the tasks"),
+    "tasks": fields.List(fields.Nested(task_in), required=True, min_items=1),
+})
+task_edit = ns.model("TaskEdit", {k: v for k, v in task_fields.items() if k != "batch"} | {
+    "command": fields.String(min_length=1)})
+task = ns.model("Task", {
+    "id": fields.Integer, "batch": fields.String, "batch_id": fields.Integer,
+    "name": fields.String, "command": fields.String, "shell": fields.Boolean,
+    "status": fields.String, "attempt": fields.Integer,
+    "created_at": fields.String, "updated_at": fields.String,
+})
+task_detail = ns.inherit("TaskDetail", task, {"executions": fields.List(fields.Nested(execution))})
+page = ns.model("TaskPage", {"items": fields.List(fields.Nested(task)),
+                             "next": fields.Integer(description="cursor of the next page")})
+created = ns.model("TasksCreated", {"ids": fields.List(fields.Integer), "count": fields.Integer})
+
+list_args = reqparse.RequestParser()
+list_args.add_argument("batch", help="batch id or name")
+list_args.add_argument("status", action="split", help="status, or several separated by commas")
+list_args.add_argument("name", help="name, * as wildcard")
+list_args.add_argument("after", type=inputs.natural, help="cursor: the last id of the previous page")
+list_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
+
+
+def _created(ids):
+    state().dispatcher.wake()
+    return {"ids": ids, "count": len(ids)}, 201
+
+
+@ns.route("")
+class Tasks(Resource):
+    @ns.expect(list_args)
+    @ns.marshal_with(page)
+    def get(self):
+        """A page of tasks in submission order; pass `next` back as `after` for the next one."""
+        a = list_args.parse_args()
+        with state().db.read() as s:
+            tasks, nxt = queue.list_tasks(s, a["batch"], a["status"], a["name"], a["after"], a["limit"])
+            return {"items": [t.to_dict() for t in tasks], "next": nxt}
+
+    @ns.expect(task_in, validate=True)
+    @ns.marshal_with(task, code=201)
+    def post(self):
+        """Submit one task."""
+        with state().db.write() as s:
+            (tid,) = queue.create_tasks(s, [ns.payload])
+            out = queue.get_task(s, tid).to_dict()
+        state().dispatcher.wake()
+        return out, 201
+
+
+@ns.route("/bulk")
+class BulkTasks(Resource):
+    @ns.expect(bulk_in, validate=True)
+    @ns.marshal_with(created, code=201)
+    def post(self):
+        """Submit many tasks in one request and one transaction (all or none)."""
+        payload = ns.payload
+        with state().db.write() as s:
+            ids = queue.create_tasks(s, payload["tasks"], payload.get("batch"))
+        return _created(ids)
+
+
+@ns.route("/<int:task_id>")
+class OneTask(Resource):
+    @ns.marshal_with(task_detail)
+    def get(self, task_id):
+        """A task with every execution (attempt) it had."""
+        with state().db.read() as s:
+            return queue.task_detail(s, queue.get_task(s, task_id))
+
+    @ns.expect(task_edit, validate=True)
+    @ns.marshal_with(task)
+    def put(self, task_id):
+        """Edit a task that is not running (then relaunch it to run the new command)."""
+        with state().db.write() as s:
+            return queue.update_task(s, queue.get_task(s, task_id), ns.payload).to_dict()
+
+    def delete(self, task_id):
+        """Delete a task that is not running, with its executions and outputs."""
+        st = state()
+        with st.db.write() as s:
+            execution_ids = queue.delete_task(s, queue.get_task(s, task_id))
+        st.outputs.delete(execution_ids)
+        return {"deleted": task_id}
+
+
+@ns.route("/<int:task_id>/relaunch")
+class RelaunchTask(Resource):
+    @ns.marshal_with(task)
+    def post(self, task_id):
+        """Queue a finished task again; its past executions stay as history."""
+        with state().db.write() as s:
+            out = queue.relaunch_task(s, queue.get_task(s, task_id)).to_dict()
+        state().dispatcher.wake()
+        return out
+
+
+@ns.route("/<int:task_id>/output")
+class TaskOutput(Resource):
+    @ns.expect(output_args)
+    @ns.produces(["application/octet-stream"])
+    def get(self, task_id):
+        """Output of the task's latest execution, from a byte offset (see executions)."""
+        with state().db.read() as s:
+            return output_response(queue.latest_execution(s, task_id), output_args.parse_args())

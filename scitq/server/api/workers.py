@@ -1,0 +1,186 @@
+"""Workers: registration, the long poll that hands them work, their reports, and settings."""
+import time
+
+from flask_restx import Namespace, Resource, fields
+from sqlalchemy import select
+
+from scitq.errors import NotFound
+from scitq.server import reports
+from scitq.server.api import state
+from scitq.server.models import Worker
+from scitq.status import WorkerStatus
+
+ns = Namespace("workers", description="Worker processes, their settings and their work")
+
+MAX_WAIT = 60.0          # seconds a poll may hang
+RECHECK = 5.0            # seconds between looks at the database while a poll hangs
+
+worker = ns.model("Worker", {
+    "id": fields.Integer, "name": fields.String, "hostname": fields.String,
+    "status": fields.String, "concurrency": fields.Integer, "prefetch": fields.Integer,
+    "batch": fields.String, "cpus": fields.Integer, "version": fields.String,
+    "load": fields.Float, "memory": fields.Float, "disk": fields.Float,
+    "running": fields.Integer(description="executions assigned or running"),
+    "last_seen": fields.String, "created_at": fields.String,
+})
+register_in = ns.model("WorkerRegistration", {
+    "name": fields.String(required=True, min_length=1, max_length=128, pattern=r"^[^/\s]+$"),
+    "hostname": fields.String(max_length=255),
+    "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY, default=1),
+    "prefetch": fields.Integer(min=0, max=reports.MAX_CONCURRENCY, default=0),
+    "batch": fields.String(max_length=128),
+    "cpus": fields.Integer(min=1),
+    "version": fields.String(max_length=32),
+})
+settings_in = ns.model("WorkerSettings", {
+    "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY),
+    "prefetch": fields.Integer(min=0, max=reports.MAX_CONCURRENCY),
+    "status": fields.String(enum=[s.value for s in reports.SETTABLE_STATUSES]),
+    "batch": fields.String(max_length=128, description="only take tasks of this batch (null: any)"),
+})
+stats = ns.model("WorkerStats", {"load": fields.Float, "memory": fields.Float, "disk": fields.Float})
+poll_in = ns.model("Poll", {
+    "known": fields.List(fields.Integer, description="execution ids the worker holds already"),
+    "wait": fields.Float(min=0, max=MAX_WAIT, default=20, description="seconds to wait for work"),
+    "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
+    "stats": fields.Nested(stats),
+})
+assignment = ns.model("Assignment", {
+    "execution_id": fields.Integer, "task_id": fields.Integer, "name": fields.String,
+    "batch": fields.String, "command": fields.String, "shell": fields.Boolean,
+    "attempt": fields.Integer,
+})
+poll_out = ns.model("PollAnswer", {
+    "assignments": fields.List(fields.Nested(assignment)),
+    "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
+})
+chunk = ns.model("OutputChunk", {"offset": fields.Integer(min=0, required=True),
+                                 "data": fields.String(required=True, description="base64")})
+report = ns.model("Report", {
+    "execution_id": fields.Integer(required=True),
+    "status": fields.String(required=True, enum=["running", "succeeded", "failed", "released"]),
+    "pid": fields.Integer, "return_code": fields.Integer, "error": fields.String(max_length=4096),
+    "stdout": fields.Nested(chunk, skip_none=True), "stderr": fields.Nested(chunk, skip_none=True),
+})
+reports_in = ns.model("Reports", {
+    "reports": fields.List(fields.Nested(report), default=[]),
+    "status": fields.String(enum=["draining", "offline"],
+                            description="the worker's own news: it drains, or it exits"),
+})
+refusal = ns.model("Refusal", {"execution_id": fields.Integer, "error": fields.String,
+                               "status": fields.Integer})
+reports_out = ns.model("ReportsAnswer", {"acked": fields.List(fields.Integer),
+                                         "refused": fields.List(fields.Nested(refusal))})
+
+
+def find_worker(s, ref):
+    """A worker by id or by name."""
+    if ref.isdigit():
+        w = s.get(Worker, int(ref))
+    else:
+        w = s.scalar(select(Worker).where(Worker.name == ref))
+    if w is None:
+        raise NotFound(f"no worker {ref!r}")
+    return w
+
+
+def worker_dict(s, w):
+    return w.to_dict(running=reports.running_counts(s, [w.id]).get(w.id, 0))
+
+
+@ns.route("")
+class Workers(Resource):
+    @ns.marshal_list_with(worker)
+    def get(self):
+        with state().db.read() as s:
+            running = reports.running_counts(s)
+            return [w.to_dict(running=running.get(w.id, 0))
+                    for w in s.scalars(select(Worker).order_by(Worker.id))]
+
+    @ns.expect(register_in, validate=True)
+    @ns.marshal_with(worker, code=201)
+    def post(self):
+        """Register a worker process (a restarted one gives back what it held)."""
+        with state().db.write() as s:
+            out = worker_dict(s, reports.register(s, ns.payload))
+        state().dispatcher.wake()
+        return out, 201
+
+
+@ns.route("/<ref>")
+@ns.param("ref", "worker id or name")
+class OneWorker(Resource):
+    @ns.marshal_with(worker)
+    def get(self, ref):
+        with state().db.read() as s:
+            return worker_dict(s, find_worker(s, ref))
+
+    @ns.expect(settings_in, validate=True)
+    @ns.marshal_with(worker)
+    def put(self, ref):
+        """Change concurrency, prefetch, status or batch; the worker applies it at once."""
+        st = state()
+        with st.db.write() as s:
+            w = reports.change_worker(s, find_worker(s, ref), ns.payload)
+            out = worker_dict(s, w)
+        st.notifier.notify(out["id"])
+        st.dispatcher.wake()
+        return out
+
+    def delete(self, ref):
+        """Forget the worker; what it held goes back to the queue."""
+        st = state()
+        with st.db.write() as s:
+            w = find_worker(s, ref)
+            wid = w.id
+            n = reports.delete_worker(s, w)
+        st.notifier.notify(wid)
+        st.dispatcher.wake()
+        return {"deleted": wid, "given_back": n}
+
+
+@ns.route("/<int:worker_id>/poll")
+class Poll(Resource):
+    @ns.expect(poll_in, validate=True)
+    @ns.marshal_with(poll_out)
+    def post(self, worker_id):
+        """Heartbeat, then wait up to `wait` seconds for new assignments or new settings."""
+        st = state()
+        body = ns.payload or {}
+        known = set(body.get("known") or [])
+        deadline = time.monotonic() + min(float(body.get("wait", 20)), MAX_WAIT)
+        with st.db.write() as s:
+            w = reports.get_worker(s, worker_id)
+            reports.heartbeat(s, w, body.get("stats") or {})
+        st.dispatcher.wake()
+        while True:
+            seen = st.notifier.version(worker_id)
+            with st.db.read() as s:
+                w = reports.get_worker(s, worker_id)
+                settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
+                new = (reports.pending_assignments(s, worker_id, known)
+                       if w.status != WorkerStatus.LOST.value else [])
+            changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
+            remaining = deadline - time.monotonic()
+            if new or changed or remaining <= 0:
+                return {"assignments": new, **settings}
+            st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
+
+
+@ns.route("/<int:worker_id>/reports")
+class Reports(Resource):
+    @ns.expect(reports_in, validate=True)
+    @ns.marshal_with(reports_out)
+    def post(self, worker_id):
+        """Execution reports (started, ended, released), applied in order, idempotent."""
+        st = state()
+        body = ns.payload or {}
+        with st.db.write() as s:
+            w = reports.get_worker(s, worker_id)
+            reports.heartbeat(s, w, {})
+            acked, refused = reports.apply_reports(s, w, body.get("reports") or [], st.outputs)
+            if body.get("status"):
+                reports.worker_news(s, w, body["status"])
+        if acked or body.get("status"):
+            st.dispatcher.wake()
+        return {"acked": acked, "refused": refused}

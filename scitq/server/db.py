@@ -1,0 +1,99 @@
+"""The database: engine, sessions, the SQLite writer lock, migrations and the event log."""
+import contextlib
+import threading
+from pathlib import Path
+
+from sqlalchemy import create_engine, event as sa_event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker
+
+from scitq.errors import BadRequest
+from scitq.server.models import Event
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url):
+    """Accept the URLs people type (postgresql://...) and pick the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise BadRequest(f"not a database URL: {url!r}") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise BadRequest(f"unsupported database {parsed.drivername!r}: use sqlite:/// or postgresql://")
+    return parsed
+
+
+class Database:
+    """One per server process. Writes go through `write()`, reads through `read()`.
+
+    SQLite has one writer at a time: rather than let threads race for its lock and fail
+    with 'database is locked', writers queue on a process lock (the server is the only
+    process that opens the file).
+    """
+
+    def __init__(self, url):
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self.engine = create_engine(self.url, connect_args={"timeout": 30})
+            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._writer = threading.RLock()
+        else:
+            self.engine = create_engine(self.url, pool_size=20, max_overflow=80,
+                                        pool_pre_ping=True)
+            self._writer = contextlib.nullcontext()
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def read(self):
+        with self.Session() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def write(self):
+        """A session committed at the end of the block, rolled back on error."""
+        with self._writer, self.Session() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self):
+        """Bring the schema to the newest revision (idempotent)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self._writer, self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def dispose(self):
+        self.engine.dispose()
+
+    def describe(self):
+        """The URL to print at start, without password."""
+        if self.is_sqlite:
+            return f"SQLite file {self.url.database}"
+        return self.url.render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def record(session, kind, obj, **detail):
+    """Add the event row of a state change to the change's own transaction."""
+    session.add(Event(kind=kind, object_type=type(obj).__tablename__, object_id=obj.id,
+                      detail=detail or None))

@@ -1,0 +1,186 @@
+"""The despot: assigns pending tasks to workers, and takes work back from silent ones.
+
+One dispatcher thread per server. It wakes when a task is added, an execution ends, a
+worker asks or changes, and otherwise once a `tick`. Each pass fills every running worker
+up to concurrency + prefetch, oldest task first; claims use FOR UPDATE SKIP LOCKED on
+PostgreSQL so a second dispatcher (another server process) never takes the same task.
+"""
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import func, insert, select, update
+
+from scitq.server.db import record
+from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
+from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
+
+
+class Notifier:
+    """Wakes the long polls of workers when something for them changed (in this process)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._conds = {}
+        self._versions = {}
+
+    def _cond(self, worker_id):
+        with self._lock:
+            cond = self._conds.get(worker_id)
+            if cond is None:
+                cond = self._conds[worker_id] = threading.Condition()
+                self._versions[worker_id] = 0
+            return cond
+
+    def version(self, worker_id):
+        with self._cond(worker_id):
+            return self._versions[worker_id]
+
+    def notify(self, *worker_ids):
+        for wid in worker_ids:
+            cond = self._cond(wid)
+            with cond:
+                self._versions[wid] += 1
+                cond.notify_all()
+
+    def wait(self, worker_id, seen, timeout):
+        """Block until notify(worker_id) happens after version `seen`, or timeout."""
+        cond = self._cond(worker_id)
+        with cond:
+            return cond.wait_for(lambda: self._versions[worker_id] != seen, timeout)
+
+
+class Dispatcher:
+    tick = 1.0          # seconds between passes when nothing wakes it
+    lease = 90.0        # seconds a worker may stay silent before its work is given back
+    sweep_every = 5.0   # seconds between lease sweeps
+
+    def __init__(self, db, notifier, lease=None):
+        self.db = db
+        self.notifier = notifier
+        if lease is not None:
+            self.lease = lease
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def wake(self):
+        self._wake.set()
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="scitq-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _run(self):
+        log.info("dispatcher started (lease %ss)", self.lease)
+        last_sweep = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(self.tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if time.monotonic() - last_sweep >= self.sweep_every:
+                    self.sweep()
+                    last_sweep = time.monotonic()
+                self.dispatch()
+            except Exception:
+                log.exception("dispatch pass failed; retrying at the next tick")
+                self._stop.wait(self.tick)
+        log.info("dispatcher stopped")
+
+    def dispatch(self):
+        """One pass: returns {worker_id: number of executions assigned}."""
+        assigned = {}
+        with self.db.write() as s:
+            workers = s.execute(
+                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id)
+                .where(Worker.status == WorkerStatus.RUNNING.value)
+                .order_by(Worker.id)).all()
+            if not workers:
+                return assigned
+            active = dict(s.execute(
+                select(Execution.worker_id, func.count())
+                .where(Execution.status.in_(ACTIVE), Execution.worker_id.is_not(None))
+                .group_by(Execution.worker_id)).all())
+            open_batches = select(Batch.id).where(Batch.status == BatchStatus.ACTIVE.value)
+            exhausted = False   # no pending task left for workers without a batch
+            now = utcnow()
+            for w in workers:
+                free = w.concurrency + w.prefetch - active.get(w.id, 0)
+                if free <= 0 or (exhausted and w.batch_id is None):
+                    continue
+                claim = (select(Task.id)
+                         .where(Task.status == TaskStatus.PENDING.value,
+                                Task.batch_id.in_(open_batches))
+                         .order_by(Task.id).limit(free)
+                         .with_for_update(skip_locked=True))
+                if w.batch_id is not None:
+                    claim = claim.where(Task.batch_id == w.batch_id)
+                ids = s.scalars(claim).all()
+                if not ids:
+                    exhausted = exhausted or w.batch_id is None
+                    continue
+                s.execute(update(Task).where(Task.id.in_(ids))
+                          .values(status=TaskStatus.ASSIGNED.value, attempt=Task.attempt + 1,
+                                  updated_at=now)
+                          .execution_options(synchronize_session=False))
+                rows = s.execute(insert(Execution).returning(Execution.id, Execution.task_id),
+                                 [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
+                                   "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
+                                   "stdout_bytes": 0, "stderr_bytes": 0} for tid in ids]).all()
+                s.execute(insert(Event), [
+                    {"at": now, "kind": "execution.assigned", "object_type": "execution",
+                     "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
+                    for eid, tid in rows])
+                assigned[w.id] = len(ids)
+        if assigned:
+            self.notifier.notify(*assigned)
+        return assigned
+
+    def sweep(self):
+        """Workers silent for longer than the lease are lost; their tasks go back to pending."""
+        cutoff = utcnow() - timedelta(seconds=self.lease)
+        with self.db.write() as s:
+            stale = s.scalars(select(Worker).where(
+                Worker.status.in_([WorkerStatus.RUNNING.value, WorkerStatus.PAUSED.value,
+                                   WorkerStatus.DRAINING.value]),
+                Worker.last_seen < cutoff)).all()
+            for worker in stale:
+                worker.status = WorkerStatus.LOST.value
+                n = give_back(s, worker.id, "worker lost: silent for longer than its lease")
+                record(s, "worker.lost", worker, executions=n)
+                log.warning("worker %s lost; %d task(s) given back", worker.name, n)
+        if stale:
+            self.wake()
+        return len(stale)
+
+
+def give_back(session, worker_id, reason):
+    """Mark a worker's live executions lost and their tasks pending again.
+
+    A lost attempt is not the task's fault: it does not count as an attempt.
+    """
+    executions = session.scalars(select(Execution).where(
+        Execution.worker_id == worker_id, Execution.status.in_(ACTIVE))).all()
+    now = utcnow()
+    for ex in executions:
+        ex.status = ExecutionStatus.LOST.value
+        ex.error = reason
+        ex.ended_at = now
+        task = ex.task
+        task.status = TaskStatus.PENDING.value
+        task.attempt = max(task.attempt - 1, 0)
+        record(session, "execution.lost", ex, task_id=task.id, reason=reason)
+    return len(executions)

@@ -1,0 +1,168 @@
+"""The tables: what scitq remembers. Statuses are the string enums of scitq.status."""
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer,
+                        String, Text, TypeDecorator)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def iso(dt):
+    return dt.isoformat() if dt is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    __tablename__ = "batch"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.ACTIVE.value)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self):
+        return {"id": self.id, "name": self.name, "status": self.status,
+                "created_at": iso(self.created_at)}
+
+
+class Task(Base):
+    __tablename__ = "task"
+    __table_args__ = (
+        Index("ix_task_status_id", "status", "id"),          # dispatch: oldest pending first
+        Index("ix_task_batch_status", "batch_id", "status"),  # per-batch counts
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(255))
+    command: Mapped[str] = mapped_column(Text)
+    shell: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.PENDING.value)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)   # executions started so far
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    batch: Mapped[Batch] = relationship(lazy="joined", innerjoin=True)
+
+    def to_dict(self):
+        return {"id": self.id, "batch": self.batch.name, "batch_id": self.batch_id,
+                "name": self.name, "command": self.command, "shell": self.shell,
+                "status": self.status, "attempt": self.attempt,
+                "created_at": iso(self.created_at), "updated_at": iso(self.updated_at)}
+
+
+class TaskDependency(Base):
+    """An edge of the task DAG: task_id waits for depends_on_id."""
+
+    __tablename__ = "task_dependency"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"),
+                                               primary_key=True, index=True)
+
+
+class Worker(Base):
+    __tablename__ = "worker"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.RUNNING.value)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    prefetch: Mapped[int] = mapped_column(Integer, default=0)
+    # When set, the worker only takes tasks of this batch.
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id", ondelete="SET NULL"))
+    cpus: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String(32))
+    load: Mapped[float | None]
+    memory: Mapped[float | None]   # percent used
+    disk: Mapped[float | None]     # percent used of the worker's work dir
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    batch: Mapped[Batch | None] = relationship(lazy="joined")
+
+    def to_dict(self, running=None):
+        return {"id": self.id, "name": self.name, "hostname": self.hostname,
+                "status": self.status, "concurrency": self.concurrency,
+                "prefetch": self.prefetch, "batch": self.batch.name if self.batch else None,
+                "cpus": self.cpus, "version": self.version, "load": self.load,
+                "memory": self.memory, "disk": self.disk, "running": running,
+                "last_seen": iso(self.last_seen), "created_at": iso(self.created_at)}
+
+
+class Execution(Base):
+    """One attempt of a task on a worker. Its output lives in files, not here."""
+
+    __tablename__ = "execution"
+    __table_args__ = (Index("ix_execution_worker_status", "worker_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), index=True)
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("worker.id", ondelete="SET NULL"))
+    worker_name: Mapped[str | None] = mapped_column(String(128))   # kept when the worker is deleted
+    status: Mapped[str] = mapped_column(String(16), default=ExecutionStatus.ASSIGNED.value)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    return_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(1024))
+    stdout_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stderr_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    task: Mapped[Task] = relationship()
+
+    def to_dict(self):
+        return {"id": self.id, "task_id": self.task_id, "worker_id": self.worker_id,
+                "worker": self.worker_name, "status": self.status, "pid": self.pid,
+                "return_code": self.return_code, "error": self.error,
+                "stdout_bytes": self.stdout_bytes, "stderr_bytes": self.stderr_bytes,
+                "assigned_at": iso(self.assigned_at), "started_at": iso(self.started_at),
+                "ended_at": iso(self.ended_at)}
+
+
+class Event(Base):
+    """Append-only audit: one row per state change, written in the change's transaction."""
+
+    __tablename__ = "event"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64))        # e.g. "task.created", "execution.failed"
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[int | None] = mapped_column(Id)
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+    def to_dict(self):
+        return {"id": self.id, "at": iso(self.at), "kind": self.kind,
+                "object_type": self.object_type, "object_id": self.object_id,
+                "detail": self.detail}

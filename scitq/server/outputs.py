@@ -1,0 +1,71 @@
+"""Execution output: append-only files under the server's data dir, read by byte offset.
+
+Output never goes into the database: a task may print gigabytes. Appends are
+idempotent by offset, so a worker that retries a chunk it is unsure of loses nothing
+and writes nothing twice.
+"""
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from scitq.errors import BadRequest, Conflict
+
+STREAMS = ("stdout", "stderr")
+
+
+class OutputStore:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def path(self, execution_id, stream):
+        if stream not in STREAMS:
+            raise BadRequest(f"unknown stream {stream!r}: use stdout or stderr")
+        return self.root / str(execution_id // 1000) / f"{execution_id}.{stream}"
+
+    def size(self, execution_id, stream):
+        try:
+            return self.path(execution_id, stream).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append(self, execution_id, stream, offset, data):
+        """Write `data` at `offset`; returns the new size.
+
+        A chunk already fully stored (a retry) is acknowledged without writing; a chunk
+        that starts past the end would leave a hole, so it is refused.
+        """
+        path = self.path(execution_id, stream)
+        with self._locks[execution_id % len(self._locks)]:
+            size = self.size(execution_id, stream)
+            if offset > size:
+                raise Conflict(f"output of execution {execution_id} has {size} bytes of {stream}; "
+                               f"a chunk at offset {offset} would leave a gap", {"size": size})
+            skip = size - offset
+            if skip >= len(data):
+                return size
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(memoryview(data)[skip:])
+            return size + len(data) - skip
+
+    def read(self, execution_id, stream, offset=0, limit=1 << 20):
+        """Up to `limit` bytes from `offset`, and the stream's current size."""
+        path = self.path(execution_id, stream)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(offset)
+                return f.read(limit), size
+        except FileNotFoundError:
+            return b"", 0
+
+    def delete(self, execution_ids):
+        for eid in execution_ids:
+            for stream in STREAMS:
+                self.path(eid, stream).unlink(missing_ok=True)
+
+    def free_bytes(self):
+        return shutil.disk_usage(self.root).free

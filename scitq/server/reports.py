@@ -1,0 +1,207 @@
+"""What workers tell the server: registration, heartbeats, and execution reports."""
+import base64
+import binascii
+
+from sqlalchemy import func, select
+
+from scitq.errors import BadRequest, Conflict, NotFound
+from scitq.server.db import record
+from scitq.server.dispatch import ACTIVE, give_back
+from scitq.server.models import Execution, Worker, utcnow
+from scitq.server.queue import check_batch_name, get_or_create_batch
+from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
+
+MAX_CONCURRENCY = 1024
+SETTABLE_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRAINING)
+
+
+def get_worker(s, worker_id):
+    worker = s.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id}")
+    return worker
+
+
+def check_settings(changes):
+    """Validate the user-settable fields of a worker."""
+    for key in ("concurrency", "prefetch"):
+        if key in changes:
+            value = changes[key]
+            low = 1 if key == "concurrency" else 0
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_CONCURRENCY:
+                raise BadRequest(f"{key} must be an integer from {low} to {MAX_CONCURRENCY}")
+    if "status" in changes and changes["status"] not in [s.value for s in SETTABLE_STATUSES]:
+        raise BadRequest(f"status can be set to {', '.join(s.value for s in SETTABLE_STATUSES)}")
+    if changes.get("batch") is not None:
+        check_batch_name(changes["batch"])
+
+
+def register(s, info):
+    """A worker process starts. A previous process of the same name is gone, so whatever it
+    held goes back to the queue before the new one gets anything."""
+    check_settings(info)
+    name = info["name"]
+    worker = s.scalar(select(Worker).where(Worker.name == name))
+    if worker is None:
+        worker = Worker(name=name)
+        s.add(worker)
+        s.flush()
+        given_back = 0
+    else:
+        given_back = give_back(s, worker.id, "worker restarted")
+    worker.hostname = info.get("hostname")
+    worker.concurrency = info.get("concurrency", 1)
+    worker.prefetch = info.get("prefetch", 0)
+    worker.cpus = info.get("cpus")
+    worker.version = info.get("version")
+    worker.batch = get_or_create_batch(s, info["batch"]) if info.get("batch") else None
+    worker.status = WorkerStatus.RUNNING.value
+    worker.last_seen = utcnow()
+    record(s, "worker.registered", worker, hostname=worker.hostname, given_back=given_back)
+    return worker
+
+
+def change_worker(s, worker, changes):
+    check_settings(changes)
+    for key in ("concurrency", "prefetch", "status"):
+        if key in changes and getattr(worker, key) != changes[key]:
+            if worker.status in (WorkerStatus.OFFLINE.value, WorkerStatus.LOST.value) and key == "status":
+                raise Conflict(f"worker {worker.name} is {worker.status}: it cannot be set to {changes[key]}")
+            setattr(worker, key, changes[key])
+    if "batch" in changes:
+        worker.batch = get_or_create_batch(s, changes["batch"]) if changes["batch"] else None
+    record(s, "worker.changed", worker, **{k: v for k, v in changes.items()})
+    return worker
+
+
+def delete_worker(s, worker):
+    """Forget a worker; its live executions are lost and their tasks requeued."""
+    n = give_back(s, worker.id, "worker deleted")
+    record(s, "worker.deleted", worker, name=worker.name, given_back=n)
+    s.delete(worker)
+    return n
+
+
+def worker_news(s, worker, status):
+    """The worker's own word: it drains (takes nothing new), or it exits (offline)."""
+    if status == WorkerStatus.DRAINING.value:
+        worker.status = status
+    elif status == WorkerStatus.OFFLINE.value:
+        worker.status = status
+        give_back(s, worker.id, "worker exited")
+    else:
+        raise BadRequest(f"a worker can only say it is draining or offline, not {status!r}")
+    record(s, f"worker.{status}", worker)
+
+
+def running_counts(s, worker_ids=None):
+    q = (select(Execution.worker_id, func.count())
+         .where(Execution.status.in_(ACTIVE)).group_by(Execution.worker_id))
+    if worker_ids is not None:
+        q = q.where(Execution.worker_id.in_(worker_ids))
+    return dict(s.execute(q).all())
+
+
+def heartbeat(s, worker, stats):
+    worker.last_seen = utcnow()
+    for key in ("load", "memory", "disk"):
+        value = stats.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(worker, key, float(value))
+    if worker.status == WorkerStatus.LOST.value:
+        # It was only slow: its executions were given back already, but it may work again.
+        worker.status = WorkerStatus.RUNNING.value
+        record(s, "worker.back", worker)
+
+
+def pending_assignments(s, worker_id, known):
+    """Executions assigned to the worker that it has not said it holds."""
+    q = (select(Execution).where(Execution.worker_id == worker_id,
+                                 Execution.status == ExecutionStatus.ASSIGNED.value)
+         .order_by(Execution.id))
+    return [assignment(ex) for ex in s.scalars(q) if ex.id not in known]
+
+
+def assignment(ex):
+    task = ex.task
+    return {"execution_id": ex.id, "task_id": task.id, "name": task.name,
+            "batch": task.batch.name, "command": task.command, "shell": task.shell,
+            "attempt": task.attempt}
+
+
+def apply_reports(s, worker, reports, outputs):
+    """Apply a worker's reports in order. Returns (acked ids, refused [{id, error}]).
+
+    Reports are idempotent: a report the server already applied is acked again, so a
+    worker that did not hear the answer can simply send it once more.
+    """
+    acked, refused = [], []
+    for i, rep in enumerate(reports):
+        eid = rep.get("execution_id")
+        try:
+            if not isinstance(eid, int):
+                raise BadRequest(f"report #{i}: execution_id must be an integer")
+            _apply(s, worker, rep, outputs)
+            acked.append(eid)
+        except (BadRequest, Conflict, NotFound) as err:
+            refused.append({"execution_id": eid, "error": err.message, "status": err.http_status})
+    return acked, refused
+
+
+def _apply(s, worker, rep, outputs):
+    ex = s.get(Execution, rep["execution_id"])
+    if ex is None:
+        raise NotFound(f"no execution {rep['execution_id']}")
+    if ex.worker_id != worker.id:
+        raise Conflict(f"execution {ex.id} does not belong to worker {worker.name}")
+    status = rep.get("status")
+    if status == ex.status:
+        return                                     # a retry of a report already applied
+    if not ExecutionStatus(ex.status).is_active:
+        raise Conflict(f"execution {ex.id} is {ex.status}: report refused")
+    task = ex.task
+    now = utcnow()
+    if status == ExecutionStatus.RUNNING.value:
+        ex.status = status
+        ex.pid = rep.get("pid") if isinstance(rep.get("pid"), int) else None
+        ex.started_at = now
+        task.status = TaskStatus.RUNNING.value
+        record(s, "execution.running", ex, task_id=task.id, pid=ex.pid)
+    elif status in (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value):
+        rc = rep.get("return_code")
+        if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
+            raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
+        chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
+        for stream, (offset, data) in chunks.items():
+            outputs.append(ex.id, stream, offset, data)
+        ex.return_code = rc if isinstance(rc, int) else None
+        ex.status = status
+        ex.error = (rep.get("error") or None) and str(rep["error"])[:1024]
+        ex.started_at = ex.started_at or now
+        ex.ended_at = now
+        ex.stdout_bytes = outputs.size(ex.id, "stdout")
+        ex.stderr_bytes = outputs.size(ex.id, "stderr")
+        task.status = status
+        record(s, f"execution.{status}", ex, task_id=task.id, return_code=ex.return_code,
+               error=ex.error)
+    elif status == ExecutionStatus.RELEASED.value:
+        if ex.status != ExecutionStatus.ASSIGNED.value:
+            raise Conflict(f"execution {ex.id} is {ex.status}: only an unstarted one can be released")
+        ex.status = status
+        ex.ended_at = now
+        task.status = TaskStatus.PENDING.value
+        task.attempt = max(task.attempt - 1, 0)
+        record(s, "execution.released", ex, task_id=task.id)
+    else:
+        raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
+
+
+def _chunk(chunk):
+    """(offset, bytes) of an inline output chunk {"offset": n, "data": base64}."""
+    offset = chunk.get("offset") if isinstance(chunk, dict) else None
+    if not isinstance(offset, int) or offset < 0 or not isinstance(chunk.get("data"), str):
+        raise BadRequest('an output chunk is {"offset": n >= 0, "data": base64 text}')
+    try:
+        return offset, base64.b64decode(chunk["data"], validate=True)
+    except binascii.Error as exc:
+        raise BadRequest("output chunk is not valid base64") from exc

@@ -1,0 +1,38 @@
+"""Run the server for real: waitress (threaded, production grade) plus the dispatcher."""
+import logging
+import signal
+import threading
+
+from waitress import create_server
+
+log = logging.getLogger("scitq.server")
+
+
+def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None):
+    """Serve until SIGTERM or SIGINT; `ready(url)` is called once the socket listens."""
+    state = app.extensions["scitq"]
+    server = create_server(app, host=host, port=port, threads=threads,
+                           channel_timeout=300, connection_limit=4096, ident="scitq")
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{server.effective_port}"
+    state.dispatcher.start()
+    stopping = threading.Event()
+
+    def stop(signum, _frame):
+        if not stopping.is_set():
+            stopping.set()
+            log.info("signal %s: stopping", signum)
+            server.close()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    if ready:
+        ready(url)
+    try:
+        server.run()
+    except OSError:
+        if not stopping.is_set():   # waitress raises on its closed socket when told to stop
+            raise
+    finally:
+        state.dispatcher.stop()
+        state.db.dispose()

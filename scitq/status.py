@@ -1,0 +1,53 @@
+"""The states of scitq's objects, shared by server, worker and client (no dependencies)."""
+from enum import Enum
+
+
+class TaskStatus(str, Enum):
+    WAITING = "waiting"      # dependencies not met yet
+    PENDING = "pending"      # ready, waiting for a worker
+    ASSIGNED = "assigned"    # an execution was created for a worker
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"    # will not run (a dependency failed for good, or a user said so)
+
+    @property
+    def is_active(self):
+        return self in (TaskStatus.ASSIGNED, TaskStatus.RUNNING)
+
+    @property
+    def is_finished(self):
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
+
+
+REMAINING = (TaskStatus.WAITING, TaskStatus.PENDING, TaskStatus.ASSIGNED, TaskStatus.RUNNING)
+
+
+class ExecutionStatus(str, Enum):
+    ASSIGNED = "assigned"    # handed to a worker, not started yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"            # its worker went silent or was deleted; the task was given back
+    RELEASED = "released"    # a draining worker gave it back before starting it
+
+    @property
+    def is_active(self):
+        return self in (ExecutionStatus.ASSIGNED, ExecutionStatus.RUNNING)
+
+
+class WorkerStatus(str, Enum):
+    RUNNING = "running"      # takes tasks
+    PAUSED = "paused"        # keeps its running tasks, takes nothing new
+    DRAINING = "draining"    # finishes its running tasks, then exits
+    OFFLINE = "offline"      # exited cleanly
+    LOST = "lost"            # silent for longer than its lease
+
+    @property
+    def takes_tasks(self):
+        return self is WorkerStatus.RUNNING
+
+
+class BatchStatus(str, Enum):
+    ACTIVE = "active"
+    PAUSED = "paused"        # its pending tasks are held out of dispatch

@@ -1,0 +1,55 @@
+"""Shared pytest fixtures for the scitq test suite."""
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pgcluster  # noqa: E402
+
+
+# --- Databases ---------------------------------------------------------------
+
+def _pg_unavailable(reason):
+    """Fail in CI (PostgreSQL tests must run there), skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """The server from $SCITQ_TEST_PG, else a throwaway cluster for the session."""
+    if os.environ.get("SCITQ_TEST_PG"):
+        yield pgcluster.Server(os.environ["SCITQ_TEST_PG"])
+        return
+    base = tempfile.mkdtemp(prefix="scitq-pg-")
+    os.chmod(base, 0o755)  # the postgres user must be able to traverse it
+    try:
+        cluster = pgcluster.start(os.path.join(base, "data"))
+    except (pgcluster.PgClusterError, OSError) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        _pg_unavailable(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """SQLAlchemy URL of an empty database, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/scitq.db"
+        return
+    server = request.getfixturevalue("pg_cluster")
+    name = f"scitq_test_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name)
+    try:
+        yield url
+    finally:
+        server.drop_database(name)
