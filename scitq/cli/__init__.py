@@ -1,0 +1,64 @@
+"""The `scitq` command. Bad input exits 2 with one line; an unreachable server exits 1."""
+import sys
+
+import click
+
+from scitq.errors import ScitqError, ServerUnreachable
+
+
+class Context:
+    """What every sub-command needs: the server URL and a lazily made client."""
+
+    def __init__(self, server):
+        self.server = server
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from scitq.client import Client
+            self._client = Client(self.server)
+        return self._client
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", envvar="SCITQ_SERVER", default="http://127.0.0.1:5000", show_default=True,
+              help="URL of the scitq server (or SCITQ_SERVER).")
+@click.version_option(package_name="scitq")
+@click.pass_context
+def cli(ctx, server):
+    """scitq: queue shell tasks, watch them run, trust that nothing was lost."""
+    ctx.obj = Context(server)
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="scitq", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:       # usage errors: one line, exit 2
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except ServerUnreachable as err:
+        click.echo(f"error: {err.message}", err=True)
+        sys.exit(1)
+    except ScitqError as err:
+        click.echo(f"error: {err.message}{_detail(err.detail)}", err=True)
+        sys.exit(2 if 400 <= err.http_status < 500 else 1)
+    except BrokenPipeError:
+        sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _detail(detail):
+    """Validation details on the same line: 'field: problem; field: problem'."""
+    if isinstance(detail, dict) and detail:
+        return " (" + "; ".join(f"{k}: {v}" for k, v in detail.items()) + ")"
+    return ""
+
+
+from scitq.cli import batches, servers, tasks, workers  # noqa: E402  (they register on `cli`)
+
+__all__ = ["cli", "main", "batches", "servers", "tasks", "workers"]

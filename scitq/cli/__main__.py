@@ -1,0 +1,3 @@
+from scitq.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""scitq server and scitq up (the only commands that import the server's packages)."""
+import os
+import socket
+import subprocess
+import sys
+
+import click
+
+from scitq.cli import cli
+from scitq.errors import BadRequest
+from scitq.log import setup as setup_logging
+
+
+def _make_app(db, data_dir, lease):
+    from scitq.server import create_app, default_data_dir, default_db_url
+
+    data_dir = data_dir or default_data_dir()
+    config = {"DATA_DIR": data_dir, "DATABASE": db or default_db_url(data_dir)}
+    if lease is not None:
+        config["LEASE"] = lease
+    try:
+        return create_app(config)
+    except BadRequest:
+        raise
+    except Exception as exc:   # a database that cannot be reached or migrated
+        raise click.ClickException(f"cannot open the database: {str(exc).splitlines()[0]}")
+
+
+def _serve(app, host, port, threads, on_ready):
+    from scitq.server.serve import serve
+    try:
+        serve(app, host=host, port=port, threads=threads, ready=on_ready)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+server_options = [
+    click.option("--db", envvar="SCITQ_DB", help="Database URL: sqlite:///FILE or postgresql://... "
+                 "(default: a SQLite file in the data dir; or SCITQ_DB)."),
+    click.option("--data-dir", envvar="SCITQ_DATA_DIR", type=click.Path(file_okay=False),
+                 help="Where the database file and task outputs live (or SCITQ_DATA_DIR)."),
+    click.option("--host", default="127.0.0.1", show_default=True),
+    click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True),
+    click.option("--threads", type=click.IntRange(4, 4096), default=64, show_default=True,
+                 help="HTTP threads (each waiting worker poll holds one)."),
+    click.option("--lease", type=click.FloatRange(1), help="Seconds a worker may stay silent "
+                 "before its tasks are given back (default 90)."),
+    click.option("--log-level", default="INFO", show_default=True,
+                 type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+]
+
+
+def with_server_options(f):
+    for option in reversed(server_options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@with_server_options
+def server(db, data_dir, host, port, threads, lease, log_level):
+    """Run the scitq server (API, dispatcher) until SIGTERM."""
+    setup_logging(log_level)
+    app = _make_app(db, data_dir, lease)
+    state = app.extensions["scitq"]
+
+    def ready(url):
+        click.echo(f"scitq server on {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
+        click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
+
+    _serve(app, host, port, threads, ready)
+
+
+@cli.command()
+@with_server_options
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
+              show_default=True, help="Tasks the local worker runs at once.")
+def up(db, data_dir, host, port, threads, lease, log_level, concurrency):
+    """The embedded default: a server on SQLite plus one local worker."""
+    setup_logging(log_level)
+    app = _make_app(db, data_dir, lease)
+    state = app.extensions["scitq"]
+    worker = []
+
+    def ready(url):
+        name = f"{socket.gethostname()}-local"
+        worker.append(subprocess.Popen(
+            [sys.executable, "-m", "scitq.cli", "worker", url, "--concurrency", str(concurrency),
+             "--name", name, "--log-level", log_level]))
+        click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
+        click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
+        click.echo(f"local worker {name}, concurrency {concurrency}. Try: scitq task add 'echo hi'",
+                   err=True)
+
+    try:
+        _serve(app, host, port, threads, ready)
+    finally:
+        for w in worker:
+            w.terminate()
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()

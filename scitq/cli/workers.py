@@ -1,0 +1,92 @@
+"""scitq worker URL (run one) and scitq worker list|set|delete"""
+import os
+
+import click
+
+from scitq.cli import cli
+from scitq.cli.render import ago, json_option, print_json, table
+
+
+class WorkerGroup(click.Group):
+    """`scitq worker URL ...` runs a worker; `scitq worker list` etc. manage them."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=WorkerGroup)
+def worker():
+    """Run a worker (scitq worker URL), or list and steer workers."""
+
+
+@worker.command("start")
+@click.argument("url")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Tasks run at once.")
+@click.option("--prefetch", "-p", type=click.IntRange(0, 1024), default=0, show_default=True,
+              help="Tasks taken ahead, ready to start when a slot frees.")
+@click.option("--name", "-n", help="Worker name (default: the host name).")
+@click.option("--batch", "-b", help="Only take tasks of this batch.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Scratch space for tasks.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def worker_start(url, concurrency, prefetch, name, batch, workdir, log_level):
+    """Run a worker for the server at URL until SIGTERM (which drains it)."""
+    import asyncio
+
+    from scitq.log import setup as setup_logging
+    from scitq.worker import Worker
+
+    setup_logging(log_level)
+    w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch, batch=batch,
+               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"))
+    raise SystemExit(asyncio.run(w.run()))
+
+
+@worker.command("list")
+@json_option
+@click.pass_obj
+def worker_list(ctx, as_json):
+    """Workers with their load and what they run."""
+    workers = ctx.client.workers()
+    if as_json:
+        return print_json(workers)
+    table(workers, [("id", "id"), ("name", "name"), ("status", "status"),
+                    ("running", lambda w: f"{w['running']}/{w['concurrency']}"),
+                    ("prefetch", "prefetch"), ("batch", "batch"), ("load", "load"),
+                    ("mem %", "memory"), ("disk %", "disk"), ("seen", lambda w: ago(w["last_seen"]))])
+
+
+@worker.command("set")
+@click.argument("ref")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024))
+@click.option("--prefetch", "-p", type=click.IntRange(0, 1024))
+@click.option("--status", type=click.Choice(["running", "paused", "draining"]),
+              help="paused: takes nothing new; draining: finishes its tasks and exits.")
+@click.option("--batch", "-b", help="Only take tasks of this batch ('' for any).")
+@json_option
+@click.pass_obj
+def worker_set(ctx, ref, concurrency, prefetch, status, batch, as_json):
+    """Change a worker (by name or id); it applies the change at once."""
+    changes = {k: v for k, v in {"concurrency": concurrency, "prefetch": prefetch,
+                                 "status": status}.items() if v is not None}
+    if batch is not None:
+        changes["batch"] = batch or None
+    if not changes:
+        raise click.UsageError("nothing to change: give --concurrency, --prefetch, --status or --batch")
+    w = ctx.client.set_worker(ref, **changes)
+    if as_json:
+        return print_json(w)
+    click.echo(f"worker {w['name']}: {w['status']}, concurrency {w['concurrency']}, "
+               f"prefetch {w['prefetch']}")
+
+
+@worker.command("delete")
+@click.argument("ref")
+@click.pass_obj
+def worker_delete(ctx, ref):
+    """Forget a worker; the tasks it held go back to the queue."""
+    out = ctx.client.delete_worker(ref)
+    click.echo(f"worker {ref}: deleted, {out['given_back']} task(s) given back to the queue")

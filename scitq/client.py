@@ -1,0 +1,175 @@
+"""The Python client of a scitq server (the CLI is built on it). Needs only httpx.
+
+    from scitq.client import Client
+    c = Client("http://127.0.0.1:5000")
+    ids = c.add_tasks([{"command": f"echo {i}"} for i in range(10)], batch="demo")
+    c.wait_batch("demo")
+"""
+import os
+import time
+
+import httpx
+
+from scitq.errors import ServerUnreachable, from_status
+
+DEFAULT_SERVER = "http://127.0.0.1:5000"
+
+
+def default_server():
+    return os.environ.get("SCITQ_SERVER") or DEFAULT_SERVER
+
+
+class Client:
+    def __init__(self, server=None, token=None, timeout=60.0):
+        self.server = (server or default_server()).rstrip("/")
+        token = token or os.environ.get("SCITQ_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout)
+
+    def close(self):
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _request(self, method, path, **kwargs):
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(f"cannot reach the scitq server at {self.server} ({exc})") from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {}
+            raise from_status(resp.status_code, (body or {}).get("error") or
+                              f"HTTP {resp.status_code} {resp.reason_phrase}", (body or {}).get("detail"))
+        return resp
+
+    def _json(self, method, path, **kwargs):
+        return self._request(method, path, **kwargs).json()
+
+    # -- batches ----------------------------------------------------------------
+    def batches(self):
+        return self._json("GET", "/batches")
+
+    def batch(self, ref):
+        return self._json("GET", f"/batches/{ref}")
+
+    def create_batch(self, name):
+        return self._json("POST", "/batches", json={"name": name})
+
+    def pause_batch(self, ref):
+        return self._json("POST", f"/batches/{ref}/pause")
+
+    def resume_batch(self, ref):
+        return self._json("POST", f"/batches/{ref}/resume")
+
+    def delete_batch(self, ref):
+        return self._json("DELETE", f"/batches/{ref}")
+
+    def wait_batch(self, ref, interval=1.0, timeout=None, progress=None):
+        """Block until nothing remains in the batch; returns its last summary.
+        `progress(summary)` is called at each look."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            b = self.batch(ref)
+            if progress:
+                progress(b)
+            if b["counts"]["remaining"] == 0:
+                return b
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {ref} still has {b['counts']['remaining']} task(s) to do")
+            time.sleep(interval)
+
+    # -- tasks ------------------------------------------------------------------
+    def add_task(self, command, name=None, batch=None, shell=True):
+        body = {"command": command, "shell": shell}
+        if name is not None:
+            body["name"] = name
+        if batch is not None:
+            body["batch"] = batch
+        return self._json("POST", "/tasks", json=body)
+
+    def add_tasks(self, tasks, batch=None, chunk=10_000):
+        """Submit many tasks (dicts with at least "command"); returns their ids in order."""
+        ids = []
+        for i in range(0, len(tasks), chunk):
+            body = {"tasks": tasks[i:i + chunk]}
+            if batch is not None:
+                body["batch"] = batch
+            ids += self._json("POST", "/tasks/bulk", json=body)["ids"]
+        return ids
+
+    def tasks(self, batch=None, status=None, name=None, after=None, limit=100):
+        """One page: {"items": [...], "next": cursor or None}."""
+        params = {k: v for k, v in {"batch": batch, "status": status, "name": name,
+                                    "after": after, "limit": limit}.items() if v is not None}
+        return self._json("GET", "/tasks", params=params)
+
+    def iter_tasks(self, **filters):
+        after = None
+        while True:
+            page = self.tasks(after=after, limit=1000, **filters)
+            yield from page["items"]
+            after = page["next"]
+            if after is None:
+                return
+
+    def task(self, task_id):
+        return self._json("GET", f"/tasks/{task_id}")
+
+    def update_task(self, task_id, **changes):
+        return self._json("PUT", f"/tasks/{task_id}", json=changes)
+
+    def relaunch_task(self, task_id):
+        return self._json("POST", f"/tasks/{task_id}/relaunch")
+
+    def delete_task(self, task_id):
+        return self._json("DELETE", f"/tasks/{task_id}")
+
+    def output(self, task_id, stream="stdout", offset=0, limit=1 << 20, execution_id=None):
+        """(bytes from offset, total size so far, complete) of a task's latest execution
+        (or of one execution)."""
+        path = f"/executions/{execution_id}/output" if execution_id else f"/tasks/{task_id}/output"
+        resp = self._request("GET", path, params={"stream": stream, "offset": offset, "limit": limit})
+        return (resp.content, int(resp.headers["X-Scitq-Size"]),
+                resp.headers["X-Scitq-Complete"] == "true")
+
+    def follow_output(self, task_id, stream="stdout", interval=0.5, execution_id=None):
+        """Yield output chunks as they arrive, until the execution has ended."""
+        offset = 0
+        while True:
+            data, size, complete = self.output(task_id, stream, offset, execution_id=execution_id)
+            if data:
+                offset += len(data)
+                yield data
+            if offset >= size:
+                if complete:
+                    return
+                time.sleep(interval)
+
+    # -- executions -------------------------------------------------------------
+    def executions(self, task_id=None, worker_id=None, status=None, after=None, limit=100):
+        params = {k: v for k, v in {"task_id": task_id, "worker_id": worker_id, "status": status,
+                                    "after": after, "limit": limit}.items() if v is not None}
+        return self._json("GET", "/executions", params=params)
+
+    def execution(self, execution_id):
+        return self._json("GET", f"/executions/{execution_id}")
+
+    # -- workers ----------------------------------------------------------------
+    def workers(self):
+        return self._json("GET", "/workers")
+
+    def worker(self, ref):
+        return self._json("GET", f"/workers/{ref}")
+
+    def set_worker(self, ref, **changes):
+        return self._json("PUT", f"/workers/{ref}", json=changes)
+
+    def delete_worker(self, ref):
+        return self._json("DELETE", f"/workers/{ref}")

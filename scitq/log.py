@@ -1,0 +1,10 @@
+"""Logging set-up shared by the long-running commands (server, worker)."""
+import logging
+
+QUIET = ("httpx", "httpcore", "alembic")   # chatty at INFO: one line per request or step
+
+
+def setup(level="INFO"):
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

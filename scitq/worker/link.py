@@ -1,0 +1,56 @@
+"""The worker's line to the server: JSON calls that retry with back-off until answered."""
+import asyncio
+import logging
+import random
+
+import httpx
+
+from scitq.errors import from_status
+
+log = logging.getLogger("scitq.worker")
+
+
+class WorkerGone(Exception):
+    """The server does not know this worker any more (it was deleted)."""
+
+
+class ServerLink:
+    retry_min = 0.5      # seconds before the first retry
+    retry_max = 30.0     # longest back-off between retries
+
+    def __init__(self, url, token=None, poll_wait=20.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.AsyncClient(
+            base_url=self.url + "/api/v1", headers=headers,
+            timeout=httpx.Timeout(30.0, read=poll_wait + 30.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+
+    async def close(self):
+        await self.http.aclose()
+
+    async def call(self, method, path, *, retry=True, **kwargs):
+        """The decoded JSON answer. Network errors and 5xx are retried with back-off for
+        as long as `retry` holds; a 4xx raises the matching scitq error at once."""
+        delay = self.retry_min
+        while True:
+            try:
+                resp = await self.http.request(method, path, **kwargs)
+                if resp.status_code < 500:
+                    break
+                problem = f"HTTP {resp.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if not retry:
+                raise ConnectionError(problem)
+            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
+            await asyncio.sleep(delay * (0.75 + random.random() / 2))
+            delay = min(delay * 2, self.retry_max)
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"error": resp.text[:200]}
+            raise from_status(resp.status_code, body.get("error") or resp.reason_phrase,
+                              body.get("detail"))
+        return resp.json()

@@ -1,0 +1,210 @@
+"""The worker loop: register, poll for work, run up to `concurrency` tasks, report, drain."""
+import asyncio
+import collections
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+from scitq import __version__
+from scitq.errors import NotFound, ScitqError
+from scitq.worker.link import ServerLink
+from scitq.worker.process import Execution
+
+log = logging.getLogger("scitq.worker")
+
+
+class Worker:
+    poll_wait = 20.0          # seconds a poll may hang on the server (also the heartbeat)
+    report_batch = 500        # reports sent in one request at most
+
+    def __init__(self, server, name=None, concurrency=1, prefetch=0, batch=None,
+                 workdir=None, token=None):
+        self.name = name or socket.gethostname()
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.batch = batch
+        self.status = "running"
+        self.workdir = Path(workdir or tempfile.gettempdir()) / f"scitq-{self.name}"
+        self.link = ServerLink(server, token=token, poll_wait=self.poll_wait)
+        self.id = None
+        self.queue = collections.deque()    # assignments not started yet (prefetched)
+        self.running = {}                   # execution id -> Execution
+        self.held = set()                   # ids accepted and not yet finally acknowledged
+        self.reports = []                   # reports not yet acknowledged, in order
+        self._reports_ready = asyncio.Event()
+        self._news = None                   # "draining" / "offline", sent with the next reports
+        self.draining = False
+        self._poll = None
+        self._stop_now = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def run(self):
+        """Work until drained (SIGTERM, or the server says so); returns an exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.drain, sig.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        reporter = asyncio.create_task(self._report_loop())
+        try:
+            await self._register()
+            while not (self.draining and not self.running and not self.queue):
+                if self._stop_now:
+                    break
+                await self._poll_once()
+            await self._flush_reports()
+            self._news = "offline"
+            await self._flush_reports()
+            log.info("worker %s drained: exiting", self.name)
+            return 0
+        except NotFound:
+            log.error("worker %s was deleted on the server: killing its tasks and exiting", self.name)
+            for ex in self.running.values():
+                ex.kill()
+            return 0
+        finally:
+            reporter.cancel()
+            for ex in self.running.values():
+                ex.kill()
+            await self.link.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def drain(self, why="request"):
+        """Take nothing new, give back what has not started, finish what runs, then exit."""
+        if self.draining:
+            if why in ("SIGTERM", "SIGINT"):
+                log.warning("second %s: killing running tasks", why)
+                self._stop_now = True
+                for ex in self.running.values():
+                    ex.kill()
+            return
+        log.info("draining (%s): %d running, %d queued to give back", why,
+                 len(self.running), len(self.queue))
+        self.draining = True
+        self._news = "draining"
+        while self.queue:
+            a = self.queue.popleft()
+            self._report({"execution_id": a["execution_id"], "status": "released"})
+        if self._poll is not None:
+            self._poll.cancel()
+
+    async def _register(self):
+        info = {"name": self.name, "hostname": socket.gethostname(), "concurrency": self.concurrency,
+                "prefetch": self.prefetch, "cpus": os.cpu_count(), "version": __version__}
+        if self.batch:
+            info["batch"] = self.batch
+        me = await self.link.call("POST", "/workers", json=info)
+        self.id = me["id"]
+        log.info("registered as worker %s (id %s, concurrency %s) at %s",
+                 self.name, self.id, self.concurrency, self.link.url)
+
+    # -- work -----------------------------------------------------------------
+
+    async def _poll_once(self):
+        body = {"known": sorted(self.held), "wait": self.poll_wait,
+                "concurrency": self.concurrency, "prefetch": self.prefetch,
+                "status": self.status, "stats": self.stats()}
+        self._poll = asyncio.create_task(self.link.call("POST", f"/workers/{self.id}/poll", json=body))
+        try:
+            answer = await self._poll
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            return                          # cancelled by drain(): loop again at once
+        finally:
+            self._poll = None
+        if (answer["concurrency"], answer["prefetch"]) != (self.concurrency, self.prefetch):
+            log.info("concurrency %s, prefetch %s (was %s, %s)", answer["concurrency"],
+                     answer["prefetch"], self.concurrency, self.prefetch)
+            self.concurrency, self.prefetch = answer["concurrency"], answer["prefetch"]
+        self.status = answer["status"]
+        if self.status == "draining" and not self.draining:
+            self.drain("server")
+        for a in answer["assignments"]:
+            if a["execution_id"] in self.held:
+                continue
+            self.held.add(a["execution_id"])
+            if self.draining:
+                self._report({"execution_id": a["execution_id"], "status": "released"})
+            else:
+                self.queue.append(a)
+        self._start_ready()
+
+    def _start_ready(self):
+        cpus = max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
+        while self.queue and len(self.running) < self.concurrency and not self.draining:
+            a = self.queue.popleft()
+            ex = Execution(a, self.link, self._report, self.workdir, cpus)
+            self.running[ex.id] = ex
+            task = asyncio.create_task(ex.run())
+            task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
+
+    def _finished(self, execution_id, task):
+        self.running.pop(execution_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("execution %s crashed in the worker: %r", execution_id, task.exception())
+            self._report({"execution_id": execution_id, "status": "failed",
+                          "error": f"worker error: {task.exception()!r}"[:1000]})
+        self._start_ready()
+        if self.draining and self._poll is not None and not self.running:
+            self._poll.cancel()
+
+    # -- reports --------------------------------------------------------------
+
+    def _report(self, report):
+        self.reports.append(report)
+        self._reports_ready.set()
+
+    async def _report_loop(self):
+        while True:
+            await self._reports_ready.wait()
+            self._reports_ready.clear()
+            while (self.reports or self._news) and self.id is not None:
+                sent = self.reports[:self.report_batch]
+                news = self._news
+                body = {"reports": sent}
+                if news:
+                    body["status"] = news
+                try:
+                    answer = await self.link.call("POST", f"/workers/{self.id}/reports", json=body)
+                except NotFound:
+                    log.error("worker %s is unknown to the server: stopping", self.name)
+                    self._stop_now = True
+                    if self._poll is not None:
+                        self._poll.cancel()
+                    return
+                except ScitqError as err:   # a malformed report: resending cannot help
+                    log.error("server rejected %d report(s): %s", len(sent), err)
+                    answer = {"refused": []}
+                del self.reports[:len(sent)]
+                if self._news == news:
+                    self._news = None
+                for r in answer["refused"]:
+                    log.warning("server refused report on execution %s: %s", r["execution_id"], r["error"])
+                for r in sent:
+                    if r["status"] in ("succeeded", "failed", "released"):
+                        self.held.discard(r["execution_id"])
+
+    async def _flush_reports(self):
+        self._reports_ready.set()
+        while self.reports or self._news:
+            await asyncio.sleep(0.05)
+
+    def stats(self):
+        disk = shutil.disk_usage(self.workdir)
+        return {"load": round(os.getloadavg()[0], 2), "memory": memory_percent(),
+                "disk": round(100 * (1 - disk.free / disk.total), 1)}
+
+
+def memory_percent():
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        total = int(info["MemTotal"].split()[0])
+        available = int(info["MemAvailable"].split()[0])
+        return round(100 * (1 - available / total), 1)
+    except (OSError, KeyError, ValueError):
+        return None
