@@ -1,0 +1,126 @@
+"""The walking skeleton end to end: real `scitq server` and `scitq worker` processes."""
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+import psutil
+
+from conftest import wait_until
+
+
+def executions_of(client, task_ids):
+    out = {}
+    for tid in task_ids:
+        out[tid] = client.task(tid)["executions"]
+    return out
+
+
+def max_overlap(intervals):
+    """Largest number of [start, end] intervals open at one instant."""
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = current = 0
+    for _, step in points:
+        current += step
+        best = max(best, current)
+    return best
+
+
+def test_two_workers_run_a_batch_of_200(live, procs):
+    procs.worker(live.url, "w2", 2)
+    procs.worker(live.url, "w3", 3)
+    ids = live.add_tasks([{"command": f"sleep 0.02; echo task {i}; echo note {i} >&2",
+                           "name": f"t{i}"} for i in range(200)], batch="b200")
+    summary = live.wait_batch("b200", interval=0.5, timeout=180)
+
+    assert summary["counts"]["succeeded"] == 200
+    assert summary["counts"]["remaining"] == 0
+    per_worker = defaultdict(list)
+    for i, tid in enumerate(ids):
+        assert live.output(tid)[0] == f"task {i}\n".encode()
+        assert live.output(tid, "stderr")[0] == f"note {i}\n".encode()
+        (ex,) = live.task(tid)["executions"]
+        assert ex["status"] == "succeeded" and ex["return_code"] == 0
+        per_worker[ex["worker"]].append((datetime.fromisoformat(ex["started_at"]),
+                                         datetime.fromisoformat(ex["ended_at"])))
+    assert set(per_worker) == {"w2", "w3"}
+    assert max_overlap(per_worker["w2"]) <= 2
+    assert max_overlap(per_worker["w3"]) <= 3
+
+
+def test_a_failing_task_keeps_its_code_and_stderr(live, procs):
+    procs.worker(live.url, "w", 2)
+    ok = live.add_tasks([{"command": f"echo fine {i}"} for i in range(5)], batch="mixed")
+    bad = live.add_task("echo partial; echo 'it broke' >&2; exit 3", batch="mixed")["id"]
+    more = live.add_tasks([{"command": "echo after"} for _ in range(5)], batch="mixed")
+    summary = live.wait_batch("mixed", interval=0.2, timeout=60)
+
+    assert summary["counts"]["failed"] == 1 and summary["counts"]["succeeded"] == 10
+    task = live.task(bad)
+    assert task["status"] == "failed"
+    assert task["executions"][-1]["return_code"] == 3
+    assert live.output(bad, "stderr")[0] == b"it broke\n"
+    assert live.output(bad)[0] == b"partial\n"
+    assert all(live.task(t)["status"] == "succeeded" for t in ok + more)
+
+
+def test_raising_concurrency_applies_within_two_seconds(live, procs):
+    procs.worker(live.url, "elastic", 1)
+    ids = live.add_tasks([{"command": "sleep 4"} for _ in range(6)], batch="elastic")
+    wait_until(lambda: live.batch("elastic")["counts"]["running"] == 1, 30, what="first task running")
+    time.sleep(0.5)
+    assert live.batch("elastic")["counts"]["running"] == 1   # concurrency 1 holds
+
+    changed_at = datetime.now(timezone.utc)
+    cli = subprocess.run([sys.executable, "-m", "scitq.cli", "--server", live.url,
+                          "worker", "set", "elastic", "--concurrency", "4"],
+                         capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    wait_until(lambda: live.batch("elastic")["counts"]["running"] == 4, 10, what="4 running")
+
+    starts = sorted(datetime.fromisoformat(ex["started_at"])
+                    for exs in executions_of(live, ids).values() for ex in exs
+                    if ex["started_at"])
+    late = [s for s in starts if s > changed_at]
+    assert len(late) == 3, starts
+    assert max(late) - changed_at < timedelta(seconds=2)
+    assert live.worker("elastic")["concurrency"] == 4
+
+
+def test_200_mb_of_output_with_a_small_worker(live, procs):
+    size = 200 * 1000 * 1000
+    worker = procs.worker(live.url, "big", 1)
+    tid = live.add_task(f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {size}",
+                        batch="big")["id"]
+    rss = psutil.Process(worker.pid)
+    peak = 0
+    deadline = time.monotonic() + 300
+    while live.task(tid)["status"] not in ("succeeded", "failed"):
+        peak = max(peak, rss.memory_info().rss)
+        assert time.monotonic() < deadline, "200 MB task did not finish in 5 minutes"
+        time.sleep(0.05)
+
+    (ex,) = live.task(tid)["executions"]
+    assert ex["status"] == "succeeded"
+    assert ex["stdout_bytes"] == size
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz\n"
+    offset = (size // 2) // len(line) * len(line)          # a line boundary in the middle
+    data, total, complete = live.output(tid, offset=offset, limit=len(line) * 3)
+    assert data == line * 3 and total == size and complete
+    tail, _, _ = live.output(tid, offset=size - 10)
+    assert tail == bytes(line[p % len(line)] for p in range(size - 10, size))
+    assert peak < 150 * 1024 * 1024, f"worker RSS peaked at {peak / 2**20:.0f} MiB"
+
+
+def test_sigterm_drains_a_worker(live, procs):
+    worker = procs.worker(live.url, "drainer", 2)
+    ids = live.add_tasks([{"command": "sleep 1.5; echo done"} for _ in range(4)], batch="drain")
+    wait_until(lambda: live.batch("drain")["counts"]["running"] == 2, 30, what="2 running")
+    assert procs.stop(worker) == 0
+    statuses = sorted(live.task(t)["status"] for t in ids)
+    assert statuses == ["pending", "pending", "succeeded", "succeeded"]
+    assert live.worker("drainer")["status"] == "offline"
+    for tid in ids:
+        if live.task(tid)["status"] == "succeeded":
+            assert live.output(tid)[0] == b"done\n"
