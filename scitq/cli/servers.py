@@ -26,10 +26,10 @@ def _make_app(db, data_dir, lease):
         raise click.ClickException(f"cannot open the database: {str(exc).splitlines()[0]}")
 
 
-def _serve(app, host, port, threads, on_ready):
+def _serve(app, host, port, threads, on_ready, before_stop=None):
     from scitq.server.serve import serve
     try:
-        serve(app, host=host, port=port, threads=threads, ready=on_ready)
+        serve(app, host=host, port=port, threads=threads, ready=on_ready, before_stop=before_stop)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
@@ -86,18 +86,23 @@ def up(db, data_dir, host, port, threads, lease, log_level, concurrency):
         name = f"{socket.gethostname()}-local"
         worker.append(subprocess.Popen(
             [sys.executable, "-m", "scitq.cli", "worker", url, "--concurrency", str(concurrency),
-             "--name", name, "--log-level", log_level]))
+             "--name", name, "--log-level", log_level],
+            start_new_session=True))   # Ctrl-C reaches `up` alone, which drains the worker once
         click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
         click.echo(f"local worker {name}, concurrency {concurrency}. Try: scitq task add 'echo hi'",
                    err=True)
 
-    try:
-        _serve(app, host, port, threads, ready)
-    finally:
+    def stop_worker():
+        """The worker drains first, while the server can still hear its last reports."""
         for w in worker:
             w.terminate()
             try:
-                w.wait(timeout=30)
+                w.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 w.kill()
+
+    try:
+        _serve(app, host, port, threads, ready, before_stop=stop_worker)
+    finally:
+        stop_worker()

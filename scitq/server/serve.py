@@ -8,8 +8,12 @@ from waitress import create_server
 log = logging.getLogger("scitq.server")
 
 
-def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None):
-    """Serve until SIGTERM or SIGINT; `ready(url)` is called once the socket listens."""
+def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=None):
+    """Serve until SIGTERM or SIGINT; `ready(url)` is called once the socket listens.
+
+    `before_stop()` runs on the signal while the server still answers (in a thread: the
+    main thread must keep serving), and the server closes when it returns.
+    """
     state = app.extensions["scitq"]
     server = create_server(app, host=host, port=port, threads=threads,
                            channel_timeout=300, connection_limit=4096, ident="scitq")
@@ -17,11 +21,18 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None):
     state.dispatcher.start()
     stopping = threading.Event()
 
+    def close():
+        try:
+            if before_stop:
+                before_stop()
+        finally:
+            server.close()
+
     def stop(signum, _frame):
         if not stopping.is_set():
             stopping.set()
             log.info("signal %s: stopping", signum)
-            server.close()
+            threading.Thread(target=close, name="scitq-stop").start()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)

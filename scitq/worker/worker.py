@@ -190,9 +190,13 @@ class Worker:
                         self.held.discard(r["execution_id"])
 
     async def _flush_reports(self):
+        """Wait until the server has every report, unless told twice to stop."""
         self._reports_ready.set()
-        while self.reports or self._news:
+        while (self.reports or self._news) and not self._stop_now:
             await asyncio.sleep(0.05)
+        if self.reports:
+            log.error("exiting with %d report(s) the server never acknowledged: %s",
+                      len(self.reports), self.reports[:20])
 
     def stats(self):
         disk = shutil.disk_usage(self.workdir)

@@ -1,0 +1,126 @@
+"""The `scitq` command as people type it: bad input gives one line and exit 2."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import wait_for_url, wait_until
+
+
+def scitq(*args, server=None, env=None, input=None):
+    argv = [sys.executable, "-m", "scitq.cli"] + (["--server", server] if server else []) + list(args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, input=input)
+
+
+def assert_one_line_error(result, code=2):
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_bad_input_exits_2_with_one_line_and_loses_nothing(live, tmp_path):
+    url = live.url
+    assert scitq("task", "add", "echo kept", "--batch", "keep", server=url).returncode == 0
+    before = live.tasks(limit=1000)["items"]
+
+    huge = tmp_path / "huge.txt"
+    huge.write_text("x" * (10 * 1024 * 1024) + "\n")
+    cases = [
+        ("task", "add", "echo x", "--batch", "a/b"),
+        ("task", "add"),
+        ("task", "add", "-f", str(huge)),
+        ("task", "show", "999999"),
+        ("task", "show", "abc"),
+        ("task", "output", "424242"),
+        ("task", "relaunch", "999999"),
+        ("task", "list", "--status", "bogus"),
+        ("task", "list", "--batch", "no-such-batch"),
+        ("batch", "show", "no-such-batch"),
+        ("batch", "pause", "bad/name"),
+        ("worker", "set", "nobody", "--concurrency", "2"),
+        ("worker", "set", "nobody"),
+        ("worker", "delete", "nobody"),
+        ("no-such-command",),
+    ]
+    for args in cases:
+        assert_one_line_error(scitq(*args, server=url))
+    assert live.tasks(limit=1000)["items"] == before
+
+
+def test_unreachable_server_is_one_line_exit_1():
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert_one_line_error(scitq("batch", "list", server=f"http://127.0.0.1:{port}"), code=1)
+
+
+def test_listings_as_json_and_tables(live, procs):
+    procs.worker(live.url, "lister", 2)
+    out = scitq("task", "add", "-f", "-", "--batch", "json", server=live.url, input="echo a\necho b\n")
+    assert out.returncode == 0 and len(out.stdout.split()) == 2
+    live.wait_batch("json", interval=0.2, timeout=60)
+    import json
+    tasks = json.loads(scitq("task", "list", "--batch", "json", "--json", server=live.url).stdout)
+    assert [t["status"] for t in tasks] == ["succeeded", "succeeded"]
+    batches = json.loads(scitq("batch", "list", "--json", server=live.url).stdout)
+    assert batches[0]["counts"]["succeeded"] == 2
+    workers = json.loads(scitq("worker", "list", "--json", server=live.url).stdout)
+    assert workers[0]["name"] == "lister"
+    table = scitq("batch", "list", server=live.url).stdout
+    assert "json" in table and "remaining" in table
+    wait = scitq("batch", "wait", "json", server=live.url)
+    assert wait.returncode == 0 and "all 2 task(s) succeeded" in wait.stdout
+
+
+def test_batch_wait_exits_nonzero_when_a_task_failed(live, procs):
+    procs.worker(live.url, "w", 1)
+    live.add_task("exit 1", batch="doomed")
+    live.add_task("true", batch="doomed")
+    result = scitq("batch", "wait", "doomed", "--interval", "0.2", server=live.url)
+    assert result.returncode == 1
+    assert "1 task(s) failed" in result.stderr
+
+
+def test_task_output_follows_a_running_task(live, procs):
+    procs.worker(live.url, "w", 1)
+    tid = live.add_task("for i in 1 2 3; do echo line $i; sleep 0.7; done")["id"]
+    wait_until(lambda: live.task(tid)["status"] == "running", 30, what="task running")
+    follow = scitq("task", "output", str(tid), "-f", server=live.url)
+    assert follow.returncode == 0
+    assert follow.stdout == "line 1\nline 2\nline 3\n"
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_scitq_up_then_echo_hi(tmp_path, procs):
+    """Acceptance 6: no config at all (a fresh HOME), `scitq up`, add a task, read `hi`.
+    `scitq up` is the SQLite default by definition, so this one runs on SQLite only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}
+    env["HOME"] = str(tmp_path / "home")
+    env.pop("XDG_DATA_HOME", None)
+    if not _port_free(5000):                # the default port is taken on this machine:
+        pytest.fail("port 5000 is in use; `scitq up` needs its default port for this test")
+    up = procs.spawn(["up", "--concurrency", "2"], "up.log", env=env)
+    url = wait_for_url(up)
+    assert url == "http://127.0.0.1:5000"
+    log = up.log_path.read_text()
+    assert f"{tmp_path}/home/.local/share/scitq/scitq.db" in log   # the path is printed
+
+    added = scitq("task", "add", "echo hi", env=env)
+    assert added.returncode == 0, added.stderr
+    tid = added.stdout.strip()
+    wait_until(lambda: scitq("task", "show", tid, "--json", env=env).stdout.count('"succeeded"') >= 2,
+               30, what="echo hi to succeed")
+    out = scitq("task", "output", tid, env=env)
+    assert out.returncode == 0 and out.stdout == "hi\n"
+    assert procs.stop(up) == 0
