@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import wait_for_url, wait_until
+from procs import wait_for_url, wait_until
 
 
 def scitq(*args, server=None, env=None, input=None):

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import psutil
 
-from conftest import wait_until
+from procs import wait_until
 
 
 def executions_of(client, task_ids):

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server.db import record
 from scitq.server.dispatch import ACTIVE, give_back
-from scitq.server.models import Execution, Worker, utcnow
+from scitq.server.models import Batch, Execution, Task, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 
@@ -102,6 +102,16 @@ def running_counts(s, worker_ids=None):
     return dict(s.execute(q).all())
 
 
+HEARTBEAT_EVERY = 5.0   # seconds: a poll refreshes last_seen (and stats) at most this often
+
+
+def needs_heartbeat(worker):
+    """Polls come back-to-back under load: writing last_seen for each would cost a write
+    transaction per task. The lease is far longer than this, so every few seconds is enough."""
+    return (worker.status == WorkerStatus.LOST.value
+            or (utcnow() - worker.last_seen).total_seconds() >= HEARTBEAT_EVERY)
+
+
 def heartbeat(s, worker, stats):
     worker.last_seen = utcnow()
     for key in ("load", "memory", "disk"):
@@ -115,18 +125,17 @@ def heartbeat(s, worker, stats):
 
 
 def pending_assignments(s, worker_id, known):
-    """Executions assigned to the worker that it has not said it holds."""
-    q = (select(Execution).where(Execution.worker_id == worker_id,
-                                 Execution.status == ExecutionStatus.ASSIGNED.value)
-         .order_by(Execution.id))
-    return [assignment(ex) for ex in s.scalars(q) if ex.id not in known]
+    """Executions assigned to the worker that it has not said it holds (one query)."""
+    rows = s.execute(
+        select(Execution.id, Task.id, Task.name, Batch.name, Task.command, Task.shell, Task.attempt)
+        .join(Task, Execution.task_id == Task.id).join(Batch, Task.batch_id == Batch.id)
+        .where(Execution.worker_id == worker_id,
+               Execution.status == ExecutionStatus.ASSIGNED.value)
+        .order_by(Execution.id))
+    return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows if row[0] not in known]
 
 
-def assignment(ex):
-    task = ex.task
-    return {"execution_id": ex.id, "task_id": task.id, "name": task.name,
-            "batch": task.batch.name, "command": task.command, "shell": task.shell,
-            "attempt": task.attempt}
+ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt")
 
 
 def apply_reports(s, worker, reports, outputs):

@@ -133,6 +133,7 @@ class Worker:
             else:
                 self.queue.append(a)
         self._start_ready()
+        await asyncio.sleep(0)   # let new executions fork before the next poll goes out
 
     def _start_ready(self):
         cpus = max(1, (os.cpu_count() or 1) // max(1, self.concurrency))

@@ -149,10 +149,15 @@ class Poll(Resource):
         body = ns.payload or {}
         known = set(body.get("known") or [])
         deadline = time.monotonic() + min(float(body.get("wait", 20)), MAX_WAIT)
-        with st.db.write() as s:
+        with st.db.read() as s:
             w = reports.get_worker(s, worker_id)
-            reports.heartbeat(s, w, body.get("stats") or {})
-        st.dispatcher.wake()
+            stale = reports.needs_heartbeat(w)
+            hungry = len(known) < w.concurrency + w.prefetch
+        if stale:
+            with st.db.write() as s:
+                reports.heartbeat(s, reports.get_worker(s, worker_id), body.get("stats") or {})
+        if hungry:
+            st.dispatcher.wake()
         while True:
             seen = st.notifier.version(worker_id)
             with st.db.read() as s:

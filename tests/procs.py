@@ -1,0 +1,77 @@
+"""Real `scitq` server and worker processes on loopback, for tests and benchmarks."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+URL_LINE = re.compile(r"(?:scitq server on|scitq is up:) (http://\S+)")
+
+
+class Procs:
+    """Starts `scitq` processes for a test and ends every one of them afterwards."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.started = []
+
+    def spawn(self, args, log_name, env=None):
+        log = open(self.tmp / log_name, "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "scitq.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc.log_path = self.tmp / log_name
+        log.close()   # the child has its own copy
+        self.started.append(proc)
+        return proc
+
+    def server(self, db_url, *args, command="server", env=None):
+        """A server on a free port, returned once it listens (its URL as `.url`)."""
+        proc = self.spawn([command, "--db", db_url, "--data-dir", str(self.tmp / "data"),
+                           "--port", "0", *args], f"{command}.log", env=env)
+        proc.url = wait_for_url(proc)
+        return proc
+
+    def worker(self, url, name, concurrency=1, *args):
+        return self.spawn(["worker", url, "--name", name, "--concurrency", str(concurrency),
+                           "--workdir", str(self.tmp / "work"), *args], f"worker-{name}.log")
+
+    def stop(self, proc, sig=signal.SIGTERM, timeout=20):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def cleanup(self):
+        for proc in reversed(self.started):
+            self.stop(proc, timeout=10)
+            try:   # whatever the process group still holds (tasks of a killed worker)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def wait_for_url(proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = URL_LINE.search(proc.log_path.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not start:\n{proc.log_path.read_text(errors='replace')[-3000:]}")
+
+
+def wait_until(predicate, timeout=60, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
