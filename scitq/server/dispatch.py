@@ -28,6 +28,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._conds = {}
         self._versions = {}
+        self.closing = False
 
     def _cond(self, worker_id):
         with self._lock:
@@ -52,7 +53,14 @@ class Notifier:
         """Block until notify(worker_id) happens after version `seen`, or timeout."""
         cond = self._cond(worker_id)
         with cond:
-            return cond.wait_for(lambda: self._versions[worker_id] != seen, timeout)
+            return cond.wait_for(lambda: self._versions[worker_id] != seen or self.closing, timeout)
+
+    def close(self):
+        """The server stops: every waiting poll answers now."""
+        self.closing = True
+        with self._lock:
+            workers = list(self._conds)
+        self.notify(*workers)
 
 
 class Dispatcher:

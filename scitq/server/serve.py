@@ -30,6 +30,8 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
             if before_stop:
                 before_stop()
         finally:
+            state.notifier.close()       # answer the waiting polls, then let threads finish
+            server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
             server.close()
 
     def stop(signum, _frame):

@@ -167,7 +167,7 @@ class Poll(Resource):
                        if w.status != WorkerStatus.LOST.value else [])
             changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
             remaining = deadline - time.monotonic()
-            if new or changed or remaining <= 0:
+            if new or changed or remaining <= 0 or st.notifier.closing:
                 return {"assignments": new, **settings}
             st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
 
