@@ -1,4 +1,5 @@
 """The walking skeleton end to end: real `scitq server` and `scitq worker` processes."""
+import os
 import subprocess
 import sys
 import time
@@ -124,3 +125,16 @@ def test_sigterm_drains_a_worker(live, procs):
     for tid in ids:
         if live.task(tid)["status"] == "succeeded":
             assert live.output(tid)[0] == b"done\n"
+
+
+def test_tasks_see_cpu_temp_and_lead_their_own_process_group(live, procs):
+    procs.worker(live.url, "env", 2)
+    tid = live.add_task('echo "$CPU|$TEMP|$$|$(ps -o pgid= -p $$ | tr -d " ")"; '
+                        'touch "$TEMP/scratch" && test -d "$TEMP" && pwd')["id"]
+    live.wait_batch("default", interval=0.2, timeout=30)
+    first, cwd = live.output(tid)[0].decode().splitlines()
+    cpu, temp, pid, pgid = first.split("|")
+    assert int(cpu) == max(1, (os.cpu_count() or 1) // 2)
+    assert temp == cwd and temp.startswith(str(procs.tmp / "work"))
+    assert pid == pgid                          # the shell leads a group of its own
+    assert not os.path.exists(temp)   # the scratch dir went with the task
