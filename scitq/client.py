@@ -140,7 +140,11 @@ class Client:
                 resp.headers["X-Scitq-Complete"] == "true")
 
     def follow_output(self, task_id, stream="stdout", interval=0.5, execution_id=None):
-        """Yield output chunks as they arrive, until the execution has ended."""
+        """Yield output chunks as they arrive, until the execution has ended (a task that
+        has not started yet is waited for)."""
+        if execution_id is None:
+            while not self.task(task_id)["executions"]:
+                time.sleep(interval)
         offset = 0
         while True:
             data, size, complete = self.output(task_id, stream, offset, execution_id=execution_id)

@@ -134,3 +134,15 @@ def test_worker_client_and_cli_import_nothing_of_the_server():
             "or m.startswith('scitq.server')); print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_following_a_task_waits_for_it_to_start(live, procs):
+    tid = live.add_task("echo late")["id"]
+    follower = subprocess.Popen([sys.executable, "-m", "scitq.cli", "--server", live.url,
+                                 "task", "output", str(tid), "-f"], stdout=subprocess.PIPE, text=True)
+    try:
+        procs.worker(live.url, "late", 1)
+        out, _ = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0 and out == "late\n"
