@@ -34,6 +34,12 @@ def default_db_url(data_dir):
 
 
 class JSONRequest(Request):
+    def get_json(self, *args, **kwargs):
+        try:
+            return super().get_json(*args, **kwargs)
+        except RecursionError:
+            raise HTTPBadRequest("the request body is JSON nested too deep")
+
     def on_json_loading_failed(self, e):
         raise HTTPBadRequest(f"the request body is not valid JSON ({e})" if e else
                              "the request body is not JSON (send Content-Type: application/json)")
@@ -44,7 +50,7 @@ def create_app(config=None):
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
-                      ERROR_404_HELP=False, JSON_SORT_KEYS=False)
+                      RESTX_ERROR_404_HELP=False, JSON_SORT_KEYS=False)
     app.config.update(config or {})
     data_dir = Path(app.config.get("DATA_DIR") or default_data_dir())
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA case_sensitive_like=ON")   # LIKE as on PostgreSQL
     cur.close()
 
 

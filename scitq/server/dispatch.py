@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from scitq.server.db import record
 from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
@@ -18,6 +18,7 @@ from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
+DISPATCH_LOCK = 0x5C17D15  # PostgreSQL advisory lock key: one dispatch pass at a time
 ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
 
 
@@ -112,6 +113,9 @@ class Dispatcher:
         """One pass: returns {worker_id: number of executions assigned}."""
         assigned = {}
         with self.db.write() as s:
+            if not self.db.is_sqlite and not s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                                      {"k": DISPATCH_LOCK}):
+                return assigned     # another server process is dispatching right now
             workers = s.execute(
                 select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id)
                 .where(Worker.status == WorkerStatus.RUNNING.value)

@@ -7,6 +7,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
+MAX_ID = 2 ** 63 - 1      # what an id column holds; larger numbers name nothing
+MAX_INT = 2 ** 31 - 1     # what an Integer column holds (pid, return code, cpus)
+
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer, "sqlite")
 

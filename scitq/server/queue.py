@@ -5,12 +5,13 @@ from sqlalchemy import func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server.db import record
-from scitq.server.models import Batch, Execution, Task, utcnow
+from scitq.server.models import MAX_ID, Batch, Execution, Task, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
 MAX_TASKS_PER_REQUEST = 100_000
-BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}$")
+# Not digits alone: "2024" in a URL or a filter would read as an id.
+BATCH_NAME = re.compile(r"^(?!\d+$)[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}$")
 DEFAULT_BATCH = "default"
 STATUSES = [s.value for s in TaskStatus]
 
@@ -18,14 +19,15 @@ STATUSES = [s.value for s in TaskStatus]
 def check_batch_name(name):
     if not isinstance(name, str) or not BATCH_NAME.match(name):
         raise BadRequest(f"invalid batch name {str(name)[:80]!r}: 1-128 characters, letters, "
-                         "digits and ._+@:=- (no '/' nor spaces), starting with a letter or digit")
+                         "digits and ._+@:=- (no '/' nor spaces), starting with a letter or digit, "
+                         "not digits alone")
     return name
 
 
 def get_batch(s, ref):
     """A batch by id (int or digits) or by name."""
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        batch = s.get(Batch, int(ref))
+        batch = s.get(Batch, int(ref)) if int(ref) <= MAX_ID else None
     else:
         batch = s.scalar(select(Batch).where(Batch.name == ref))
     if batch is None:
@@ -69,6 +71,8 @@ def check_task(spec, where="task"):
     name = spec.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 255):
         raise BadRequest(f"{where}: 'name' must be a string of at most 255 characters")
+    if "\x00" in command or (name and "\x00" in name):
+        raise BadRequest(f"{where}: a NUL character cannot be part of a command or a name")
     shell = spec.get("shell", True)
     if not isinstance(shell, bool):
         raise BadRequest(f"{where}: 'shell' must be true or false")
@@ -167,7 +171,8 @@ def list_tasks(s, batch=None, status=None, name=None, after=None, limit=100):
                 raise BadRequest(f"unknown status {st!r}: one of {', '.join(STATUSES)}")
         q = q.where(Task.status.in_(wanted))
     if name:
-        q = q.where(Task.name.like(name.replace("*", "%")))
+        pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+        q = q.where(Task.name.like(pattern, escape="\\"))
     if after is not None:
         q = q.where(Task.id > after)
     tasks = s.scalars(q).all()

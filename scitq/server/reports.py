@@ -7,11 +7,12 @@ from sqlalchemy import func, select
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server.db import record
 from scitq.server.dispatch import ACTIVE, give_back
-from scitq.server.models import Batch, Execution, Task, Worker, utcnow
+from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, Task, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 
 MAX_CONCURRENCY = 1024
+ENDED = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 SETTABLE_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRAINING)
 
 
@@ -105,11 +106,11 @@ def running_counts(s, worker_ids=None):
 HEARTBEAT_EVERY = 5.0   # seconds: a poll refreshes last_seen (and stats) at most this often
 
 
-def needs_heartbeat(worker):
+def needs_heartbeat(worker, lease):
     """Polls come back-to-back under load: writing last_seen for each would cost a write
-    transaction per task. The lease is far longer than this, so every few seconds is enough."""
+    transaction per task. A few times per lease is enough."""
     return (worker.status == WorkerStatus.LOST.value
-            or (utcnow() - worker.last_seen).total_seconds() >= HEARTBEAT_EVERY)
+            or (utcnow() - worker.last_seen).total_seconds() >= min(HEARTBEAT_EVERY, lease / 4))
 
 
 def heartbeat(s, worker, stats):
@@ -148,8 +149,14 @@ def apply_reports(s, worker, reports, outputs):
     for i, rep in enumerate(reports):
         eid = rep.get("execution_id")
         try:
-            if not isinstance(eid, int):
+            if not isinstance(eid, int) or isinstance(eid, bool):
                 raise BadRequest(f"report #{i}: execution_id must be an integer")
+            if not 0 < eid <= MAX_ID:
+                raise NotFound(f"no execution {eid}")
+            for key in ("pid", "return_code"):
+                value = rep.get(key)
+                if value is not None and (not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT):
+                    raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
             _apply(s, worker, rep, outputs)
             acked.append(eid)
         except (BadRequest, Conflict, NotFound) as err:
@@ -166,6 +173,8 @@ def _apply(s, worker, rep, outputs):
     status = rep.get("status")
     if status == ex.status:
         return                                     # a retry of a report already applied
+    if status == ExecutionStatus.RUNNING.value and ex.status in ENDED:
+        return                                     # a resent start of what ended since
     if not ExecutionStatus(ex.status).is_active:
         raise Conflict(f"execution {ex.id} is {ex.status}: report refused")
     task = ex.task

@@ -164,8 +164,9 @@ class Worker:
         while True:
             await self._reports_ready.wait()
             self._reports_ready.clear()
+            one_by_one = False
             while (self.reports or self._news) and self.id is not None:
-                sent = self.reports[:self.report_batch]
+                sent = self.reports[:1 if one_by_one else self.report_batch]
                 news = self._news
                 body = {"reports": sent}
                 if news:
@@ -178,8 +179,11 @@ class Worker:
                     if self._poll is not None:
                         self._poll.cancel()
                     return
-                except ScitqError as err:   # a malformed report: resending cannot help
-                    log.error("server rejected %d report(s): %s", len(sent), err)
+                except ScitqError as err:
+                    if len(sent) > 1:       # find the bad one: the others must get through
+                        one_by_one = True
+                        continue
+                    log.error("server rejected report %s: %s", sent, err)   # resending cannot help
                     answer = {"refused": []}
                 del self.reports[:len(sent)]
                 if self._news == news:

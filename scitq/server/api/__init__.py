@@ -2,10 +2,14 @@
 import logging
 
 from flask import Blueprint, current_app
-from flask_restx import Api
+from flask_restx import Api, inputs
 from werkzeug.exceptions import HTTPException
 
 from scitq.errors import ScitqError
+from scitq.server.models import MAX_ID
+
+ID = f"int(max={MAX_ID})"            # URL converter of ids: larger numbers are a 404
+natural_id = inputs.int_range(0, MAX_ID)
 
 log = logging.getLogger(__name__)
 MAX_DETAIL = 300    # characters of a validation message echoed back (never a 10 MB command)

@@ -4,7 +4,7 @@ from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy import select
 
 from scitq.errors import Conflict, NotFound, TooLarge
-from scitq.server.api import state
+from scitq.server.api import ID, natural_id, state
 from scitq.server.models import Execution
 from scitq.status import ExecutionStatus
 
@@ -23,20 +23,20 @@ page = ns.model("ExecutionPage", {"items": fields.List(fields.Nested(execution))
                                   "next": fields.Integer})
 
 list_args = reqparse.RequestParser()
-list_args.add_argument("task_id", type=inputs.natural)
-list_args.add_argument("worker_id", type=inputs.natural)
+list_args.add_argument("task_id", type=natural_id)
+list_args.add_argument("worker_id", type=natural_id)
 list_args.add_argument("status", choices=[s.value for s in ExecutionStatus])
-list_args.add_argument("after", type=inputs.natural)
+list_args.add_argument("after", type=natural_id)
 list_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
 
 output_args = reqparse.RequestParser()
 output_args.add_argument("stream", choices=("stdout", "stderr"), default="stdout")
-output_args.add_argument("offset", type=inputs.natural, default=0)
+output_args.add_argument("offset", type=natural_id, default=0)
 output_args.add_argument("limit", type=inputs.int_range(1, 16 << 20), default=1 << 20)
 
 append_args = reqparse.RequestParser()
 append_args.add_argument("stream", choices=("stdout", "stderr"), required=True)
-append_args.add_argument("offset", type=inputs.natural, required=True)
+append_args.add_argument("offset", type=natural_id, required=True)
 
 
 def get_execution(s, execution_id):
@@ -72,7 +72,7 @@ class Executions(Resource):
         return {"items": items, "next": items[-1]["id"] if len(items) == a["limit"] else None}
 
 
-@ns.route("/<int:execution_id>")
+@ns.route(f"/<{ID}:execution_id>")
 class OneExecution(Resource):
     @ns.marshal_with(execution)
     def get(self, execution_id):
@@ -80,7 +80,7 @@ class OneExecution(Resource):
             return get_execution(s, execution_id).to_dict()
 
 
-@ns.route("/<int:execution_id>/output")
+@ns.route(f"/<{ID}:execution_id>/output")
 class ExecutionOutput(Resource):
     @ns.expect(output_args)
     @ns.produces(["application/octet-stream"])

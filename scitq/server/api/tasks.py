@@ -2,7 +2,7 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server import queue
-from scitq.server.api import state
+from scitq.server.api import ID, natural_id, state
 from scitq.server.api.executions import execution, output_response, output_args
 
 ns = Namespace("tasks", description="What to run")
@@ -35,7 +35,7 @@ list_args = reqparse.RequestParser()
 list_args.add_argument("batch", help="batch id or name")
 list_args.add_argument("status", action="split", help="status, or several separated by commas")
 list_args.add_argument("name", help="name, * as wildcard")
-list_args.add_argument("after", type=inputs.natural, help="cursor: the last id of the previous page")
+list_args.add_argument("after", type=natural_id, help="cursor: the last id of the previous page")
 list_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
 
 
@@ -78,7 +78,7 @@ class BulkTasks(Resource):
         return _created(ids)
 
 
-@ns.route("/<int:task_id>")
+@ns.route(f"/<{ID}:task_id>")
 class OneTask(Resource):
     @ns.marshal_with(task_detail)
     def get(self, task_id):
@@ -102,7 +102,7 @@ class OneTask(Resource):
         return {"deleted": task_id}
 
 
-@ns.route("/<int:task_id>/relaunch")
+@ns.route(f"/<{ID}:task_id>/relaunch")
 class RelaunchTask(Resource):
     @ns.marshal_with(task)
     def post(self, task_id):
@@ -113,7 +113,7 @@ class RelaunchTask(Resource):
         return out
 
 
-@ns.route("/<int:task_id>/output")
+@ns.route(f"/<{ID}:task_id>/output")
 class TaskOutput(Resource):
     @ns.expect(output_args)
     @ns.produces(["application/octet-stream"])

@@ -1,16 +1,21 @@
 """Workers: registration, the long poll that hands them work, their reports, and settings."""
+import math
 import time
 
 from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
-from scitq.errors import NotFound
+from scitq.errors import BadRequest, NotFound
 from scitq.server import reports
-from scitq.server.api import state
-from scitq.server.models import Worker
+from scitq.server.api import ID, natural_id, state
+from scitq.server.models import MAX_ID, MAX_INT, Worker
 from scitq.status import WorkerStatus
 
 ns = Namespace("workers", description="Worker processes, their settings and their work")
+
+
+class NullableString(fields.String):
+    __schema_type__ = ["string", "null"]
 
 MAX_WAIT = 60.0          # seconds a poll may hang
 RECHECK = 5.0            # seconds between looks at the database while a poll hangs
@@ -24,19 +29,20 @@ worker = ns.model("Worker", {
     "last_seen": fields.String, "created_at": fields.String,
 })
 register_in = ns.model("WorkerRegistration", {
-    "name": fields.String(required=True, min_length=1, max_length=128, pattern=r"^[^/\s]+$"),
+    "name": fields.String(required=True, min_length=1, max_length=128, pattern=r"^(?!\d+$)[^/\s]+$",
+                          description="no '/' nor spaces, not digits alone (those name ids)"),
     "hostname": fields.String(max_length=255),
     "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY, default=1),
     "prefetch": fields.Integer(min=0, max=reports.MAX_CONCURRENCY, default=0),
     "batch": fields.String(max_length=128),
-    "cpus": fields.Integer(min=1),
+    "cpus": fields.Integer(min=1, max=MAX_INT),
     "version": fields.String(max_length=32),
 })
 settings_in = ns.model("WorkerSettings", {
     "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY),
     "prefetch": fields.Integer(min=0, max=reports.MAX_CONCURRENCY),
     "status": fields.String(enum=[s.value for s in reports.SETTABLE_STATUSES]),
-    "batch": fields.String(max_length=128, description="only take tasks of this batch (null: any)"),
+    "batch": NullableString(max_length=128, description="only take tasks of this batch (null: any)"),
 })
 stats = ns.model("WorkerStats", {"load": fields.Float, "memory": fields.Float, "disk": fields.Float})
 poll_in = ns.model("Poll", {
@@ -76,7 +82,7 @@ reports_out = ns.model("ReportsAnswer", {"acked": fields.List(fields.Integer),
 def find_worker(s, ref):
     """A worker by id or by name."""
     if ref.isdigit():
-        w = s.get(Worker, int(ref))
+        w = s.get(Worker, int(ref)) if int(ref) <= MAX_ID else None
     else:
         w = s.scalar(select(Worker).where(Worker.name == ref))
     if w is None:
@@ -139,7 +145,7 @@ class OneWorker(Resource):
         return {"deleted": wid, "given_back": n}
 
 
-@ns.route("/<int:worker_id>/poll")
+@ns.route(f"/<{ID}:worker_id>/poll")
 class Poll(Resource):
     @ns.expect(poll_in, validate=True)
     @ns.marshal_with(poll_out)
@@ -148,10 +154,14 @@ class Poll(Resource):
         st = state()
         body = ns.payload or {}
         known = set(body.get("known") or [])
-        deadline = time.monotonic() + min(float(body.get("wait", 20)), MAX_WAIT)
+        wait = float(body.get("wait", 20))
+        if not math.isfinite(wait):
+            raise BadRequest("wait must be a finite number of seconds")
+        # A poll is a heartbeat only when it starts: it must end well within the lease.
+        deadline = time.monotonic() + min(wait, MAX_WAIT, st.dispatcher.lease / 3)
         with st.db.read() as s:
             w = reports.get_worker(s, worker_id)
-            stale = reports.needs_heartbeat(w)
+            stale = reports.needs_heartbeat(w, st.dispatcher.lease)
             hungry = len(known) < w.concurrency + w.prefetch
         if stale:
             with st.db.write() as s:
@@ -172,7 +182,7 @@ class Poll(Resource):
             st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
 
 
-@ns.route("/<int:worker_id>/reports")
+@ns.route(f"/<{ID}:worker_id>/reports")
 class Reports(Resource):
     @ns.expect(reports_in, validate=True)
     @ns.marshal_with(reports_out)

@@ -1,0 +1,512 @@
+"""The dispatcher and the workers' side of the API: polls, reports, leases, events.
+
+The dispatcher thread is not started; tests call `dispatch()` and `sweep()` themselves.
+The lease is 1 second, so a test makes a worker silent by sleeping just past it.
+"""
+import base64
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from scitq.server import create_app
+from scitq.server.models import Event
+
+API = "/api/v1"
+LEASE = 1.0
+
+
+# --- fixtures ----------------------------------------------------------------
+
+@pytest.fixture
+def app(db_url, tmp_path):
+    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "LEASE": LEASE})
+    yield app
+    app.extensions["scitq"].db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+# --- helpers -----------------------------------------------------------------
+
+def call(client, method, path, expect=200, **kwargs):
+    r = client.open(API + path, method=method, **kwargs)
+    assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.get_data()[:500]!r}"
+    return r.get_json()
+
+
+def submit(client, *commands, batch=None):
+    body = {"tasks": [{"command": c} for c in commands], **({"batch": batch} if batch else {})}
+    return call(client, "POST", "/tasks/bulk", 201, json=body)["ids"]
+
+
+def register(client, name, **settings):
+    return call(client, "POST", "/workers", 201, json={"name": name, **settings})["id"]
+
+
+def task(client, task_id):
+    return call(client, "GET", f"/tasks/{task_id}")
+
+
+def execution(client, execution_id):
+    return call(client, "GET", f"/executions/{execution_id}")
+
+
+def executions_of(client, worker_id):
+    return call(client, "GET", "/executions", query_string={"worker_id": worker_id})["items"]
+
+
+def dispatch(app):
+    return app.extensions["scitq"].dispatcher.dispatch()
+
+
+def sweep(app):
+    return app.extensions["scitq"].dispatcher.sweep()
+
+
+def poll(client, worker_id, wait=0, known=(), **said):
+    return call(client, "POST", f"/workers/{worker_id}/poll",
+                json={"wait": wait, "known": list(known), **said})
+
+
+def assign(app, client, worker_id):
+    """Dispatch, then the worker's assignments as a fresh poll returns them."""
+    dispatch(app)
+    return poll(client, worker_id)["assignments"]
+
+
+def send(client, worker_id, *reports):
+    """Post reports; returns the answer {"acked": [...], "refused": [...]}."""
+    return call(client, "POST", f"/workers/{worker_id}/reports", json={"reports": list(reports)})
+
+
+def rep(execution_id, status, **fields):
+    return {"execution_id": execution_id, "status": status, **fields}
+
+
+def chunk(data, offset=0):
+    return {"offset": offset, "data": base64.b64encode(data).decode()}
+
+
+def acked(client, worker_id, *reports):
+    answer = send(client, worker_id, *reports)
+    assert answer == {"acked": [r["execution_id"] for r in reports], "refused": []}
+
+
+def output(client, task_id, **params):
+    r = client.get(f"{API}/tasks/{task_id}/output", query_string=params)
+    assert r.status_code == 200, r.get_data()[:300]
+    return r
+
+
+def events(app, after=0):
+    """[(kind, object_type, object_id, detail)] of the events with an id past `after`."""
+    with app.extensions["scitq"].db.read() as s:
+        return [(e.kind, e.object_type, e.object_id, e.detail)
+                for e in s.scalars(select(Event).where(Event.id > after).order_by(Event.id))]
+
+
+def last_event(app):
+    with app.extensions["scitq"].db.read() as s:
+        return s.scalar(select(Event.id).order_by(Event.id.desc()).limit(1)) or 0
+
+
+def run_all(app, client, workers):
+    """Dispatch and finish tasks until none is pending; returns {worker_id: [task ids]}."""
+    done = {w: [] for w in workers}
+    while dispatch(app):
+        for w, capacity in workers.items():
+            held = poll(client, w)["assignments"]
+            assert len(held) <= capacity
+            for a in held:
+                acked(client, w, rep(a["execution_id"], "succeeded", return_code=0))
+                done[w].append(a["task_id"])
+    return done
+
+
+# --- dispatching -------------------------------------------------------------
+
+def test_worker_gets_at_most_concurrency_plus_prefetch(app, client):
+    submit(client, *[f"t{i}" for i in range(10)])
+    wid = register(client, "w1", concurrency=2, prefetch=1)
+    assert dispatch(app) == {wid: 3}
+    assert dispatch(app) == {}
+    held = poll(client, wid)["assignments"]
+    assert len(held) == 3 and len(executions_of(client, wid)) == 3
+    assert call(client, "GET", f"/workers/{wid}")["running"] == 3
+
+    acked(client, wid, rep(held[0]["execution_id"], "succeeded", return_code=0))
+    assert dispatch(app) == {wid: 1}
+    assert call(client, "GET", f"/workers/{wid}")["running"] == 3
+
+
+def test_two_workers_share_the_queue(app, client):
+    ids = submit(client, *[f"t{i}" for i in range(20)])
+    w1 = register(client, "w1", concurrency=2, prefetch=1)
+    w2 = register(client, "w2", concurrency=3)
+    done = run_all(app, client, {w1: 3, w2: 3})
+
+    assert done[w1] and done[w2]
+    assert sorted(done[w1] + done[w2]) == ids                  # each task once, none forgotten
+    for task_id in ids:
+        t = task(client, task_id)
+        assert (t["status"], t["attempt"], len(t["executions"])) == ("succeeded", 1, 1)
+
+
+def test_oldest_task_first(app, client):
+    a = submit(client, "a1", "a2", batch="A")
+    b = submit(client, "b1", batch="B")
+    a += submit(client, "a3", batch="A")
+    wid = register(client, "w1")
+    done = run_all(app, client, {wid: 1})
+    assert done[wid] == sorted(a + b) == [a[0], a[1], b[0], a[2]]
+
+
+def test_worker_with_a_batch_only_gets_that_batch(app, client):
+    older = submit(client, "a1", "a2", batch="A")
+    mine = submit(client, "b1", "b2", batch="B")
+    specialist = register(client, "special", concurrency=5, batch="B")
+    idle = register(client, "idle", concurrency=5, batch="C")
+    anyone = register(client, "anyone", concurrency=5)
+
+    assert dispatch(app) == {specialist: 2, anyone: 2}
+    assert [a["task_id"] for a in poll(client, specialist)["assignments"]] == mine
+    assert [a["task_id"] for a in poll(client, anyone)["assignments"]] == older
+    assert poll(client, idle)["assignments"] == []
+
+
+# --- polling -----------------------------------------------------------------
+
+def test_poll_returns_assignments_not_known(app, client):
+    ids = submit(client, "one", "two", "three", batch="polled")
+    wid = register(client, "w1", concurrency=3)
+    dispatch(app)
+    held = poll(client, wid)["assignments"]
+    assert [a["task_id"] for a in held] == ids
+    first = held[0]
+    assert (first["command"], first["batch"], first["shell"], first["attempt"]) == ("one", "polled", True, 1)
+    assert first["execution_id"] == task(client, ids[0])["executions"][0]["id"]
+
+    known = [held[0]["execution_id"], held[2]["execution_id"]]
+    assert poll(client, wid, known=known)["assignments"] == [held[1]]
+    assert poll(client, wid, known=[a["execution_id"] for a in held])["assignments"] == []
+
+
+def test_poll_waits_at_most_a_third_of_the_lease(client):
+    """A poll heartbeats only when it starts, so it must end well within the lease."""
+    wid = register(client, "w1")
+    start = time.monotonic()
+    poll(client, wid, wait=30)
+    assert LEASE / 3 - 0.05 <= time.monotonic() - start < LEASE / 3 + 0.3
+
+
+def test_poll_answers_at_once_when_settings_differ(client):
+    wid = register(client, "w1", concurrency=1)
+    said = {"concurrency": 3, "prefetch": 0, "status": "running"}
+    call(client, "PUT", f"/workers/{wid}", json={"concurrency": 3})
+
+    start = time.monotonic()
+    answer = poll(client, wid, wait=0.3, **said)               # nothing new: it waits
+    assert time.monotonic() - start >= 0.25
+    assert (answer["assignments"], answer["concurrency"]) == ([], 3)
+
+    start = time.monotonic()
+    answer = poll(client, wid, wait=30, **dict(said, concurrency=1))
+    assert time.monotonic() - start < 0.2
+    assert (answer["concurrency"], answer["prefetch"], answer["status"]) == (3, 0, "running")
+
+
+def test_poll_wakes_up_for_new_work(app, client):
+    wid = register(client, "w1")
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(poll(app.test_client(), wid, wait=20)))
+    start = time.monotonic()
+    waiting.start()
+    time.sleep(0.3)
+    (task_id,) = submit(client, "late")
+    dispatch(app)
+    waiting.join(10)
+    assert not waiting.is_alive()
+    assert time.monotonic() - start < 10
+    assert [a["task_id"] for a in answers[0]["assignments"]] == [task_id]
+
+
+# --- reports -----------------------------------------------------------------
+
+def test_running_then_succeeded_with_output(app, client):
+    (task_id,) = submit(client, "echo hello")
+    wid = register(client, "w1")
+    (a,) = assign(app, client, wid)
+    eid = a["execution_id"]
+
+    acked(client, wid, rep(eid, "running", pid=4242))
+    assert task(client, task_id)["status"] == "running"
+    assert execution(client, eid)["pid"] == 4242
+    assert output(client, task_id).headers["X-Scitq-Complete"] == "false"
+
+    acked(client, wid, rep(eid, "succeeded", return_code=0, stdout=chunk(b"hello\n"),
+                           stderr=chunk(b"warn")))
+    t = task(client, task_id)
+    assert t["status"] == "succeeded"
+    ex = t["executions"][0]
+    assert (ex["status"], ex["return_code"], ex["stdout_bytes"], ex["stderr_bytes"]) == ("succeeded", 0, 6, 4)
+    r = output(client, task_id)
+    assert r.data == b"hello\n"
+    assert (r.headers["X-Scitq-Size"], r.headers["X-Scitq-Complete"]) == ("6", "true")
+    assert output(client, task_id, stream="stderr").data == b"warn"
+    assert output(client, task_id, offset=2, limit=2).data == b"ll"
+    assert call(client, "GET", "/workers/w1")["running"] == 0
+
+
+def test_repeated_report_is_acked_without_change(app, client):
+    (task_id,) = submit(client, "echo hello")
+    wid = register(client, "w1")
+    (a,) = assign(app, client, wid)
+    final = rep(a["execution_id"], "succeeded", return_code=0, stdout=chunk(b"hello\n"))
+    acked(client, wid, final)
+    before, mark = task(client, task_id), last_event(app)
+
+    acked(client, wid, final)
+    acked(client, wid, final)
+    assert task(client, task_id) == before
+    assert output(client, task_id).data == b"hello\n"
+    assert events(app, mark) == []
+
+
+def test_failed_report(app, client):
+    (task_id,) = submit(client, "exit 3")
+    wid = register(client, "w1")
+    (a,) = assign(app, client, wid)
+    eid = a["execution_id"]
+    refused = send(client, wid, rep(eid, "succeeded", return_code=3))["refused"]
+    assert [(r["execution_id"], r["status"]) for r in refused] == [(eid, 400)]
+    assert task(client, task_id)["status"] == "assigned"
+
+    acked(client, wid, rep(eid, "failed", return_code=3, error="exit status 3"))
+    t = task(client, task_id)
+    assert (t["status"], t["attempt"]) == ("failed", 1)
+    ex = t["executions"][0]
+    assert (ex["status"], ex["return_code"], ex["error"]) == ("failed", 3, "exit status 3")
+    assert ex["ended_at"] is not None
+
+
+def test_released_task_goes_back_to_pending(app, client):
+    first, second = submit(client, "one", "two")
+    wid = register(client, "w1", concurrency=1, prefetch=1)
+    running, prefetched = assign(app, client, wid)
+    acked(client, wid, rep(running["execution_id"], "running"))
+    assert task(client, second)["attempt"] == 1
+
+    refused = send(client, wid, rep(running["execution_id"], "released"))["refused"]
+    assert [r["status"] for r in refused] == [409]                 # too late: it started
+    acked(client, wid, rep(prefetched["execution_id"], "released"))
+    t = task(client, second)
+    assert (t["status"], t["attempt"]) == ("pending", 0)
+    assert execution(client, prefetched["execution_id"])["status"] == "released"
+    assert task(client, first)["status"] == "running"
+
+    (again,) = assign(app, client, wid)
+    assert (again["task_id"], again["attempt"]) == (second, 1)
+    assert again["execution_id"] != prefetched["execution_id"]
+
+
+def test_report_on_another_workers_execution_is_refused(app, client):
+    (task_id,) = submit(client, "mine")
+    owner = register(client, "owner")
+    intruder = register(client, "intruder")
+    (a,) = assign(app, client, owner)
+    before, mark = task(client, task_id), last_event(app)
+
+    answer = send(client, intruder, rep(a["execution_id"], "succeeded", return_code=0),
+                  rep(999999, "running"))
+    assert answer["acked"] == []
+    assert [(r["execution_id"], r["status"]) for r in answer["refused"]] == [
+        (a["execution_id"], 409), (999999, 404)]
+    assert all(isinstance(r["error"], str) for r in answer["refused"])
+    assert task(client, task_id) == before
+    assert events(app, mark) == []
+
+
+# --- leases --------------------------------------------------------------------
+
+@pytest.fixture
+def lost_worker(app, client):
+    """w1 held two tasks (one running) and fell silent; w2 kept talking; the sweep ran."""
+    submit(client, "a", "b", "c")
+    w1 = register(client, "w1", concurrency=2)
+    w2 = register(client, "w2", concurrency=1)
+    held = assign(app, client, w1)
+    acked(client, w1, rep(held[0]["execution_id"], "running", pid=7))
+    (kept,) = assign(app, client, w2)
+    time.sleep(LEASE + 0.2)
+    send(client, w2)                        # w2 still talks (a report always heartbeats)
+    assert sweep(app) == 1
+    return {"w1": w1, "held": held, "kept": kept}
+
+
+def test_sweep_gives_back_the_work_of_a_silent_worker(app, client, lost_worker):
+    lw = lost_worker
+    assert call(client, "GET", "/workers/w1")["status"] == "lost"
+    assert call(client, "GET", "/workers/w2")["status"] == "running"
+    for a in lw["held"]:
+        ex = execution(client, a["execution_id"])
+        assert ex["status"] == "lost" and "lease" in ex["error"]
+        t = task(client, a["task_id"])
+        assert (t["status"], t["attempt"]) == ("pending", 0)
+    assert execution(client, lw["kept"]["execution_id"])["status"] == "assigned"
+    assert sweep(app) == 0
+    assert dispatch(app) == {}          # w2 is full, w1 is lost: nobody takes the tasks
+
+
+def test_late_report_from_a_lost_execution_is_refused(app, client, lost_worker):
+    w1, (running, _) = lost_worker["w1"], lost_worker["held"]
+    before = task(client, running["task_id"])          # with its executions
+    mark = last_event(app)
+
+    answer = send(client, w1, rep(running["execution_id"], "succeeded", return_code=0,
+                                  stdout=chunk(b"too late")))
+    assert answer["acked"] == []
+    assert [(r["execution_id"], r["status"]) for r in answer["refused"]] == [(running["execution_id"], 409)]
+    assert task(client, running["task_id"]) == before
+    assert output(client, running["task_id"]).data == b""
+    r = client.post(f"{API}/executions/{running['execution_id']}/output",
+                    query_string={"stream": "stdout", "offset": 0}, data=b"too late")
+    assert r.status_code == 409
+    assert not any(kind.startswith("execution.") for kind, *_ in events(app, mark))
+
+
+def test_worker_restart_gives_back_what_it_held(app, client):
+    (task_id,) = submit(client, "x")
+    wid = register(client, "w1")
+    (a,) = assign(app, client, wid)
+    assert register(client, "w1") == wid
+    assert execution(client, a["execution_id"])["status"] == "lost"
+    assert (task(client, task_id)["status"], task(client, task_id)["attempt"]) == ("pending", 0)
+    (again,) = assign(app, client, wid)
+    assert again["task_id"] == task_id and again["execution_id"] != a["execution_id"]
+
+
+def test_worker_news_draining_and_offline(app, client):
+    ids = submit(client, "a", "b", "c")
+    wid = register(client, "w1", concurrency=2)
+    first, second = assign(app, client, wid)
+    acked(client, wid, rep(first["execution_id"], "running"))
+    call(client, "POST", f"/workers/{wid}/reports", json={"status": "draining"})
+    assert call(client, "GET", "/workers/w1")["status"] == "draining"
+    acked(client, wid, rep(second["execution_id"], "succeeded", return_code=0))
+    assert dispatch(app) == {}                                  # draining: nothing new
+
+    call(client, "POST", f"/workers/{wid}/reports", json={"status": "offline"})
+    assert call(client, "GET", "/workers/w1")["status"] == "offline"
+    assert [task(client, i)["status"] for i in ids] == ["pending", "succeeded", "pending"]
+
+
+# --- the event log -------------------------------------------------------------
+
+def test_every_state_change_writes_an_event(app, client):
+    mark = 0
+
+    def expect(*kinds):
+        nonlocal mark
+        new = events(app, mark)
+        assert [e[0] for e in new] == list(kinds)
+        mark = last_event(app)
+        return new
+
+    (task_id,) = submit(client, "x", batch="ev")
+    (_, created) = expect("batch.created", "tasks.created")
+    assert created[3] == {"count": 1, "first": task_id, "last": task_id}
+    wid = register(client, "w1")
+    expect("worker.registered")
+    (a,) = assign(app, client, wid)
+    (assigned,) = expect("execution.assigned")
+    assert assigned[1:] == ("execution", a["execution_id"], {"task_id": task_id, "worker": "w1"})
+    acked(client, wid, rep(a["execution_id"], "running"))
+    expect("execution.running")
+    acked(client, wid, rep(a["execution_id"], "failed", return_code=1))
+    (failed,) = expect("execution.failed")
+    assert failed[3]["return_code"] == 1
+
+    call(client, "POST", f"/tasks/{task_id}/relaunch")
+    (relaunched,) = expect("task.relaunched")
+    assert relaunched[1:3] == ("task", task_id)
+    (b,) = assign(app, client, wid)
+    expect("execution.assigned")
+    acked(client, wid, rep(b["execution_id"], "released"))
+    expect("execution.released")
+
+    call(client, "POST", "/batches/ev/pause")
+    expect("batch.paused")
+    call(client, "POST", "/batches/ev/resume")
+    expect("batch.resumed")
+    call(client, "PUT", "/workers/w1", json={"concurrency": 2})
+    expect("worker.changed")
+
+    (c,) = assign(app, client, wid)
+    expect("execution.assigned")
+    time.sleep(LEASE + 0.2)
+    sweep(app)
+    lost, _ = expect("execution.lost", "worker.lost")
+    assert lost[2] == c["execution_id"]
+    poll(client, wid)
+    expect("worker.back")
+
+    call(client, "PUT", f"/tasks/{task_id}", json={"command": "y"})
+    expect("task.updated")
+    call(client, "DELETE", "/workers/w1")
+    expect("worker.deleted")
+    call(client, "DELETE", f"/tasks/{task_id}")
+    expect("task.deleted")
+    call(client, "DELETE", "/batches/ev")
+    expect("batch.deleted")
+
+
+# --- edge cases ---------------------------------------------------------------
+
+def test_resent_batch_of_reports_is_acked(app, client):
+    submit(client, "x")
+    wid = register(client, "w1")
+    (a,) = assign(app, client, wid)
+    batch = [rep(a["execution_id"], "running", pid=1), rep(a["execution_id"], "succeeded", return_code=0)]
+    acked(client, wid, *batch)
+    acked(client, wid, *batch)          # the worker did not hear the first answer
+
+
+def test_poll_with_nan_wait_returns(app, client):
+    wid = register(client, "w1")
+    answers = []
+    body = '{"wait": NaN, "known": []}'
+    waiting = threading.Thread(target=lambda: answers.append(app.test_client().post(
+        f"{API}/workers/{wid}/poll", data=body, content_type="application/json")))
+    waiting.start()
+    try:
+        waiting.join(3)
+        assert not waiting.is_alive(), "the poll is still hanging"
+        assert answers[0].status_code in (200, 400)
+    finally:
+        submit(client, "wake it up")       # an assignment ends the hanging poll
+        dispatch(app)
+        waiting.join(10)
+
+
+def test_out_of_range_return_code_is_refused(app, client):
+    (task_id,) = submit(client, "x")
+    wid = register(client, "w1")
+    (a,) = assign(app, client, wid)
+    answer = send(client, wid, rep(a["execution_id"], "failed", return_code=2 ** 40))
+    assert [r["status"] for r in answer["refused"]] == [400]
+    assert task(client, task_id)["status"] == "assigned"
+
+
+def test_polling_worker_is_not_lost(app, client):
+    wid = register(client, "w1")
+    deadline = time.monotonic() + LEASE + 0.5
+    while time.monotonic() < deadline:
+        poll(client, wid)
+        time.sleep(0.1)
+    assert sweep(app) == 0
+    assert call(client, "GET", "/workers/w1")["status"] == "running"
