@@ -55,6 +55,26 @@ def db_url(request, tmp_path):
         server.drop_database(name)
 
 
+# --- The app in-process, through Flask's test client --------------------------
+
+@pytest.fixture
+def app(request, db_url, tmp_path):
+    """The server app on each database; a test module may set LEASE (seconds).
+    The dispatcher thread is not started: tests call dispatch() where they want it."""
+    from scitq.server import create_app
+    config = {"DATA_DIR": tmp_path, "DATABASE": db_url}
+    if getattr(request.module, "LEASE", None) is not None:
+        config["LEASE"] = request.module.LEASE
+    app = create_app(config)
+    yield app
+    app.extensions["scitq"].db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
 # --- Processes: real servers and workers on loopback -------------------------
 
 from procs import Procs  # noqa: E402

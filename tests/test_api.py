@@ -7,25 +7,10 @@ import base64
 
 import pytest
 
-from scitq.server import create_app
 
 API = "/api/v1"
 BIG_COMMAND = "x" * (10 << 20)      # 10 MB: far past the 64 KiB command limit
 SMALL_ANSWER = 2048                 # bytes: an error answer never echoes the payload back
-
-
-# --- fixtures ----------------------------------------------------------------
-
-@pytest.fixture
-def app(db_url, tmp_path):
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url})
-    yield app
-    app.extensions["scitq"].db.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 # --- helpers -----------------------------------------------------------------

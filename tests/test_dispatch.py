@@ -10,25 +10,10 @@ import time
 import pytest
 from sqlalchemy import select
 
-from scitq.server import create_app
 from scitq.server.models import Event
 
 API = "/api/v1"
 LEASE = 1.0
-
-
-# --- fixtures ----------------------------------------------------------------
-
-@pytest.fixture
-def app(db_url, tmp_path):
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "LEASE": LEASE})
-    yield app
-    app.extensions["scitq"].db.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 # --- helpers -----------------------------------------------------------------

@@ -3,12 +3,12 @@ import contextlib
 import threading
 from pathlib import Path
 
-from sqlalchemy import create_engine, event as sa_event
+from sqlalchemy import create_engine, event as sa_event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from scitq.errors import BadRequest
-from scitq.server.models import Event
+from scitq.errors import BadRequest, NotFound
+from scitq.server.models import MAX_ID, Event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -92,6 +92,17 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA case_sensitive_like=ON")   # LIKE as on PostgreSQL
     cur.close()
+
+
+def lookup(session, model, ref):
+    """A batch or worker by id (an int, or digits) or by name; NotFound otherwise."""
+    if isinstance(ref, int) or ref.isdigit():
+        obj = session.get(model, int(ref)) if int(ref) <= MAX_ID else None
+    else:
+        obj = session.scalar(select(model).where(model.name == ref))
+    if obj is None:
+        raise NotFound(f"no {model.__tablename__} {ref!r}")
+    return obj
 
 
 def record(session, kind, obj, **detail):

@@ -4,8 +4,8 @@ import re
 from sqlalchemy import func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
-from scitq.server.db import record
-from scitq.server.models import MAX_ID, Batch, Execution, Task, utcnow
+from scitq.server.db import lookup, record
+from scitq.server.models import Batch, Execution, Task, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
@@ -25,14 +25,7 @@ def check_batch_name(name):
 
 
 def get_batch(s, ref):
-    """A batch by id (int or digits) or by name."""
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        batch = s.get(Batch, int(ref)) if int(ref) <= MAX_ID else None
-    else:
-        batch = s.scalar(select(Batch).where(Batch.name == ref))
-    if batch is None:
-        raise NotFound(f"no batch {ref!r}")
-    return batch
+    return lookup(s, Batch, ref)
 
 
 def get_or_create_batch(s, name):

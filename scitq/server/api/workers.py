@@ -5,10 +5,11 @@ import time
 from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
-from scitq.errors import BadRequest, NotFound
+from scitq.errors import BadRequest
 from scitq.server import reports
-from scitq.server.api import ID, natural_id, state
-from scitq.server.models import MAX_ID, MAX_INT, Worker
+from scitq.server.api import ID, state
+from scitq.server.db import lookup
+from scitq.server.models import MAX_INT, Worker
 from scitq.status import WorkerStatus
 
 ns = Namespace("workers", description="Worker processes, their settings and their work")
@@ -80,14 +81,7 @@ reports_out = ns.model("ReportsAnswer", {"acked": fields.List(fields.Integer),
 
 
 def find_worker(s, ref):
-    """A worker by id or by name."""
-    if ref.isdigit():
-        w = s.get(Worker, int(ref)) if int(ref) <= MAX_ID else None
-    else:
-        w = s.scalar(select(Worker).where(Worker.name == ref))
-    if w is None:
-        raise NotFound(f"no worker {ref!r}")
-    return w
+    return lookup(s, Worker, ref)
 
 
 def worker_dict(s, w):
