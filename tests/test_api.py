@@ -382,6 +382,9 @@ def test_delete_worker_gives_tasks_back(app, client):
 def test_swagger_is_served(client):
     spec = call(client, "GET", "/swagger.json")
     assert "/tasks" in spec["paths"] and "/workers/{worker_id}/poll" in spec["paths"]
+    docs = client.get("/api/v1/docs")               # browsable, with its own assets
+    assert docs.status_code == 200 and b"swagger-ui" in docs.data
+    assert client.get("/swaggerui/swagger-ui.css").status_code == 200
 
 
 @pytest.mark.parametrize("url", ["/api/v1/nowhere", "/nowhere", "/api/v1/tasks/abc"])
