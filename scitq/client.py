@@ -165,6 +165,38 @@ class Client:
     def execution(self, execution_id):
         return self._json("GET", f"/executions/{execution_id}")
 
+    # -- providers --------------------------------------------------------------
+    def providers(self):
+        return self._json("GET", "/providers")
+
+    def regions(self, provider):
+        return self._json("GET", f"/providers/{provider}/regions")
+
+    def refresh_flavors(self, provider):
+        return self._json("POST", f"/providers/{provider}/refresh", timeout=600)
+
+    def flavors(self, **filters):
+        """Catalog flavors that fit: provider, region, min_cpu, min_ram, min_disk, gpu,
+        max_cost, spot, limit."""
+        return self._json("GET", "/providers/flavors",
+                          params={k: v for k, v in filters.items() if v is not None})
+
+    def quotas(self, provider, region):
+        return self._json("GET", f"/providers/{provider}/quotas", params={"region": region})
+
+    def instances(self, provider):
+        return self._json("GET", f"/providers/{provider}/instances")
+
+    def create_instances(self, provider, flavor, region, count=1, spot=False, max_price=None):
+        """Create hosts and wait for them: cloud VMs can take minutes."""
+        body = {"flavor": flavor, "region": region, "count": count, "spot": spot}
+        if max_price is not None:
+            body["max_price"] = max_price
+        return self._json("POST", f"/providers/{provider}/instances", json=body, timeout=1800)
+
+    def delete_instance(self, provider, instance_id):
+        return self._json("DELETE", f"/providers/{provider}/instances/{instance_id}", timeout=600)
+
     # -- workers ----------------------------------------------------------------
     def workers(self):
         return self._json("GET", "/workers")

@@ -47,3 +47,48 @@ def from_status(status, message, detail=None):
     err = cls(message, detail)
     err.http_status = status
     return err
+
+
+# --- providers: typed so the reconciler knows whether to fail over -------------
+
+class ProviderError(ScitqError):
+    """A cloud said no, or could not be reached."""
+
+    http_status = 502
+    retry_elsewhere = False     # another (provider, region, flavor) may well succeed
+
+
+class QuotaExceeded(ProviderError):
+    """The account's quota (cores, instances, RAM) would be exceeded."""
+
+    http_status = 409
+    retry_elsewhere = True
+
+
+class CapacityError(ProviderError):
+    """The region has no capacity for this flavor right now (SkuNotAvailable, no host)."""
+
+    http_status = 409
+    retry_elsewhere = True
+
+
+class AuthError(ProviderError):
+    """Credentials missing, wrong or expired."""
+
+    http_status = 400
+
+
+class TransientError(ProviderError):
+    """A timeout or a 5xx: the same call may succeed later."""
+
+    http_status = 503
+
+
+class InstanceNotFound(ProviderError, LookupError):
+    http_status = 404
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider cannot work here: its SDK is not installed, or it needs root."""
+
+    http_status = 400

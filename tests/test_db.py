@@ -2,10 +2,11 @@
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from scitq.errors import BadRequest
-from scitq.server.db import Database, normalize_url
+from scitq.server.db import MIGRATIONS, Database, normalize_url
 from scitq.server.models import Base
 
 
@@ -16,9 +17,10 @@ def test_migrations_match_the_models_and_are_idempotent(db_url):
         db.migrate()    # a restart applies nothing new
         with db.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+            assert MigrationContext.configure(conn).get_current_revision() == head
         tables = set(inspect(db.engine).get_table_names())
-        assert {"batch", "task", "task_dependency", "execution", "worker", "event"} <= tables
+        assert {"batch", "task", "task_dependency", "execution", "worker", "event", "flavor"} <= tables
     finally:
         db.dispose()
 

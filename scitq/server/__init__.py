@@ -10,6 +10,7 @@ from werkzeug.exceptions import BadRequest as HTTPBadRequest, HTTPException
 from scitq.server.db import Database
 from scitq.server.dispatch import Dispatcher, Notifier
 from scitq.server.outputs import OutputStore
+from scitq.server.providers import Providers, load_config
 
 log = logging.getLogger("scitq.server")
 
@@ -22,6 +23,7 @@ class ServerState:
     notifier: Notifier
     dispatcher: Dispatcher
     data_dir: Path
+    providers: Providers
 
 
 def default_data_dir():
@@ -46,7 +48,8 @@ class JSONRequest(Request):
 
 
 def create_app(config=None):
-    """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds)."""
+    """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
+    (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -57,9 +60,13 @@ def create_app(config=None):
     db = Database(app.config.get("DATABASE") or default_db_url(data_dir))
     db.migrate()
     notifier = Notifier()
+    providers = app.config.get("PROVIDERS")
+    if providers is None:
+        providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
     app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
-        dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir)
+        dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir,
+        providers=Providers(providers, data_dir))
 
     from scitq.server.api import create_blueprint
     app.register_blueprint(create_blueprint())

@@ -2,7 +2,7 @@
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer,
-                        String, Text, TypeDecorator)
+                        String, Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
@@ -151,6 +151,33 @@ class Execution(Base):
                 "stdout_bytes": self.stdout_bytes, "stderr_bytes": self.stderr_bytes,
                 "assigned_at": iso(self.assigned_at), "started_at": iso(self.started_at),
                 "ended_at": iso(self.ended_at)}
+
+
+class Flavor(Base):
+    """The flavor catalog: what each provider rents, refreshed from its API."""
+
+    __tablename__ = "flavor"
+    __table_args__ = (UniqueConstraint("provider", "region", "name", "spot"),
+                      Index("ix_flavor_search", "cpu", "ram"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    region: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    cpu: Mapped[int] = mapped_column(Integer)
+    ram: Mapped[float]                                      # GiB
+    disk: Mapped[float]                                     # GiB
+    gpu: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_model: Mapped[str | None] = mapped_column(String(64))
+    hourly_cost: Mapped[float | None]
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def to_dict(self):
+        return {"provider": self.provider, "region": self.region, "name": self.name,
+                "cpu": self.cpu, "ram": self.ram, "disk": self.disk, "gpu": self.gpu,
+                "gpu_model": self.gpu_model, "hourly_cost": self.hourly_cost, "spot": self.spot,
+                "updated_at": iso(self.updated_at)}
 
 
 class Event(Base):

@@ -1,0 +1,125 @@
+"""What every provider speaks: flavors, instance specs, instances, and the interface.
+
+One module per cloud implements `Provider` (see ovh.py, azure.py, local.py, static.py);
+their SDKs are imported inside those modules, lazily, so a user without the Azure SDK
+can still use OVH.
+"""
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+TAG = "scitq"            # every instance scitq creates carries this tag (value: the instance name)
+
+
+class InstanceStatus(str, Enum):
+    CREATING = "creating"    # asked for, not yet reachable
+    RUNNING = "running"      # booted, has its address
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"        # the cloud gave up on it (ERROR state, failed provisioning)
+
+
+@dataclass(frozen=True)
+class Flavor:
+    provider: str
+    region: str
+    name: str
+    cpu: int                          # vCPUs
+    ram: float                        # GiB
+    disk: float                       # GiB of local/OS disk
+    gpu: int = 0                      # number of GPUs
+    gpu_model: str | None = None
+    hourly_cost: float | None = None  # per hour, in the provider's currency (None: unknown)
+    spot: bool = False                # a spot/preemptible price
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class InstanceSpec:
+    name: str                         # unique among scitq's instances; also the host name
+    flavor: str
+    region: str
+    image: str | None = None          # provider default when None
+    ssh_public_key: str | None = None # installed for the provider's default user
+    user_data: str | None = None      # cloud-init
+    tags: dict = field(default_factory=dict)
+    spot: bool = False
+    max_price: float | None = None    # spot only: the highest hourly price to pay (None: on-demand cap)
+
+
+@dataclass
+class Instance:
+    provider: str
+    id: str                           # the provider's own id
+    name: str
+    region: str
+    flavor: str
+    status: InstanceStatus
+    ip: str | None = None             # the address scitq reaches it at (SSH)
+    private_ip: str | None = None
+    user: str | None = None           # SSH user
+    tags: dict = field(default_factory=dict)
+    created_at: str | None = None     # ISO 8601 when known
+
+    def to_dict(self):
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+
+@dataclass(frozen=True)
+class Quota:
+    region: str
+    resource: str                     # "cores", "instances", "ram_gib", ...
+    used: float
+    limit: float | None               # None: unlimited
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Provider:
+    """One cloud account (or one machine). Subclasses implement every method below;
+    `delete` is idempotent: deleting what is gone already is not an error."""
+
+    name = "?"
+
+    def __init__(self, config=None):
+        self.config = dict(config or {})
+
+    def check(self):
+        """Raise AuthError / ProviderUnavailable when this provider cannot work here."""
+
+    def regions(self):
+        raise NotImplementedError(f"{self.name} does not list regions")
+
+    def flavors(self, region=None):
+        raise NotImplementedError(f"{self.name} does not list flavors")
+
+    def quotas(self, region):
+        raise NotImplementedError(f"{self.name} does not report quotas")
+
+    def create(self, spec):
+        raise NotImplementedError(f"{self.name} cannot create instances")
+
+    def get(self, instance_id):
+        raise NotImplementedError(f"{self.name} cannot look instances up")
+
+    def list(self, tags=None):
+        """Instances carrying every given tag (default: all scitq-tagged ones)."""
+        raise NotImplementedError(f"{self.name} cannot list instances")
+
+    def delete(self, instance_id):
+        raise NotImplementedError(f"{self.name} cannot delete instances")
+
+
+def require(module, extra):
+    """Import a cloud SDK module, or say which extra installs it."""
+    import importlib
+
+    from scitq.errors import ProviderUnavailable
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ProviderUnavailable(f"{module} is not installed: pip install 'scitq[{extra}]' ({exc})") from exc

@@ -1,0 +1,126 @@
+"""Providers: the clouds (and machines) hosts come from, their flavors, quotas and instances."""
+from flask_restx import Namespace, Resource, fields, inputs, reqparse
+
+from scitq.server.api import state
+from scitq.server.providers import query_flavors
+
+ns = Namespace("providers", description="Where hosts come from: flavors, quotas, instances")
+
+provider = ns.model("Provider", {"name": fields.String, "configured": fields.Boolean,
+                                 "error": fields.String(description="why it cannot work, if so")})
+flavor = ns.model("Flavor", {
+    "provider": fields.String, "region": fields.String, "name": fields.String,
+    "cpu": fields.Integer, "ram": fields.Float(description="GiB"), "disk": fields.Float(description="GiB"),
+    "gpu": fields.Integer, "gpu_model": fields.String, "hourly_cost": fields.Float,
+    "spot": fields.Boolean, "updated_at": fields.String,
+})
+quota = ns.model("Quota", {"region": fields.String, "resource": fields.String,
+                           "used": fields.Float, "limit": fields.Float})
+instance = ns.model("Instance", {
+    "provider": fields.String, "id": fields.String, "name": fields.String, "region": fields.String,
+    "flavor": fields.String, "status": fields.String, "ip": fields.String,
+    "private_ip": fields.String, "user": fields.String, "tags": fields.Raw,
+    "created_at": fields.String,
+})
+create_in = ns.model("InstancesIn", {
+    "flavor": fields.String(required=True, min_length=1, max_length=128),
+    "region": fields.String(required=True, min_length=1, max_length=64),
+    "count": fields.Integer(min=1, max=100, default=1),
+    "spot": fields.Boolean(default=False),
+    "max_price": fields.Float(min=0),
+})
+
+flavor_args = reqparse.RequestParser()
+flavor_args.add_argument("provider")
+flavor_args.add_argument("region")
+flavor_args.add_argument("min_cpu", type=inputs.natural)
+flavor_args.add_argument("min_ram", type=float)
+flavor_args.add_argument("min_disk", type=float)
+flavor_args.add_argument("gpu", type=inputs.boolean)
+flavor_args.add_argument("max_cost", type=float)
+flavor_args.add_argument("spot", type=inputs.boolean)
+flavor_args.add_argument("limit", type=inputs.int_range(1, 5000), default=200)
+
+region_arg = reqparse.RequestParser()
+region_arg.add_argument("region", required=True)
+
+
+def providers():
+    return state().providers
+
+
+@ns.route("")
+class Providers(Resource):
+    @ns.marshal_list_with(provider)
+    def get(self):
+        """Every provider scitq knows, whether this server has it configured, and if it works."""
+        return providers().status()
+
+
+@ns.route("/flavors")
+class Flavors(Resource):
+    @ns.expect(flavor_args)
+    @ns.marshal_list_with(flavor)
+    def get(self):
+        """The flavor catalog, filtered, cheapest first (run a refresh to fill it)."""
+        a = flavor_args.parse_args()
+        with state().db.read() as s:
+            return query_flavors(s, **a)
+
+
+@ns.route("/<string:name>/regions")
+class Regions(Resource):
+    def get(self, name):
+        p = providers().get(name)
+        p.check()
+        return p.regions()
+
+
+@ns.route("/<string:name>/refresh")
+class Refresh(Resource):
+    def post(self, name):
+        """Read the provider's flavors and prices into the catalog."""
+        with state().db.write() as s:
+            n = providers().refresh_catalog(s, name)
+        return {"provider": name, "flavors": n}
+
+
+@ns.route("/<string:name>/quotas")
+class Quotas(Resource):
+    @ns.expect(region_arg)
+    @ns.marshal_list_with(quota)
+    def get(self, name):
+        p = providers().get(name)
+        p.check()
+        return [q.to_dict() for q in p.quotas(region_arg.parse_args()["region"])]
+
+
+@ns.route("/<string:name>/instances")
+class Instances(Resource):
+    @ns.marshal_list_with(instance)
+    def get(self, name):
+        """The provider's scitq-tagged instances, as the provider sees them."""
+        p = providers().get(name)
+        p.check()
+        return [i.to_dict() for i in p.list()]
+
+    @ns.expect(create_in, validate=True)
+    @ns.marshal_list_with(instance, code=201)
+    def post(self, name):
+        """Create hosts and wait until they run (the server's SSH key is installed on them)."""
+        body = ns.payload
+        made = providers().create(name, body["flavor"], body["region"], body.get("count", 1),
+                                  body.get("spot", False), body.get("max_price"))
+        return [i.to_dict() for i in made], 201
+
+
+@ns.route("/<string:name>/instances/<string:instance_id>")
+class OneInstance(Resource):
+    @ns.marshal_with(instance)
+    def get(self, name, instance_id):
+        return providers().get(name).get(instance_id).to_dict()
+
+    def delete(self, name, instance_id):
+        """Delete (or, for static hosts, release) an instance; deleting one gone is fine."""
+        providers().get(name).delete(instance_id)
+        return {"deleted": instance_id}

@@ -1,0 +1,113 @@
+"""The server's providers: their configuration, the flavor catalog, and their instances.
+
+Configuration is a YAML mapping {provider name: its settings} (see each provider module),
+from --providers FILE, SCITQ_PROVIDERS, or DATA_DIR/providers.yaml.
+"""
+import secrets
+import threading
+from pathlib import Path
+
+from sqlalchemy import delete, select
+
+from scitq.errors import BadRequest, ProviderError, ScitqError
+from scitq.providers import PROVIDERS, InstanceSpec, get_provider
+from scitq.server.models import Flavor, utcnow
+from scitq.server.sshkey import ensure_keypair
+
+
+def load_config(path):
+    if not path or not Path(path).exists():
+        return {}
+    import yaml
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BadRequest(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(config, dict) or not all(isinstance(v, dict) or v is None for v in config.values()):
+        raise BadRequest(f"{path}: expected a mapping of provider name to its settings")
+    unknown = set(config) - set(PROVIDERS)
+    if unknown:
+        raise BadRequest(f"{path}: unknown provider(s) {', '.join(sorted(unknown))}")
+    return {k: v or {} for k, v in config.items()}
+
+
+class Providers:
+    """The providers this server may use, made on first use and kept."""
+
+    def __init__(self, config, data_dir):
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self._made = {}
+        self._lock = threading.Lock()
+
+    def get(self, name):
+        if name not in PROVIDERS:
+            raise BadRequest(f"unknown provider {name!r}: one of {', '.join(sorted(PROVIDERS))}")
+        if name not in self.config:
+            raise BadRequest(f"provider {name} is not configured on this server "
+                             f"(add a '{name}:' section to its providers file)")
+        with self._lock:
+            if name not in self._made:
+                settings = {"data_dir": str(self.data_dir / "providers" / name), **self.config[name]}
+                self._made[name] = get_provider(name, settings)
+            return self._made[name]
+
+    def status(self):
+        """Every known provider: configured here or not, and usable or why not."""
+        out = []
+        for name in sorted(PROVIDERS):
+            entry = {"name": name, "configured": name in self.config, "error": None}
+            if entry["configured"]:
+                try:
+                    self.get(name).check()
+                except ScitqError as err:
+                    entry["error"] = err.message
+            out.append(entry)
+        return out
+
+    def refresh_catalog(self, s, name, regions=None):
+        """Replace the catalog rows of a provider by what its API says now."""
+        provider = self.get(name)
+        provider.check()
+        regions = regions or provider.regions()
+        flavors = {(f.region, f.name, f.spot): f for region in regions for f in provider.flavors(region)}
+        flavors = list(flavors.values())
+        s.execute(delete(Flavor).where(Flavor.provider == name, Flavor.region.in_(regions)))
+        now = utcnow()
+        s.add_all(Flavor(**f.to_dict(), updated_at=now) for f in flavors)
+        return len(flavors)
+
+    def create(self, name, flavor, region, count=1, spot=False, max_price=None):
+        provider = self.get(name)
+        provider.check()
+        _, public_key = ensure_keypair(self.data_dir)
+        made = []
+        for _ in range(count):
+            spec = InstanceSpec(name=f"scitq-{name}-{secrets.token_hex(3)}", flavor=flavor,
+                                region=region, ssh_public_key=public_key, spot=spot,
+                                max_price=max_price)
+            try:
+                made.append(provider.create(spec))
+            except ProviderError as err:
+                if made:     # say what exists already: those hosts are real and cost money
+                    err.detail = {"created": [i.to_dict() for i in made]}
+                raise
+        return made
+
+
+def query_flavors(s, provider=None, region=None, min_cpu=None, min_ram=None, min_disk=None,
+                  gpu=None, max_cost=None, spot=None, limit=200):
+    """Catalog rows that fit, cheapest first (unknown prices last)."""
+    q = select(Flavor)
+    for column, value in ((Flavor.provider, provider), (Flavor.region, region), (Flavor.spot, spot)):
+        if value is not None:
+            q = q.where(column == value)
+    for column, value in ((Flavor.cpu, min_cpu), (Flavor.ram, min_ram), (Flavor.disk, min_disk)):
+        if value is not None:
+            q = q.where(column >= value)
+    if gpu is not None:
+        q = q.where(Flavor.gpu > 0 if gpu else Flavor.gpu == 0)
+    if max_cost is not None:
+        q = q.where(Flavor.hourly_cost <= max_cost)
+    q = q.order_by(Flavor.hourly_cost.is_(None), Flavor.hourly_cost, Flavor.cpu, Flavor.name).limit(limit)
+    return [f.to_dict() for f in s.scalars(q)]
