@@ -1,7 +1,7 @@
 """Logging set-up shared by the long-running commands (server, worker)."""
 import logging
 
-QUIET = ("httpx", "httpcore", "alembic")   # chatty at INFO: one line per request or step
+QUIET = ("httpx", "httpcore", "alembic", "azure", "openstack", "keystoneauth")   # chatty at INFO
 
 
 def setup(level="INFO"):

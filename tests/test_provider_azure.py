@@ -1,0 +1,292 @@
+"""The Azure provider through the real Azure SDKs, against an in-memory ARM on loopback."""
+import base64
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("azure.mgmt.compute")
+
+from fakes.azure import FakeAzure  # noqa: E402
+from provider_contract import check_catalog, check_lifecycle  # noqa: E402
+
+from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound,  # noqa: E402
+                          ProviderError, ProviderUnavailable, QuotaExceeded, TransientError)
+from scitq.providers import TAG, InstanceSpec, InstanceStatus, get_provider  # noqa: E402
+from scitq.providers.azure import AzureProvider  # noqa: E402
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5IGZvciBzY2l0cSB0ZXN0cyBvbmx5 scitq@test"
+NOTHING = {"virtualMachines": [], "disks": [], "networkInterfaces": [], "publicIPAddresses": []}
+
+
+@pytest.fixture
+def cloud():
+    with FakeAzure() as fake:
+        yield fake
+
+
+@pytest.fixture
+def provider(cloud):
+    return get_provider("azure", cloud.provider_config())
+
+
+def spec(name="scitq-azure-w1", flavor="Standard_D2s_v5", **kw):
+    return InstanceSpec(name=name, flavor=flavor, region=kw.pop("region", "westeurope"),
+                        ssh_public_key=KEY, **kw)
+
+
+def wait_running(provider, instance, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        current = provider.get(instance.id)
+        if current.status is InstanceStatus.RUNNING or time.monotonic() > deadline:
+            return current
+        time.sleep(0.05)
+
+
+# --- the contract ------------------------------------------------------------------------------
+
+def test_catalog_contract(provider):
+    flavors = check_catalog(provider, "westeurope")
+    names = {f.name for f in flavors}
+    assert {"Standard_B2s", "Standard_D2s_v5", "Standard_NC4as_T4_v3"} <= names
+    assert "Standard_E2s_v5" not in names            # NotAvailableForSubscription in westeurope
+    assert "Standard_A2_v2" not in names             # gen1 only: the Debian 12 gen2 image cannot boot
+    assert "Standard_D2ps_v5" not in names           # Arm64
+    assert all(f.hourly_cost is None for f in flavors)   # no price source configured
+    gpu = next(f for f in flavors if f.name == "Standard_NC4as_T4_v3" and not f.spot)
+    assert (gpu.cpu, gpu.ram, gpu.gpu, gpu.gpu_model, gpu.disk) == (4, 28.0, 1, "T4", 176.0)
+    d2 = [f for f in flavors if f.name == "Standard_D2s_v5"]
+    assert sorted(f.spot for f in d2) == [False, True]
+    assert not any(f.spot for f in flavors if f.name == "Standard_B2s")   # not LowPriorityCapable
+    assert "Standard_E2s_v5" in {f.name for f in provider.flavors("northeurope")}
+
+
+def test_lifecycle_contract(provider, cloud):
+    check_lifecycle(provider, spec(), wait_running)
+    assert cloud.everything() == NOTHING
+
+
+# --- create ------------------------------------------------------------------------------------
+
+def test_create_makes_tagged_ip_nic_vm_and_disk(provider, cloud):
+    instance = provider.create(spec(tags={"batch": "b1"}, user_data="#cloud-config\nruncmd: [true]\n"))
+    assert instance.status is InstanceStatus.RUNNING and instance.user == "scitq"
+    assert instance.ip == cloud.resource("publicIPAddresses", "scitq-azure-w1-ip")["properties"]["ipAddress"]
+    assert instance.private_ip and instance.tags == {"batch": "b1", TAG: "scitq-azure-w1"}
+    assert cloud.everything() == {"virtualMachines": ["scitq-azure-w1"], "disks": ["scitq-azure-w1-osdisk"],
+                                  "networkInterfaces": ["scitq-azure-w1-nic"],
+                                  "publicIPAddresses": ["scitq-azure-w1-ip"]}
+    for kind, names in cloud.everything().items():
+        assert cloud.resource(kind, names[0])["tags"] == {"batch": "b1", TAG: "scitq-azure-w1"}, kind
+    vm = cloud.bodies("PUT", "virtualMachines")[-1]["properties"]
+    linux = vm["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True and "adminPassword" not in vm["osProfile"]
+    assert linux["ssh"]["publicKeys"] == [{"path": "/home/scitq/.ssh/authorized_keys", "keyData": KEY}]
+    assert base64.b64decode(vm["osProfile"]["customData"]).decode().startswith("#cloud-config")
+    assert vm["storageProfile"]["imageReference"] == {"publisher": "Debian", "offer": "debian-12",
+                                                      "sku": "12-gen2", "version": "latest"}
+    assert "priority" not in vm and "billingProfile" not in vm
+    # the region's network is shared, made once, tagged, and lets SSH in
+    assert cloud.names("virtualNetworks") == ["scitq-westeurope"]
+    nsg = cloud.resource("networkSecurityGroups", "scitq-westeurope")
+    assert nsg["tags"] and nsg["properties"]["securityRules"][0]["properties"]["destinationPortRange"] == "22"
+    provider.create(spec(name="scitq-azure-w2"))
+    assert len(cloud.bodies("PUT", "virtualNetworks")) == 1
+
+
+@pytest.mark.parametrize("max_price, sent", [(0.05, 0.05), (None, -1)])
+def test_spot_sends_priority_eviction_and_max_price(provider, cloud, max_price, sent):
+    provider.create(spec(spot=True, max_price=max_price))
+    vm = cloud.bodies("PUT", "virtualMachines")[-1]["properties"]
+    assert (vm["priority"], vm["evictionPolicy"], vm["billingProfile"]) == ("Spot", "Delete", {"maxPrice": sent})
+    assert next(q for q in provider.quotas("westeurope") if q.resource == "spot_cores").used == 2
+
+
+def test_concurrent_creates_share_one_network(provider, cloud):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda i: provider.create(spec(name=f"scitq-azure-c{i}")), range(4)))
+    assert all(i.status is InstanceStatus.RUNNING for i in made) and len({i.ip for i in made}) == 4
+    assert len(cloud.bodies("PUT", "virtualNetworks")) == 1
+    assert len(cloud.bodies("PUT", "networkSecurityGroups")) == 1
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(provider.delete, [i.id for i in made]))
+    assert cloud.everything() == NOTHING
+
+
+def test_create_needs_an_ssh_key(provider, cloud):
+    with pytest.raises(BadRequest):
+        provider.create(InstanceSpec(name="nokey", flavor="Standard_D2s_v5", region="westeurope"))
+    assert cloud.everything() == NOTHING
+
+
+# --- delete ------------------------------------------------------------------------------------
+
+def test_delete_removes_everything_itself(provider, cloud):
+    """Without Azure's deleteOption doing part of the work, delete() still removes all four."""
+    cloud.honor_delete_options = False
+    instance = provider.create(spec())
+    provider.delete(instance.id)
+    assert cloud.everything() == NOTHING
+    provider.delete(instance.id)
+    with pytest.raises(InstanceNotFound):
+        provider.get(instance.id)
+
+
+@pytest.mark.parametrize("honor", [True, False])
+def test_delete_after_eviction_cleans_what_azure_left(provider, cloud, honor):
+    cloud.honor_delete_options = honor
+    instance = provider.create(spec(spot=True))
+    cloud.evict(instance.id)
+    assert cloud.names("publicIPAddresses") == ["scitq-azure-w1-ip"]     # Azure keeps the IP
+    assert provider.list() == []
+    provider.delete(instance.id)
+    assert cloud.everything() == NOTHING
+
+
+def test_delete_leaves_untagged_namesakes_alone(provider, cloud):
+    cloud.honor_delete_options = False
+    instance = provider.create(spec())
+    other = provider.create(spec(name="scitq-azure-w2"))
+    cloud.evict(instance.id)
+    cloud.store["disks"]["scitq-azure-w1-osdisk"]["tags"] = {"owner": "someone else"}
+    provider.delete(instance.id)
+    assert cloud.everything() == {"virtualMachines": ["scitq-azure-w2"],
+                                  "disks": ["scitq-azure-w1-osdisk", "scitq-azure-w2-osdisk"],
+                                  "networkInterfaces": ["scitq-azure-w2-nic"],
+                                  "publicIPAddresses": ["scitq-azure-w2-ip"]}
+    assert [i.id for i in provider.list()] == [other.id]
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, stage, error", [
+    ("QuotaExceeded", "request", QuotaExceeded),
+    ("OperationNotAllowed", "request", QuotaExceeded),
+    ("SkuNotAvailable", "request", CapacityError),
+    ("AllocationFailed", "async", CapacityError),
+    ("ZonalAllocationFailed", "async", CapacityError),
+])
+def test_failed_create_leaves_nothing_and_a_retry_succeeds(provider, cloud, code, stage, error):
+    kept = provider.create(spec(name="scitq-azure-kept"))
+    before = cloud.everything()
+    cloud.fail_next_vm(code, stage=stage)
+    with pytest.raises(error) as caught:
+        provider.create(spec())
+    assert code in caught.value.message and caught.value.retry_elsewhere
+    assert cloud.everything() == before              # this attempt's IP, NIC (and VM, disk) are gone
+    retried = provider.create(spec())
+    assert retried.status is InstanceStatus.RUNNING and retried.ip
+    assert {i.id for i in provider.list()} == {kept.id, retried.id}
+
+
+def test_operation_not_allowed_without_quota_is_not_a_quota_error(provider, cloud):
+    cloud.fail_next_vm("OperationNotAllowed", message="Operation 'create' is not allowed on a VM being deleted.")
+    with pytest.raises(ProviderError) as caught:
+        provider.create(spec())
+    assert not isinstance(caught.value, QuotaExceeded)
+    assert cloud.everything() == NOTHING
+
+
+def test_azure_quota_and_restricted_sizes():
+    with FakeAzure(quota={"cores": 20, "standardDSv5Family": 2}) as cloud:
+        provider = AzureProvider(cloud.provider_config())
+        provider.create(spec())
+        with pytest.raises(QuotaExceeded, match="standardDSv5Family"):
+            provider.create(spec(name="scitq-azure-w2"))
+        with pytest.raises(CapacityError, match="SkuNotAvailable"):
+            provider.create(spec(name="scitq-azure-w3", flavor="Standard_E2s_v5"))
+        quotas = {q.resource: q for q in provider.quotas("westeurope")}
+        assert (quotas["cores"].used, quotas["cores"].limit) == (2, 20)
+        assert (quotas["cores:standardDSv5Family"].used, quotas["cores:standardDSv5Family"].limit) == (2, 2)
+        assert quotas["instances"].used == 1
+        assert cloud.names("virtualMachines") == ["scitq-azure-w1"]
+
+
+def test_auth_transient_and_not_found_errors(provider, cloud):
+    with pytest.raises(InstanceNotFound):
+        provider.get("nope")
+    assert provider.list() == []                      # no resource group yet
+    cloud.fail_next("PUT", "publicIPAddresses", 500, "InternalServerError")
+    with pytest.raises(TransientError):
+        provider.create(spec())
+    assert cloud.everything() == NOTHING
+    cloud.fail_next("GET", "virtualMachines", 503, "ServerBusy")
+    with pytest.raises(TransientError):
+        provider.get("nope")
+    wrong = FakeAzure(token="another")
+    bad = AzureProvider(dict(cloud.provider_config(), credential=wrong.credential()))
+    with pytest.raises(AuthError):
+        bad.check()
+    with pytest.raises(AuthError):
+        bad.flavors("westeurope")
+
+
+def test_unreachable_and_plain_http_refused(cloud):
+    with FakeAzure() as gone:
+        url = gone.url
+    down = AzureProvider(dict(cloud.provider_config(), base_url=url))
+    with pytest.raises(TransientError):
+        down.quotas("westeurope")
+    strict = AzureProvider(dict(cloud.provider_config(), allow_http=False))
+    with pytest.raises(ProviderUnavailable, match="https"):
+        strict.quotas("westeurope")
+
+
+# --- prices ------------------------------------------------------------------------------------
+
+def test_prices_from_config_and_from_the_retail_api(cloud):
+    table = {"Standard_D2s_v5": {"ondemand": 0.1, "spot": 0.02}, "standard_b2s": 0.05}
+    flavors = AzureProvider(cloud.provider_config(prices=table)).flavors("westeurope")
+    cost = {(f.name, f.spot): f.hourly_cost for f in flavors}
+    assert cost[("Standard_D2s_v5", False)] == 0.1 and cost[("Standard_D2s_v5", True)] == 0.02
+    assert cost[("Standard_B2s", False)] == 0.05 and cost[("Standard_D4s_v5", False)] is None
+
+    retail = AzureProvider(cloud.provider_config(prices_url=cloud.prices_url))
+    cost = {(f.name, f.spot): f.hourly_cost for f in retail.flavors("westeurope")}
+    assert cost[("Standard_B2s", False)] == 0.0464                  # Linux, not the Windows meter
+    assert cost[("Standard_D2s_v5", False)] == 0.096 and cost[("Standard_D2s_v5", True)] == 0.0192
+    assert cost[("Standard_NC4as_T4_v3", False)] == 0.526 and cost[("Standard_NC4as_T4_v3", True)] is None
+    fetched = len([r for r in cloud.requests if r[1] == "/api/retail/prices"])
+    assert fetched == 2                                             # both pages
+    retail.flavors("westeurope")
+    assert len([r for r in cloud.requests if r[1] == "/api/retail/prices"]) == fetched   # cached
+
+    def broken(region):
+        raise OSError("no route to the price host")
+    flavors = AzureProvider(cloud.provider_config(prices=broken)).flavors("westeurope")
+    assert flavors and all(f.hourly_cost is None for f in flavors)
+
+
+# --- without the SDK ---------------------------------------------------------------------------
+
+NO_SDK = r"""
+import sys
+
+class NoAzure:
+    def find_spec(self, name, path=None, target=None):
+        if name == "azure" or name.startswith("azure."):
+            raise ImportError(f"No module named {name!r} (blocked)")
+
+sys.meta_path.insert(0, NoAzure())
+from scitq.errors import ProviderUnavailable
+from scitq.providers import get_provider
+
+provider = get_provider("azure", {"subscription_id": "s", "resource_group": "g", "regions": ["westeurope"]})
+assert provider.regions() == ["westeurope"]
+assert not [m for m in sys.modules if m == "azure" or m.startswith("azure.")]
+try:
+    provider.flavors("westeurope")
+except ProviderUnavailable as exc:
+    print("unavailable:", exc.message)
+"""
+
+
+def test_imports_without_the_sdk():
+    out = subprocess.run([sys.executable, "-c", NO_SDK], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert "unavailable:" in out.stdout and "scitq[azure]" in out.stdout
