@@ -71,3 +71,39 @@ def test_cli_creates_lists_and_deletes_local_hosts(db_url, procs, tmp_path, loca
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(h["id"] in netns for h in hosts)
     assert "scitqbrcli" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+
+
+def test_cli_lists_ovh_flavors_with_prices_from_the_fake(db_url, procs, tmp_path):
+    from fakes.openstack import FakeOpenStack
+    with FakeOpenStack() as fake:
+        settings = fake.provider_config()
+        settings["endpoint"] = fake.url + "/1.0"        # the server is another process
+        conf = tmp_path / "providers.yaml"
+        conf.write_text(yaml.safe_dump({"ovh": settings}))
+        server = procs.server(db_url, "--providers", str(conf))
+        out = scitq(server.url, "provider", "flavors", "ovh", "--json")
+        assert out.returncode == 0, out.stderr
+        flavors = json.loads(out.stdout)
+        assert flavors and all(f["provider"] == "ovh" for f in flavors)
+        priced = [f for f in flavors if f["hourly_cost"] is not None]
+        assert priced and all(f["hourly_cost"] > 0 for f in priced)
+        assert [f["hourly_cost"] for f in priced] == sorted(f["hourly_cost"] for f in priced)
+        table = scitq(server.url, "provider", "flavors", "ovh", "--min-cpu", "4")
+        assert table.returncode == 0 and "per hour" in table.stdout
+        assert f"{min(f['hourly_cost'] for f in priced if f['cpu'] >= 4):.4f}" in table.stdout
+        regions = scitq(server.url, "provider", "regions", "ovh")
+        assert regions.returncode == 0 and set(regions.stdout.split()) == set(fake.regions)
+
+
+def test_cli_says_in_one_line_when_ovh_credentials_are_wrong(db_url, procs, tmp_path):
+    from fakes.openstack import FakeOpenStack
+    with FakeOpenStack() as fake:
+        settings = fake.provider_config()
+        settings["endpoint"] = fake.url + "/1.0"
+        settings["auth"] = fake.auth(password="wrong")
+        conf = tmp_path / "providers.yaml"
+        conf.write_text(yaml.safe_dump({"ovh": settings}))
+        server = procs.server(db_url, "--providers", str(conf))
+        bad = scitq(server.url, "provider", "regions", "ovh")
+        assert bad.returncode == 2, (bad.stdout, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and bad.stderr.startswith("error: ")
