@@ -197,6 +197,33 @@ class Client:
     def delete_instance(self, provider, instance_id):
         return self._json("DELETE", f"/providers/{provider}/instances/{instance_id}", timeout=600)
 
+    # -- deploys and jobs ---------------------------------------------------------
+    def deploy(self, hosts, **options):
+        """One deploy job per host: concurrency, prefetch, batch, server_url, engine, user, port."""
+        body = {"hosts": hosts, **{k: v for k, v in options.items() if v is not None}}
+        return self._json("POST", "/jobs/deploy", json=body)
+
+    def undeploy(self, hosts, **options):
+        body = {"hosts": hosts, **{k: v for k, v in options.items() if v is not None}}
+        return self._json("POST", "/jobs/teardown", json=body)
+
+    def jobs(self, status=None, kind=None, after=None, limit=100):
+        params = {k: v for k, v in {"status": status, "kind": kind, "after": after,
+                                    "limit": limit}.items() if v is not None}
+        return self._json("GET", "/jobs", params=params)
+
+    def job(self, job_id):
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def retry_job(self, job_id):
+        return self._json("POST", f"/jobs/{job_id}/retry")
+
+    def job_log(self, job_id, offset=0):
+        """(bytes from offset, size so far, whether the job has ended)."""
+        resp = self._request("GET", f"/jobs/{job_id}/log", params={"offset": offset})
+        return (resp.content, int(resp.headers["X-Scitq-Size"]),
+                resp.headers["X-Scitq-Complete"] == "true")
+
     # -- workers ----------------------------------------------------------------
     def workers(self):
         return self._json("GET", "/workers")

@@ -48,6 +48,13 @@ class WorkerStatus(str, Enum):
         return self is WorkerStatus.RUNNING
 
 
+class JobStatus(str, Enum):
+    PENDING = "pending"      # waiting for its (next) attempt
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"        # every attempt failed
+
+
 class BatchStatus(str, Enum):
     ACTIVE = "active"
     PAUSED = "paused"        # its pending tasks are held out of dispatch

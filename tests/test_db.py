@@ -20,7 +20,7 @@ def test_migrations_match_the_models_and_are_idempotent(db_url):
             head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
             assert MigrationContext.configure(conn).get_current_revision() == head
         tables = set(inspect(db.engine).get_table_names())
-        assert {"batch", "task", "task_dependency", "execution", "worker", "event", "flavor"} <= tables
+        assert {"batch", "task", "task_dependency", "execution", "worker", "event", "flavor", "job"} <= tables
     finally:
         db.dispose()
 

@@ -59,6 +59,6 @@ def _detail(detail):
     return ""
 
 
-from scitq.cli import batches, providers, servers, tasks, workers  # noqa: E402  (they register on `cli`)
+from scitq.cli import batches, deploys, providers, servers, tasks, workers  # noqa: E402  (they register on `cli`)
 
-__all__ = ["cli", "main", "batches", "providers", "servers", "tasks", "workers"]
+__all__ = ["cli", "main", "batches", "deploys", "providers", "servers", "tasks", "workers"]

@@ -4,11 +4,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, redirect
+from flask import Flask, Request, jsonify, redirect, send_from_directory
 from werkzeug.exceptions import BadRequest as HTTPBadRequest, HTTPException
 
 from scitq.server.db import Database
+from scitq.server.deploys import Deployer
 from scitq.server.dispatch import Dispatcher, Notifier
+from scitq.server.jobs import JobRunner
 from scitq.server.outputs import OutputStore
 from scitq.server.providers import Providers, load_config
 
@@ -24,6 +26,9 @@ class ServerState:
     dispatcher: Dispatcher
     data_dir: Path
     providers: Providers
+    jobs: JobRunner
+    job_logs: OutputStore
+    public_url: str | None      # how hosts reach this server (deploys tell workers)
 
 
 def default_data_dir():
@@ -49,7 +54,8 @@ class JSONRequest(Request):
 
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
-    (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml)."""
+    (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
+    PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -63,10 +69,14 @@ def create_app(config=None):
     providers = app.config.get("PROVIDERS")
     if providers is None:
         providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
+    job_logs = OutputStore(data_dir / "jobs", streams=("log",))
     app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
         dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir,
-        providers=Providers(providers, data_dir))
+        providers=Providers(providers, data_dir),
+        jobs=JobRunner(db, job_logs, Deployer(data_dir).handlers(),
+                       backoff=app.config.get("JOB_BACKOFF")),
+        job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"))
 
     from scitq.server.api import create_blueprint
     app.register_blueprint(create_blueprint())
@@ -74,6 +84,12 @@ def create_app(config=None):
     @app.get("/")
     def index():
         return redirect("/api/v1/docs")
+
+    @app.get("/wheelhouse/")
+    @app.get("/wheelhouse/<path:name>")
+    def wheelhouse(name="index.html"):
+        """The worker's packages, for hosts with no package index (pip --find-links)."""
+        return send_from_directory(data_dir / "wheelhouse", name)
 
     @app.errorhandler(HTTPException)
     def http_error(e):

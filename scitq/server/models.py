@@ -180,6 +180,34 @@ class Flavor(Base):
                 "updated_at": iso(self.updated_at)}
 
 
+class Job(Base):
+    """A background action on a host (deploy, teardown), retried by policy. Its log is a
+    file under the data dir, read by offset like task output."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_status_next", "status", "next_try_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))              # deploy / teardown
+    target: Mapped[str] = mapped_column(String(255))           # the host
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    params: Mapped[dict] = mapped_column(JSON, default=dict)   # engine, user, port, worker settings
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def to_dict(self):
+        return {"id": self.id, "kind": self.kind, "target": self.target, "status": self.status,
+                "params": self.params, "attempts": self.attempts,
+                "max_attempts": self.max_attempts, "error": self.error,
+                "created_at": iso(self.created_at), "next_try_at": iso(self.next_try_at),
+                "started_at": iso(self.started_at), "ended_at": iso(self.ended_at)}
+
+
 class Event(Base):
     """Append-only audit: one row per state change, written in the change's transaction."""
 

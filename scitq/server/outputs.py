@@ -15,14 +15,17 @@ STREAMS = ("stdout", "stderr")
 
 
 class OutputStore:
-    def __init__(self, root):
+    """Append-only byte streams of numbered objects: executions' stdout and stderr, jobs' log."""
+
+    def __init__(self, root, streams=STREAMS):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.streams = streams
         self._locks = [threading.Lock() for _ in range(64)]
 
     def path(self, execution_id, stream):
-        if stream not in STREAMS:
-            raise BadRequest(f"unknown stream {stream!r}: use stdout or stderr")
+        if stream not in self.streams:
+            raise BadRequest(f"unknown stream {stream!r}: use {' or '.join(self.streams)}")
         return self.root / str(execution_id // 1000) / f"{execution_id}.{stream}"
 
     def size(self, execution_id, stream):
@@ -51,6 +54,14 @@ class OutputStore:
                 f.write(memoryview(data)[skip:])
             return size + len(data) - skip
 
+    def extend(self, object_id, stream, data):
+        """Append at the end (for what the server writes itself, such as job logs)."""
+        path = self.path(object_id, stream)
+        with self._locks[object_id % len(self._locks)]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(data)
+
     def read(self, execution_id, stream, offset=0, limit=1 << 20):
         """Up to `limit` bytes from `offset`, and the stream's current size."""
         path = self.path(execution_id, stream)
@@ -64,7 +75,7 @@ class OutputStore:
 
     def delete(self, execution_ids):
         for eid in execution_ids:
-            for stream in STREAMS:
+            for stream in self.streams:
                 self.path(eid, stream).unlink(missing_ok=True)
 
     def free_bytes(self):

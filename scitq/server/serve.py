@@ -23,6 +23,7 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
                            channel_timeout=300, connection_limit=4096, ident="scitq")
     url = f"http://{host if ':' not in host else f'[{host}]'}:{server.effective_port}"
     state.dispatcher.start()
+    state.jobs.start()
     stopping = threading.Event()
 
     def close():
@@ -52,4 +53,5 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
             raise
     finally:
         state.dispatcher.stop()
+        state.jobs.stop()
         state.db.dispose()

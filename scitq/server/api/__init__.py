@@ -51,11 +51,11 @@ def state():
 
 
 def create_blueprint():
-    from scitq.server.api import batches, executions, providers, tasks, workers
+    from scitq.server.api import batches, executions, jobs, providers, tasks, workers
 
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
     api = ScitqApi(bp, version="1", title="scitq API", doc="/docs",
                    description="Batches, tasks, executions and workers of a scitq server.")
-    for module in (batches, tasks, executions, workers, providers):
+    for module in (batches, tasks, executions, workers, providers, jobs):
         api.add_namespace(module.ns)
     return bp

@@ -1,0 +1,176 @@
+"""Jobs: deploys and teardowns of hosts, run in the background, retried by policy.
+
+A job is a row (kind, target, params, status, attempts) and a log file. The runner thread
+claims due jobs, runs up to `slots` at once, and on failure puts a job back with a growing
+delay until its attempts are spent. A job that was running when the server died is taken
+up again at start.
+"""
+import logging
+import re
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from scitq.errors import BadRequest, Conflict, NotFound, ScitqError
+from scitq.server.db import record
+from scitq.server.models import Job, utcnow
+from scitq.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+HOST = re.compile(r"^(?!-)[A-Za-z0-9._:-]{1,253}$")     # a name or an address, never an option
+USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+KINDS = ("deploy", "teardown")
+
+
+def check_target(host, user):
+    if not isinstance(host, str) or not HOST.match(host):
+        raise BadRequest(f"invalid host {str(host)[:80]!r}: a host name or an IP address")
+    if not isinstance(user, str) or not USER.match(user):
+        raise BadRequest(f"invalid SSH user {str(user)[:40]!r}")
+
+
+def create_jobs(s, kind, hosts, params, max_attempts=3):
+    if kind not in KINDS:
+        raise BadRequest(f"unknown job kind {kind!r}")
+    if not hosts:
+        raise BadRequest("no host given")
+    jobs = []
+    for host in hosts:
+        check_target(host, params.get("user", "root"))
+        job = Job(kind=kind, target=host, params=params, max_attempts=max_attempts,
+                  status=JobStatus.PENDING.value)
+        s.add(job)
+        s.flush()
+        record(s, f"job.{kind}", job, target=host)
+        jobs.append(job)
+    return jobs
+
+
+def get_job(s, job_id):
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def retry_job(s, job):
+    """A failed job gets a fresh set of attempts; its log keeps the earlier ones."""
+    if job.status != JobStatus.FAILED.value:
+        raise Conflict(f"job {job.id} is {job.status}: only a failed job can be retried")
+    job.status = JobStatus.PENDING.value
+    job.attempts = 0
+    job.next_try_at = utcnow()
+    record(s, "job.retried", job)
+    return job
+
+
+class JobRunner:
+    tick = 1.0          # seconds between looks for due jobs
+    slots = 4           # jobs run at once
+    backoff = 30.0      # seconds before a second attempt; doubled for each further one
+
+    def __init__(self, db, logs, handlers, backoff=None):
+        self.db = db
+        self.logs = logs
+        self.handlers = handlers      # kind -> f(job_dict, log_line) raising on failure
+        if backoff is not None:
+            self.backoff = backoff
+        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="scitq-job")
+        self._running = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def wake(self):
+        self._wake.set()
+
+    def start(self):
+        with self.db.write() as s:     # what a dead server was running is due again
+            s.execute(update(Job).where(Job.status == JobStatus.RUNNING.value)
+                      .values(status=JobStatus.PENDING.value, next_try_at=utcnow()))
+        self._thread = threading.Thread(target=self._run, name="scitq-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._wake.wait(self.tick)
+            self._wake.clear()
+            try:
+                self.run_due()
+            except Exception:
+                log.exception("job runner pass failed")
+
+    def run_due(self):
+        """Start the due jobs there is room for; returns their ids."""
+        with self._lock:
+            free = self.slots - len(self._running)
+        if free <= 0:
+            return []
+        with self.db.write() as s:
+            jobs = s.scalars(select(Job).where(Job.status == JobStatus.PENDING.value,
+                                               Job.next_try_at <= utcnow())
+                             .order_by(Job.next_try_at, Job.id).limit(free)
+                             .with_for_update(skip_locked=True)).all()
+            for job in jobs:
+                job.status = JobStatus.RUNNING.value
+                job.attempts += 1
+                job.started_at = utcnow()
+            claimed = [job.to_dict() for job in jobs]
+        for job in claimed:
+            with self._lock:
+                self._running.add(job["id"])
+            self._pool.submit(self._execute, job)
+        return [j["id"] for j in claimed]
+
+    def line(self, job_id, text):
+        """Append a line to a job's log."""
+        self.logs.extend(job_id, "log", (text.rstrip("\n") + "\n").encode(errors="replace"))
+
+    def _execute(self, job):
+        jid = job["id"]
+        self.line(jid, f"=== attempt {job['attempts']} of {job['max_attempts']}: "
+                       f"{job['kind']} {job['target']} ({utcnow().isoformat(timespec='seconds')})")
+        error = None
+        try:
+            self.handlers[job["kind"]](job, lambda text: self.line(jid, text))
+        except ScitqError as err:
+            error = err.message
+        except Exception as err:     # a bug in a handler: keep the traceback in the job's log
+            self.line(jid, traceback.format_exc())
+            error = f"{type(err).__name__}: {err}"
+        finally:
+            with self._lock:
+                self._running.discard(jid)
+        self._finish(job, error)
+        self._wake.set()
+
+    def _finish(self, job, error):
+        with self.db.write() as s:
+            row = s.get(Job, job["id"])
+            if row is None:
+                return
+            now = utcnow()
+            if error is None:
+                row.status, row.error, row.ended_at = JobStatus.SUCCEEDED.value, None, now
+                self.line(row.id, "=== succeeded")
+            elif row.attempts < row.max_attempts:
+                delay = self.backoff * 2 ** (row.attempts - 1)
+                row.status, row.error = JobStatus.PENDING.value, error[:1024]
+                row.next_try_at = now + timedelta(seconds=delay)
+                self.line(row.id, f"=== failed: {error}\n=== next attempt in {delay:.0f} s")
+            else:
+                row.status, row.error, row.ended_at = JobStatus.FAILED.value, error[:1024], now
+                self.line(row.id, f"=== failed: {error}\n=== no attempt left")
+            record(s, f"job.{row.status}", row, attempts=row.attempts, error=row.error)
