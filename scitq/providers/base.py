@@ -28,7 +28,8 @@ class Flavor:
     disk: float                       # GiB of local/OS disk
     gpu: int = 0                      # number of GPUs
     gpu_model: str | None = None
-    hourly_cost: float | None = None  # per hour, in the provider's currency (None: unknown)
+    hourly_cost: float | None = None  # per hour, in the account's currency (OVH: EUR for the FR
+                                      # subsidiary; Azure: the configured one); None: unknown
     spot: bool = False                # a spot/preemptible price
 
     def to_dict(self):
@@ -51,7 +52,8 @@ class InstanceSpec:
 @dataclass
 class Instance:
     provider: str
-    id: str                           # the provider's own id
+    id: str                           # opaque, the provider's own: OVH "region/uuid", Azure the VM
+                                      # name, local and static the host name
     name: str
     region: str
     flavor: str
@@ -107,7 +109,8 @@ class Provider:
         raise NotImplementedError(f"{self.name} cannot look instances up")
 
     def list(self, tags=None):
-        """Instances carrying every given tag (default: all scitq-tagged ones)."""
+        """Instances carrying every given tag (default: all scitq-tagged ones). Tag values are
+        strings; a value of None means "the key is present"."""
         raise NotImplementedError(f"{self.name} cannot list instances")
 
     def delete(self, instance_id):
