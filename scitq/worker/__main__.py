@@ -1,0 +1,52 @@
+"""`python -m scitq.worker URL`: the worker with nothing but httpx (no click, no rich).
+
+This is how deployed hosts run it. Every option also reads a SCITQ_* variable, so a service
+can keep its whole configuration in one environment file (SCITQ_SERVER, SCITQ_CONCURRENCY,
+SCITQ_PREFETCH, SCITQ_NAME, SCITQ_BATCH, SCITQ_WORKDIR, SCITQ_LOG_LEVEL); the token is
+SCITQ_TOKEN only, never an argument (it would show in `ps`).
+"""
+import argparse
+import asyncio
+import os
+
+from scitq.log import setup as setup_logging
+from scitq.worker import Worker
+
+
+def count(low):
+    def parse(text):
+        value = int(text)
+        if not low <= value <= 1024:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and 1024")
+        return value
+    return parse
+
+
+def parser(env=os.environ):
+    p = argparse.ArgumentParser(prog="python -m scitq.worker",
+                                description="Run a scitq worker until SIGTERM (which drains it).")
+    p.add_argument("url", nargs="?" if env.get("SCITQ_SERVER") else None, default=env.get("SCITQ_SERVER"),
+                   help="URL of the scitq server (or SCITQ_SERVER)")
+    p.add_argument("--concurrency", "-c", type=count(1), default=env.get("SCITQ_CONCURRENCY", "1"),
+                   help="tasks run at once (default 1)")
+    p.add_argument("--prefetch", "-p", type=count(0), default=env.get("SCITQ_PREFETCH", "0"),
+                   help="tasks taken ahead, ready to start when a slot frees (default 0)")
+    p.add_argument("--name", "-n", default=env.get("SCITQ_NAME") or None,
+                   help="worker name (default: the host name)")
+    p.add_argument("--batch", "-b", default=env.get("SCITQ_BATCH") or None, help="only take tasks of this batch")
+    p.add_argument("--workdir", default=env.get("SCITQ_WORKDIR") or None, help="scratch space for tasks")
+    p.add_argument("--log-level", default=env.get("SCITQ_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    return p
+
+
+def main(argv=None, env=os.environ):
+    args = parser(env).parse_args(argv)
+    setup_logging(args.log_level)
+    worker = Worker(args.url, name=args.name, concurrency=args.concurrency, prefetch=args.prefetch,
+                    batch=args.batch, workdir=args.workdir, token=env.get("SCITQ_TOKEN") or None)
+    return asyncio.run(worker.run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
