@@ -42,16 +42,20 @@ def _follow(client, jobs):
 @click.option("--prefetch", "-p", type=click.IntRange(0, 1024), default=0, show_default=True)
 @click.option("--batch", "-b", help="The workers take only tasks of this batch.")
 @click.option("--server-url", help="How the hosts reach the server (default: its --public-url).")
+@click.option("--attempts", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Attempts before the job fails.")
 @ENGINE
 @USER
 @PORT
 @WAIT
 @json_option
 @click.pass_obj
-def deploy(ctx, hosts, concurrency, prefetch, batch, server_url, engine, user, port, wait, as_json):
+def deploy(ctx, hosts, concurrency, prefetch, batch, server_url, attempts, engine, user, port, wait,
+           as_json):
     """Bootstrap a worker on each SSH host (the server's SSH key must be authorized there)."""
     jobs = ctx.client.deploy(list(hosts), concurrency=concurrency, prefetch=prefetch, batch=batch,
-                             server_url=server_url, engine=engine, user=user, port=port)
+                             server_url=server_url, engine=engine, user=user, port=port,
+                             max_attempts=attempts)
     if as_json:
         return print_json(jobs)
     table(jobs, JOB_COLUMNS)

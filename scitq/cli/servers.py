@@ -11,12 +11,12 @@ from scitq.errors import BadRequest
 from scitq.log import setup as setup_logging
 
 
-def _make_app(db, data_dir, lease, providers, public_url):
+def _make_app(db, data_dir, lease, providers, public_url, job_backoff):
     from scitq.server import create_app, default_data_dir, default_db_url
 
     data_dir = data_dir or default_data_dir()
     config = {"DATA_DIR": data_dir, "DATABASE": db or default_db_url(data_dir),
-              "PUBLIC_URL": public_url}
+              "PUBLIC_URL": public_url, "JOB_BACKOFF": job_backoff}
     if providers:
         config["PROVIDERS_FILE"] = providers
     if lease is not None:
@@ -50,6 +50,8 @@ server_options = [
                  help="YAML file of provider settings (default: providers.yaml in the data dir)."),
     click.option("--public-url", envvar="SCITQ_PUBLIC_URL",
                  help="How worker hosts reach this server (told to the workers a deploy makes)."),
+    click.option("--job-backoff", type=click.FloatRange(0), help="Seconds before a failed job's "
+                 "second attempt, doubled for each further one (default 30)."),
     click.option("--lease", type=click.FloatRange(1), help="Seconds a worker may stay silent "
                  "before its tasks are given back (default 90)."),
     click.option("--log-level", default="INFO", show_default=True,
@@ -65,10 +67,10 @@ def with_server_options(f):
 
 @cli.command()
 @with_server_options
-def server(db, data_dir, host, port, threads, providers, public_url, lease, log_level):
+def server(db, data_dir, host, port, threads, providers, public_url, job_backoff, lease, log_level):
     """Run the scitq server (API, dispatcher) until SIGTERM."""
     setup_logging(log_level)
-    app = _make_app(db, data_dir, lease, providers, public_url)
+    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff)
     state = app.extensions["scitq"]
 
     def ready(url):
@@ -82,10 +84,11 @@ def server(db, data_dir, host, port, threads, providers, public_url, lease, log_
 @with_server_options
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
               show_default=True, help="Tasks the local worker runs at once.")
-def up(db, data_dir, host, port, threads, providers, public_url, lease, log_level, concurrency):
+def up(db, data_dir, host, port, threads, providers, public_url, job_backoff, lease, log_level,
+       concurrency):
     """The embedded default: a server on SQLite plus one local worker."""
     setup_logging(log_level)
-    app = _make_app(db, data_dir, lease, providers, public_url)
+    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff)
     state = app.extensions["scitq"]
     worker = []
 
