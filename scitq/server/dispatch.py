@@ -13,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy import func, insert, select, text, update
 
 from scitq.server.db import record
+from scitq.server.loop import Loop
 from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
@@ -64,50 +65,25 @@ class Notifier:
         self.notify(*workers)
 
 
-class Dispatcher:
+class Dispatcher(Loop):
+    name = "dispatcher"
     tick = 1.0          # seconds between passes when nothing wakes it
     lease = 90.0        # seconds a worker may stay silent before its work is given back
     sweep_every = 5.0   # seconds between lease sweeps
 
     def __init__(self, db, notifier, lease=None):
+        super().__init__()
         self.db = db
         self.notifier = notifier
         if lease is not None:
             self.lease = lease
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = None
+        self._last_sweep = 0.0
 
-    def wake(self):
-        self._wake.set()
-
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="scitq-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self):
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-
-    def _run(self):
-        log.info("dispatcher started (lease %ss)", self.lease)
-        last_sweep = 0.0
-        while not self._stop.is_set():
-            self._wake.wait(self.tick)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                if time.monotonic() - last_sweep >= self.sweep_every:
-                    self.sweep()
-                    last_sweep = time.monotonic()
-                self.dispatch()
-            except Exception:
-                log.exception("dispatch pass failed; retrying at the next tick")
-                self._stop.wait(self.tick)
-        log.info("dispatcher stopped")
+    def step(self):
+        if time.monotonic() - self._last_sweep >= self.sweep_every:
+            self.sweep()
+            self._last_sweep = time.monotonic()
+        self.dispatch()
 
     def dispatch(self):
         """One pass: returns {worker_id: number of executions assigned}."""

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from scitq.errors import BadRequest, Conflict, NotFound, ScitqError
 from scitq.server.db import record
+from scitq.server.loop import Loop
 from scitq.server.models import Job, utcnow
 from scitq.status import JobStatus
 
@@ -68,12 +69,14 @@ def retry_job(s, job):
     return job
 
 
-class JobRunner:
+class JobRunner(Loop):
+    name = "jobs"
     tick = 1.0          # seconds between looks for due jobs
     slots = 4           # jobs run at once
     backoff = 30.0      # seconds before a second attempt; doubled for each further one
 
     def __init__(self, db, logs, handlers, backoff=None):
+        super().__init__()
         self.db = db
         self.logs = logs
         self.handlers = handlers      # kind -> f(job_dict, log_line) raising on failure
@@ -82,35 +85,19 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="scitq-job")
         self._running = set()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = None
-
-    def wake(self):
-        self._wake.set()
 
     def start(self):
         with self.db.write() as s:     # what a dead server was running is due again
             s.execute(update(Job).where(Job.status == JobStatus.RUNNING.value)
                       .values(status=JobStatus.PENDING.value, next_try_at=utcnow()))
-        self._thread = threading.Thread(target=self._run, name="scitq-jobs", daemon=True)
-        self._thread.start()
+        super().start()
 
     def stop(self):
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        super().stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            self._wake.wait(self.tick)
-            self._wake.clear()
-            try:
-                self.run_due()
-            except Exception:
-                log.exception("job runner pass failed")
+    def step(self):
+        self.run_due()
 
     def run_due(self):
         """Start the due jobs there is room for; returns their ids."""
