@@ -36,6 +36,7 @@ class OutputPump:
         self.refused = False       # the server refuses this output (execution lost)
 
     async def run(self):
+        self._eof = asyncio.Event()
         ticker = asyncio.create_task(self._tick())
         try:
             while chunk := await self.reader.read(self.read_bytes):
@@ -43,21 +44,25 @@ class OutputPump:
                 if len(self.buf) >= self.flush_bytes:
                     await self.flush()
         finally:
-            ticker.cancel()
+            self._eof.set()
+            await ticker        # a send in flight finishes: cancelling it could lose its bytes
 
     async def _tick(self):
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            if self.buf:
-                await self.flush()
+        while not self._eof.is_set():
+            try:
+                await asyncio.wait_for(self._eof.wait(), self.flush_interval)
+            except asyncio.TimeoutError:
+                if self.buf:
+                    await self.flush()
 
     async def flush(self):
+        """Send what is buffered. Bytes leave the buffer only once the server has them, so a
+        send that is interrupted is simply made again (the server ignores what it has)."""
         async with self.lock:
             if not self.buf or self.refused:
                 self.buf.clear()
                 return
             data = bytes(self.buf)
-            self.buf.clear()
             try:
                 await self.link.call("POST", f"/executions/{self.execution_id}/output",
                                      params={"stream": self.stream, "offset": self.offset},
@@ -66,7 +71,9 @@ class OutputPump:
             except Conflict as err:
                 log.error("execution %s: %s output refused: %s", self.execution_id, self.stream, err)
                 self.refused = True
+                self.buf.clear()
                 return
+            del self.buf[:len(data)]
             self.offset += len(data)
 
     async def tail(self):
