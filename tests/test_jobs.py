@@ -136,3 +136,19 @@ def test_job_listing_and_log_follow(app, client):
     assert r.data == b"ore\n" and r.headers["X-Scitq-Complete"] == "false"
     assert st.job_logs.size(jobs[0]["id"], "log") == 7
     assert client.get(f"{API}/jobs/999/log").status_code == 404
+
+
+def test_the_deploy_engine_is_chosen_by_configuration(db_url, tmp_path):
+    from scitq.server import create_app
+    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "DEPLOY_ENGINE": "ansible",
+                      "PUBLIC_URL": "http://s:5000"})
+    try:
+        c = app.test_client()
+        (by_config,) = c.post(f"{API}/jobs/deploy", json={"hosts": ["h1"]}).get_json()
+        (by_request,) = c.post(f"{API}/jobs/deploy", json={"hosts": ["h2"], "engine": "pyinfra"}).get_json()
+        (teardown,) = c.post(f"{API}/jobs/teardown", json={"hosts": ["h1"]}).get_json()
+    finally:
+        app.extensions["scitq"].db.dispose()
+    assert by_config["params"]["engine"] == "ansible" and teardown["params"]["engine"] == "ansible"
+    assert by_request["params"]["engine"] == "pyinfra"
+    assert by_config["params"]["server_url"] == "http://s:5000"

@@ -7,8 +7,8 @@ import click
 from scitq.cli import cli
 from scitq.cli.render import ago, json_option, print_json, table, write_bytes
 
-ENGINE = click.option("--engine", type=click.Choice(["pyinfra", "ansible"]), default="pyinfra",
-                      show_default=True)
+ENGINE = click.option("--engine", type=click.Choice(["pyinfra", "ansible"]),
+                      help="Default: the server's --deploy-engine (pyinfra unless set).")
 USER = click.option("--user", "-u", default="root", show_default=True, help="SSH user.")
 PORT = click.option("--port", type=click.IntRange(1, 65535), default=22, show_default=True)
 WAIT = click.option("--wait/--no-wait", default=True, show_default=True,

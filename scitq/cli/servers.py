@@ -11,12 +11,12 @@ from scitq.errors import BadRequest
 from scitq.log import setup as setup_logging
 
 
-def _make_app(db, data_dir, lease, providers, public_url, job_backoff):
+def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine):
     from scitq.server import create_app, default_data_dir, default_db_url
 
     data_dir = data_dir or default_data_dir()
     config = {"DATA_DIR": data_dir, "DATABASE": db or default_db_url(data_dir),
-              "PUBLIC_URL": public_url, "JOB_BACKOFF": job_backoff}
+              "PUBLIC_URL": public_url, "JOB_BACKOFF": job_backoff, "DEPLOY_ENGINE": deploy_engine}
     if providers:
         config["PROVIDERS_FILE"] = providers
     if lease is not None:
@@ -50,6 +50,8 @@ server_options = [
                  help="YAML file of provider settings (default: providers.yaml in the data dir)."),
     click.option("--public-url", envvar="SCITQ_PUBLIC_URL",
                  help="How worker hosts reach this server (told to the workers a deploy makes)."),
+    click.option("--deploy-engine", envvar="SCITQ_DEPLOY_ENGINE", default="pyinfra", show_default=True,
+                 type=click.Choice(["pyinfra", "ansible"]), help="How deploys bootstrap hosts."),
     click.option("--job-backoff", type=click.FloatRange(0), help="Seconds before a failed job's "
                  "second attempt, doubled for each further one (default 30)."),
     click.option("--lease", type=click.FloatRange(1), help="Seconds a worker may stay silent "
@@ -67,10 +69,11 @@ def with_server_options(f):
 
 @cli.command()
 @with_server_options
-def server(db, data_dir, host, port, threads, providers, public_url, job_backoff, lease, log_level):
+def server(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
+           lease, log_level):
     """Run the scitq server (API, dispatcher) until SIGTERM."""
     setup_logging(log_level)
-    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff)
+    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine)
     state = app.extensions["scitq"]
 
     def ready(url):
@@ -84,11 +87,11 @@ def server(db, data_dir, host, port, threads, providers, public_url, job_backoff
 @with_server_options
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
               show_default=True, help="Tasks the local worker runs at once.")
-def up(db, data_dir, host, port, threads, providers, public_url, job_backoff, lease, log_level,
-       concurrency):
+def up(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff, lease,
+       log_level, concurrency):
     """The embedded default: a server on SQLite plus one local worker."""
     setup_logging(log_level)
-    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff)
+    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine)
     state = app.extensions["scitq"]
     worker = []
 

@@ -29,6 +29,7 @@ class ServerState:
     jobs: JobRunner
     job_logs: OutputStore
     public_url: str | None      # how hosts reach this server (deploys tell workers)
+    deploy_engine: str          # pyinfra or ansible, unless a deploy names one
 
 
 def default_data_dir():
@@ -76,7 +77,8 @@ def create_app(config=None):
         providers=Providers(providers, data_dir),
         jobs=JobRunner(db, job_logs, Deployer(data_dir).handlers(),
                        backoff=app.config.get("JOB_BACKOFF")),
-        job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"))
+        job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"),
+        deploy_engine=app.config.get("DEPLOY_ENGINE") or "pyinfra")
 
     from scitq.server.api import create_blueprint
     app.register_blueprint(create_blueprint())

@@ -7,13 +7,13 @@ from scitq.server.sshkey import ensure_keypair
 ENGINES = ("pyinfra", "ansible")
 
 
-def deploy_params(body, public_url):
+def deploy_params(body, public_url, default_engine="pyinfra"):
     """The params of a deploy job, checked: what a later attempt needs to run alone."""
     server_url = body.get("server_url") or public_url
     if not server_url:
         raise BadRequest("the hosts must reach this server: give server_url, or start the "
                          "server with --public-url")
-    engine = body.get("engine") or "pyinfra"
+    engine = body.get("engine") or default_engine
     if engine not in ENGINES:
         raise BadRequest(f"unknown deploy engine {engine!r}: one of {', '.join(ENGINES)}")
     return {"engine": engine, "user": body.get("user") or "root", "port": body.get("port") or 22,

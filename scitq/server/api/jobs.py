@@ -23,7 +23,7 @@ deploy_in = ns.model("DeployIn", {
     "hosts": hosts,
     "user": fields.String(max_length=32, default="root"),
     "port": fields.Integer(min=1, max=65535, default=22),
-    "engine": fields.String(enum=list(ENGINES), default="pyinfra"),
+    "engine": fields.String(enum=list(ENGINES), description="default: the server's --deploy-engine"),
     "concurrency": fields.Integer(min=1, max=1024, default=1),
     "prefetch": fields.Integer(min=0, max=1024, default=0),
     "batch": fields.String(max_length=128),
@@ -35,7 +35,7 @@ teardown_in = ns.model("TeardownIn", {
     "hosts": hosts,
     "user": fields.String(max_length=32, default="root"),
     "port": fields.Integer(min=1, max=65535, default=22),
-    "engine": fields.String(enum=list(ENGINES), default="pyinfra"),
+    "engine": fields.String(enum=list(ENGINES), description="default: the server's --deploy-engine"),
     "max_attempts": fields.Integer(min=1, max=20, default=3),
 })
 page = ns.model("JobPage", {"items": fields.List(fields.Nested(job)), "next": fields.Integer})
@@ -85,7 +85,7 @@ class Deploy(Resource):
         body = ns.payload
         if body.get("name") and len(body["hosts"]) > 1:
             raise BadRequest("a worker name goes with one host only")
-        params = deploy_params(body, state().public_url)
+        params = deploy_params(body, state().public_url, state().deploy_engine)
         return _create("deploy", params, body["hosts"], body.get("max_attempts", 3))
 
 
@@ -96,7 +96,7 @@ class Teardown(Resource):
     def post(self):
         """Stop and remove the worker from hosts (one job per host)."""
         body = ns.payload
-        params = {"engine": body.get("engine") or "pyinfra", "user": body.get("user") or "root",
+        params = {"engine": body.get("engine") or state().deploy_engine, "user": body.get("user") or "root",
                   "port": body.get("port") or 22}
         return _create("teardown", params, body["hosts"], body.get("max_attempts", 3))
 
