@@ -9,16 +9,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pgcluster  # noqa: E402
+from hosts import real_part_missing  # noqa: E402
 
 
 # --- Databases ---------------------------------------------------------------
-
-def _pg_unavailable(reason):
-    """Fail in CI (PostgreSQL tests must run there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL unavailable: {reason}")
-
 
 @pytest.fixture(scope="session")
 def pg_cluster():
@@ -32,7 +26,7 @@ def pg_cluster():
         cluster = pgcluster.start(os.path.join(base, "data"))
     except (pgcluster.PgClusterError, OSError) as exc:
         shutil.rmtree(base, ignore_errors=True)
-        _pg_unavailable(str(exc))
+        real_part_missing(f"PostgreSQL unavailable: {exc}")
     try:
         yield cluster
     finally:

@@ -26,15 +26,14 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from procs import wait_until
+from hosts import delete_hosts, local_provider, make_ssh_key, real_part_missing
 
 import scitq
 from scitq.client import Client
 from scitq.deploy import (REMOTE_ROOT, SERVICE, DeployError, Target, WorkerSettings, ansible_engine, pyinfra_engine,
                           wheelhouse)
-from scitq.errors import ProviderUnavailable
-from scitq.providers import InstanceSpec, get_provider
+from scitq.providers import InstanceSpec
 
-IN_CI = os.environ.get("CI") == "true"
 # A run dir, bridge and subnet of this module's own, so it never meets hosts made by anything else.
 CONFIG = {"run_dir": "/run/scitq/test-deploy-ansible", "bridge": "scitqbran",
           "subnet": "10.213.15.0/24", "max_hosts": 2}
@@ -47,46 +46,29 @@ DEPLOYED = (f"{REMOTE_ROOT} {pyinfra_engine.UNIT_FILE} "
 TIMINGS = {}
 
 
-def _unavailable(reason):
-    if IN_CI:
-        pytest.fail(f"must run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def ansible_runner_installed():
     try:
         importlib.import_module("ansible_runner")
     except ImportError as exc:
-        _unavailable(f"ansible-runner is not installed: {exc}")
+        real_part_missing(f"ansible-runner is not installed: {exc}")
 
 
 @pytest.fixture(scope="module")
 def provider():
-    if os.geteuid() != 0:
-        _unavailable("the local provider needs root")
-    p = get_provider("local", CONFIG)
-    try:
-        p.check()
-    except ProviderUnavailable as exc:
-        _unavailable(str(exc))
-    for leftover in p.list():           # from an earlier run that was killed
-        p.delete(leftover.id)
+    p = local_provider(CONFIG)
     p.image()
     try:
         yield p
     finally:
-        for instance in p.list():
-            p.delete(instance.id)
+        delete_hosts(p)
         if TIMINGS:
             print("\n" + "\n".join(f"{what}: {seconds:.1f} s" for what, seconds in TIMINGS.items()))
 
 
 @pytest.fixture
 def ssh_key(tmp_path):
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scitq-test", "-f", str(key)], check=True)
-    return key
+    return make_ssh_key(tmp_path / "id_ed25519")
 
 
 @pytest.fixture
@@ -96,8 +78,7 @@ def host(provider, ssh_key):
         yield provider.create(InstanceSpec(name=f"da{os.getpid() % 100000}", flavor="local-2", region="local",
                                            ssh_public_key=ssh_key.with_suffix(".pub").read_text()))
     finally:
-        for instance in provider.list():
-            provider.delete(instance.id)
+        delete_hosts(provider)
 
 
 @pytest.fixture(scope="module")

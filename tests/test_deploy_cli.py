@@ -3,17 +3,15 @@ key, `scitq deploy` turns it into a worker through a job (wheelhouse served by t
 itself), tasks run there, `scitq undeploy` takes it away. And a host that cannot be reached
 fails its job with a clear log line after the attempts the policy allows."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
+from hosts import delete_hosts, local_provider
 
 from procs import wait_until
 from scitq.client import Client
-from scitq.errors import ProviderUnavailable
-from scitq.providers import get_provider
 
 LOCAL = {"run_dir": "/run/scitq/test-deploy-cli", "bridge": "scitqbrdc",
          "subnet": "10.213.17.0/24", "max_hosts": 1}
@@ -26,18 +24,11 @@ def scitq(url, *args, timeout=300):
 
 @pytest.fixture
 def local():
-    try:
-        provider = get_provider("local", LOCAL)
-        provider.check()
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    provider = local_provider(LOCAL)
     try:
         yield provider
     finally:
-        for instance in provider.list():
-            provider.delete(instance.id)
+        delete_hosts(provider)
 
 
 def test_provider_host_to_worker_and_back(db_url, procs, tmp_path, local):

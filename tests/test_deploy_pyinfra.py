@@ -23,16 +23,15 @@ from urllib.parse import urlsplit
 import pytest
 from packaging.utils import canonicalize_name
 from procs import wait_until
+from hosts import delete_hosts, local_provider, make_ssh_key
 
 import scitq
 from scitq.client import Client
 from scitq.deploy import REMOTE_ROOT, SERVICE, DeployError, Target, WorkerSettings, bootstrap, teardown, wheelhouse
 from scitq.deploy import pyinfra_engine
-from scitq.errors import ProviderUnavailable
-from scitq.providers import InstanceSpec, get_provider
+from scitq.providers import InstanceSpec
 from scitq.worker import __main__ as worker_main
 
-IN_CI = os.environ.get("CI") == "true"
 # A run dir, bridge and subnet of this module's own, so it never meets hosts made by anything else.
 CONFIG = {"run_dir": "/run/scitq/test-deploy-pyinfra", "bridge": "scitqbrdp",
           "subnet": "10.213.13.0/24", "max_hosts": 2}
@@ -42,36 +41,19 @@ SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/n
        "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
 
 
-def _unavailable(reason):
-    if IN_CI:
-        pytest.fail(f"the local provider must run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def provider():
-    if os.geteuid() != 0:
-        _unavailable("the local provider needs root")
-    p = get_provider("local", CONFIG)
-    try:
-        p.check()
-    except ProviderUnavailable as exc:
-        _unavailable(str(exc))
-    for leftover in p.list():           # from an earlier run that was killed
-        p.delete(leftover.id)
+    p = local_provider(CONFIG)
     p.image()
     try:
         yield p
     finally:
-        for instance in p.list():
-            p.delete(instance.id)
+        delete_hosts(p)
 
 
 @pytest.fixture
 def ssh_key(tmp_path):
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scitq-test", "-f", str(key)], check=True)
-    return key
+    return make_ssh_key(tmp_path / "id_ed25519")
 
 
 @pytest.fixture
@@ -82,8 +64,7 @@ def hosts(provider, ssh_key):
                                             ssh_public_key=ssh_key.with_suffix(".pub").read_text()))
                for x in "ab"]
     finally:
-        for instance in provider.list():
-            provider.delete(instance.id)
+        delete_hosts(provider)
 
 
 @pytest.fixture(scope="module")

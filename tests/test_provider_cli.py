@@ -1,15 +1,13 @@
 """Acceptance 3 of the provider issue: the `scitq provider` CLI, through a real server,
 creating and deleting real `local` hosts, and listing OVH flavors with prices from the fake."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
+from hosts import delete_hosts, local_provider
 
-from scitq.errors import ProviderUnavailable
-from scitq.providers import get_provider
 
 LOCAL = {"run_dir": "/run/scitq/test-provider-cli", "bridge": "scitqbrcli",
          "subnet": "10.213.11.0/24", "max_hosts": 2}
@@ -24,18 +22,11 @@ def scitq(url, *args):
 def local_hosts():
     """The CLI's hosts are made by the server process; whatever a failed test leaves, this
     deletes through the same provider state."""
-    try:
-        provider = get_provider("local", LOCAL)
-        provider.check()                    # root and the tools, or one clear sentence
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    provider = local_provider(LOCAL)
     try:
         yield provider
     finally:
-        for instance in provider.list():
-            provider.delete(instance.id)
+        delete_hosts(provider)
 
 
 def test_cli_creates_lists_and_deletes_local_hosts(db_url, procs, tmp_path, local_hosts):

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pytest
+from hosts import delete_hosts, local_provider, make_ssh_key
 from provider_contract import check_catalog, check_lifecycle
 
 from scitq.errors import BadRequest, InstanceNotFound, ProviderUnavailable, QuotaExceeded
@@ -15,18 +16,11 @@ from scitq.providers import TAG, InstanceSpec, InstanceStatus, get_provider
 from scitq.providers import netns
 from scitq.providers.local import apt_source
 
-IN_CI = os.environ.get("CI") == "true"
 # A run dir, bridge and subnet of the tests' own, so they never meet hosts made by anything else.
 CONFIG = {"run_dir": "/run/scitq/test-provider-local", "bridge": "scitqbrtest",
           "subnet": "10.213.9.0/24", "max_hosts": 2}
 SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
        "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
-
-
-def _unavailable(reason):
-    if IN_CI:
-        pytest.fail(f"the local provider must run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _name(suffix):
@@ -35,23 +29,14 @@ def _name(suffix):
 
 @pytest.fixture(scope="module")
 def provider():
-    if os.geteuid() != 0:
-        _unavailable("the local provider needs root")
-    p = get_provider("local", CONFIG)
-    try:
-        p.check()
-    except ProviderUnavailable as exc:
-        _unavailable(str(exc))
-    for leftover in p.list():           # from an earlier run that was killed
-        p.delete(leftover.id)
+    p = local_provider(CONFIG)
     started = time.monotonic()
     p.image()                            # built once, then reused from the cache dir
     print(f"\nlocal image ready in {time.monotonic() - started:.1f} s: {p.image_path()}")
     try:
         yield p
     finally:
-        for instance in p.list():
-            p.delete(instance.id)
+        delete_hosts(p)
 
 
 @pytest.fixture
@@ -60,15 +45,12 @@ def local(provider):
     try:
         yield provider
     finally:
-        for instance in provider.list():
-            provider.delete(instance.id)
+        delete_hosts(provider)
 
 
 @pytest.fixture
 def ssh_key(tmp_path):
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scitq-test", "-f", str(key)], check=True)
-    return key
+    return make_ssh_key(tmp_path / "id_ed25519")
 
 
 def ssh(key, ip, command):

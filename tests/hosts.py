@@ -1,0 +1,42 @@
+"""Real parts a test needs (root, tools, PostgreSQL) and the `local` provider's test hosts."""
+import os
+import subprocess
+
+import pytest
+
+from scitq.errors import ProviderUnavailable
+from scitq.providers import get_provider
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def real_part_missing(reason):
+    """A real part is missing: a failure in CI (where nothing may skip), a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"must run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def local_provider(config):
+    """A `local` provider on a run dir, bridge and subnet of the caller's own, with the hosts an
+    earlier (killed) run left behind deleted."""
+    if os.geteuid() != 0:
+        real_part_missing("the local provider needs root")
+    provider = get_provider("local", config)
+    try:
+        provider.check()
+    except ProviderUnavailable as exc:
+        real_part_missing(str(exc))
+    delete_hosts(provider)
+    return provider
+
+
+def delete_hosts(provider):
+    for instance in provider.list():
+        provider.delete(instance.id)
+
+
+def make_ssh_key(path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scitq-test", "-f", str(path)],
+                   check=True)
+    return path
