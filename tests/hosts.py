@@ -1,5 +1,6 @@
 """Real parts a test needs (root, tools, PostgreSQL) and the `local` provider's test hosts."""
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -32,8 +33,10 @@ def local_provider(config):
 
 
 def delete_hosts(provider):
+    """Delete every host the provider made, and its state dir (made again on next use)."""
     for instance in provider.list():
         provider.delete(instance.id)
+    shutil.rmtree(provider.run_dir, ignore_errors=True)
 
 
 def make_ssh_key(path):
