@@ -1,7 +1,11 @@
 """Real parts a test needs (root, tools, PostgreSQL) and the `local` provider's test hosts."""
+import contextlib
+import functools
+import http.server
 import os
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -37,6 +41,24 @@ def delete_hosts(provider):
     for instance in provider.list():
         provider.delete(instance.id)
     shutil.rmtree(provider.run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(address, directory):
+    """A directory over HTTP at address (the wheelhouse, as the hosts see it); yields its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer((address, 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{address}:{httpd.server_port}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
 def make_ssh_key(path):

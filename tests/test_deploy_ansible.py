@@ -10,23 +10,20 @@ a small HTTP server for the wheelhouse. No SSH process may be left behind (no Co
 Needs root, ansible-runner and what the local provider needs; in CI (CI=true) nothing here skips.
 """
 import concurrent.futures
-import functools
 import glob
 import importlib
-import http.server
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from urllib.parse import urlsplit
 
 import psutil
 import pytest
 from procs import wait_until
-from hosts import delete_hosts, local_provider, make_ssh_key, real_part_missing
+from hosts import delete_hosts, local_provider, make_ssh_key, real_part_missing, serving
 
 import scitq
 from scitq.client import Client
@@ -91,20 +88,8 @@ def wheels(tmp_path_factory):
 @pytest.fixture
 def wheelhouse_url(provider, host, wheels):
     """The wheelhouse over HTTP at the bridge address (which exists while hosts do)."""
-    handler = functools.partial(QuietHandler, directory=str(wheels))
-    httpd = http.server.ThreadingHTTPServer((provider.bridge_address, 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{provider.bridge_address}:{httpd.server_port}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    with serving(provider.bridge_address, wheels) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ wheelhouse (which the scitq server is to serve at /wheelhouse/).
 Needs root and what the local provider needs; in CI (CI=true) nothing here skips.
 """
 import concurrent.futures
-import functools
-import http.server
 import os
 import subprocess
 import threading
@@ -23,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 from packaging.utils import canonicalize_name
 from procs import wait_until
-from hosts import delete_hosts, local_provider, make_ssh_key
+from hosts import delete_hosts, local_provider, make_ssh_key, serving
 
 import scitq
 from scitq.client import Client
@@ -79,20 +77,8 @@ def wheels(tmp_path_factory):
 @pytest.fixture
 def wheelhouse_url(provider, hosts, wheels):
     """The wheelhouse over HTTP at the bridge address (which exists while hosts do)."""
-    handler = functools.partial(QuietHandler, directory=str(wheels))
-    httpd = http.server.ThreadingHTTPServer((provider.bridge_address, 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{provider.bridge_address}:{httpd.server_port}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    with serving(provider.bridge_address, wheels) as url:
+        yield url
 
 
 def ssh(key, ip, command, check=True):
