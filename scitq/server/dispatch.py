@@ -10,8 +10,9 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, or_, select, text, update
 
+from scitq.server import lifecycle
 from scitq.server.db import record
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
@@ -103,31 +104,26 @@ class Dispatcher(Loop):
                 .where(Execution.status.in_(ACTIVE), Execution.worker_id.is_not(None))
                 .group_by(Execution.worker_id)).all())
             open_batches = select(Batch.id).where(Batch.status == BatchStatus.ACTIVE.value)
+            room = self._batch_room(s)    # batches with a cap: how many more may start
             exhausted = False   # no pending task left for workers without a batch
             now = utcnow()
             for w in workers:
                 free = w.concurrency + w.prefetch - active.get(w.id, 0)
                 if free <= 0 or (exhausted and w.batch_id is None):
                     continue
-                claim = (select(Task.id)
-                         .where(Task.status == TaskStatus.PENDING.value,
-                                Task.batch_id.in_(open_batches))
-                         .order_by(Task.id).limit(free)
-                         .with_for_update(skip_locked=True))
-                if w.batch_id is not None:
-                    claim = claim.where(Task.batch_id == w.batch_id)
-                ids = s.scalars(claim).all()
+                ids = self._claim(s, w, free, open_batches, room, now)
                 if not ids:
                     exhausted = exhausted or w.batch_id is None
                     continue
                 s.execute(update(Task).where(Task.id.in_(ids))
                           .values(status=TaskStatus.ASSIGNED.value, attempt=Task.attempt + 1,
-                                  updated_at=now)
+                                  not_before=None, updated_at=now)
                           .execution_options(synchronize_session=False))
                 rows = s.execute(insert(Execution).returning(Execution.id, Execution.task_id),
                                  [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
                                    "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
-                                   "stdout_bytes": 0, "stderr_bytes": 0} for tid in ids]).all()
+                                   "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
+                                   "paused": False} for tid in ids]).all()
                 s.execute(insert(Event), [
                     {"at": now, "kind": "execution.assigned", "object_type": "execution",
                      "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
@@ -136,6 +132,51 @@ class Dispatcher(Loop):
         if assigned:
             self.notifier.notify(*assigned)
         return assigned
+
+    @staticmethod
+    def _claim(s, w, free, open_batches, room, now):
+        """Up to `free` pending task ids for worker w, oldest first, within batch caps."""
+        ids = []
+        for _ in range(3):      # a capped batch can fill up midway: then look past it
+            claim = (select(Task.id, Task.batch_id)
+                     .where(Task.status == TaskStatus.PENDING.value,
+                            Task.batch_id.in_(open_batches),
+                            or_(Task.not_before.is_(None), Task.not_before <= now))
+                     .order_by(Task.id).limit(free - len(ids))
+                     .with_for_update(skip_locked=True))
+            full = [bid for bid, n in room.items() if n <= 0]
+            if full:
+                claim = claim.where(Task.batch_id.not_in(full))
+            if w.batch_id is not None:
+                claim = claim.where(Task.batch_id == w.batch_id)
+            if ids:
+                claim = claim.where(Task.id.not_in(ids))
+            skipped = False
+            rows = s.execute(claim).all()
+            for tid, bid in rows:
+                if bid in room:
+                    if room[bid] <= 0:
+                        skipped = True
+                        continue
+                    room[bid] -= 1
+                ids.append(tid)
+            if not skipped or len(ids) >= free:
+                return ids
+        return ids
+
+    @staticmethod
+    def _batch_room(s):
+        """{batch id: tasks it may still start} for the active batches with a cap."""
+        capped = dict(s.execute(select(Batch.id, Batch.concurrency).where(
+            Batch.concurrency.is_not(None), Batch.status == BatchStatus.ACTIVE.value)).all())
+        if not capped:
+            return {}
+        busy = dict(s.execute(
+            select(Task.batch_id, func.count()).where(
+                Task.batch_id.in_(capped),
+                Task.status.in_([TaskStatus.ASSIGNED.value, TaskStatus.RUNNING.value]))
+            .group_by(Task.batch_id)).all())
+        return {bid: cap - busy.get(bid, 0) for bid, cap in capped.items()}
 
     def sweep(self):
         """Workers silent for longer than the lease are lost; their tasks go back to pending."""
@@ -165,10 +206,15 @@ def give_back(session, worker_id, reason):
     now = utcnow()
     for ex in executions:
         ex.status = ExecutionStatus.LOST.value
+        ex.reason = "lost"
         ex.error = reason
         ex.ended_at = now
+        asked, ex.signal = ex.signal, None
         task = ex.task
-        task.status = TaskStatus.PENDING.value
         task.attempt = max(task.attempt - 1, 0)
         record(session, "execution.lost", ex, task_id=task.id, reason=reason)
+        if asked == "kill":       # the user wanted it dead: it does not come back
+            lifecycle.failed(session, task, "killed by user (its worker was lost)", retry=False)
+        else:
+            task.status = TaskStatus.PENDING.value
     return len(executions)

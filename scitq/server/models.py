@@ -49,11 +49,13 @@ class Batch(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.ACTIVE.value)
+    # At most this many of its tasks assigned or running at once, over all workers (None: no cap).
+    concurrency: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def to_dict(self):
         return {"id": self.id, "name": self.name, "status": self.status,
-                "created_at": iso(self.created_at)}
+                "concurrency": self.concurrency, "created_at": iso(self.created_at)}
 
 
 class Task(Base):
@@ -69,7 +71,20 @@ class Task(Base):
     command: Mapped[str] = mapped_column(Text)
     shell: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(16), default=TaskStatus.PENDING.value)
+    reason: Mapped[str | None] = mapped_column(String(1024))   # why it failed or was canceled
     attempt: Mapped[int] = mapped_column(Integer, default=0)   # executions started so far
+    retries: Mapped[int] = mapped_column(Integer, default=0)   # attempts allowed after the first
+    retry_delay: Mapped[float] = mapped_column(default=0.0)    # seconds before a retry
+    retry_backoff: Mapped[float] = mapped_column(default=1.0)  # delay factor per further retry
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)   # a retry waits till then
+    timeout: Mapped[float | None]                              # seconds the command may run
+    staging_timeout: Mapped[float | None]                      # seconds its downloads may take
+    container: Mapped[str | None] = mapped_column(String(512))
+    container_options: Mapped[str | None] = mapped_column(Text)
+    inputs: Mapped[list | None] = mapped_column(JSON)          # URIs, downloaded into $INPUT
+    resources: Mapped[list | None] = mapped_column(JSON)       # URIs, cached per worker, read-only
+    output: Mapped[str | None] = mapped_column(String(4096))   # URI that receives $OUTPUT
+    use_cache: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -78,7 +93,13 @@ class Task(Base):
     def to_dict(self):
         return {"id": self.id, "batch": self.batch.name, "batch_id": self.batch_id,
                 "name": self.name, "command": self.command, "shell": self.shell,
-                "status": self.status, "attempt": self.attempt,
+                "status": self.status, "reason": self.reason, "attempt": self.attempt,
+                "retries": self.retries, "retry_delay": self.retry_delay,
+                "retry_backoff": self.retry_backoff, "not_before": iso(self.not_before),
+                "timeout": self.timeout, "staging_timeout": self.staging_timeout,
+                "container": self.container, "container_options": self.container_options,
+                "inputs": self.inputs or [], "resources": self.resources or [],
+                "output": self.output, "use_cache": self.use_cache,
                 "created_at": iso(self.created_at), "updated_at": iso(self.updated_at)}
 
 
@@ -135,7 +156,15 @@ class Execution(Base):
     status: Mapped[str] = mapped_column(String(16), default=ExecutionStatus.ASSIGNED.value)
     pid: Mapped[int | None] = mapped_column(Integer)
     return_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(32))   # short cause of failure: timeout, killed...
     error: Mapped[str | None] = mapped_column(String(1024))
+    # A signal the user asked for (kill, pause, resume, requeue), until the worker says it
+    # applied it; signal_seq tells a new request from one already applied.
+    signal: Mapped[str | None] = mapped_column(String(16))
+    signal_seq: Mapped[int] = mapped_column(Integer, default=0)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    cached_from: Mapped[int | None] = mapped_column(Id)      # the execution whose result it reused
     stdout_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     stderr_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -147,7 +176,8 @@ class Execution(Base):
     def to_dict(self):
         return {"id": self.id, "task_id": self.task_id, "worker_id": self.worker_id,
                 "worker": self.worker_name, "status": self.status, "pid": self.pid,
-                "return_code": self.return_code, "error": self.error,
+                "return_code": self.return_code, "reason": self.reason, "error": self.error,
+                "paused": self.paused, "cached_from": self.cached_from,
                 "stdout_bytes": self.stdout_bytes, "stderr_bytes": self.stderr_bytes,
                 "assigned_at": iso(self.assigned_at), "started_at": iso(self.started_at),
                 "ended_at": iso(self.ended_at)}

@@ -73,6 +73,14 @@ class OutputStore:
         except FileNotFoundError:
             return b"", 0
 
+    def copy(self, source_id, target_id):
+        """Give target the streams of source (a result reused from the cache)."""
+        for stream in self.streams:
+            src, dst = self.path(source_id, stream), self.path(target_id, stream)
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+
     def delete(self, execution_ids):
         for eid in execution_ids:
             for stream in self.streams:

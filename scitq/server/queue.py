@@ -4,8 +4,9 @@ import re
 from sqlalchemy import func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
+from scitq.server import lifecycle
 from scitq.server.db import lookup, record
-from scitq.server.models import Batch, Execution, Task, utcnow
+from scitq.server.models import MAX_ID, Batch, Execution, Task, TaskDependency, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
@@ -38,10 +39,32 @@ def get_or_create_batch(s, name):
     return batch
 
 
-def create_batch(s, name):
+def create_batch(s, name, concurrency=None):
     if s.scalar(select(Batch.id).where(Batch.name == check_batch_name(name))):
         raise Conflict(f"batch {name!r} exists already")
-    return get_or_create_batch(s, name)
+    batch = get_or_create_batch(s, name)
+    if concurrency is not None:
+        change_batch(s, batch, {"concurrency": concurrency})
+    return batch
+
+
+MAX_BATCH_CONCURRENCY = 1_000_000
+
+
+def change_batch(s, batch, changes):
+    """Batch settings: `concurrency` caps its tasks running at once (None lifts the cap)."""
+    unknown = set(changes) - {"concurrency"}
+    if unknown:
+        raise BadRequest(f"cannot change {', '.join(sorted(unknown))} of a batch")
+    if "concurrency" in changes:
+        cap = changes["concurrency"]
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool)
+                                or not 1 <= cap <= MAX_BATCH_CONCURRENCY):
+            raise BadRequest(f"concurrency must be an integer from 1 to {MAX_BATCH_CONCURRENCY}, "
+                             "or null for no cap")
+        batch.concurrency = cap
+    record(s, "batch.changed", batch, **changes)
+    return batch
 
 
 def get_task(s, task_id):
@@ -49,6 +72,53 @@ def get_task(s, task_id):
     if task is None:
         raise NotFound(f"no task {task_id}")
     return task
+
+
+MAX_RETRIES = 100
+MAX_SECONDS = 366 * 86400.0       # timeouts and delays: at most a year
+MAX_URIS = 10_000                 # inputs or resources of one task
+MAX_DEPENDENCIES = 100_000
+OPTION_FIELDS = ("retries", "retry_delay", "retry_backoff", "timeout", "staging_timeout",
+                 "container", "container_options", "inputs", "resources", "output", "use_cache")
+EDITABLE = ("command", "name", "shell") + OPTION_FIELDS
+
+
+def _number(spec, key, where, low, high, integer=False, default=None):
+    value = spec.get(key, default)
+    if value is None:
+        return default
+    kind = int if integer else (int, float)
+    if (not isinstance(value, kind) or isinstance(value, bool) or value != value
+            or not low <= value <= high):
+        what = "an integer" if integer else "a number"
+        raise BadRequest(f"{where}: '{key}' must be {what} from {low} to {high}")
+    return value if integer else float(value)
+
+
+def _text(spec, key, where, limit):
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise BadRequest(f"{where}: '{key}' must be a string of at most {limit} characters, no NUL")
+    return value
+
+
+def _uris(spec, key, where):
+    value = spec.get(key)
+    if value is None:
+        return None
+    from scitq.worker.staging import check_uri
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > MAX_URIS:
+        raise BadRequest(f"{where}: '{key}' must be a list of at most {MAX_URIS} URIs")
+    for uri in value:
+        try:
+            check_uri(uri)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"{where}: {key}: {exc}") from None
+    return value or None
 
 
 def check_task(spec, where="task"):
@@ -69,31 +139,179 @@ def check_task(spec, where="task"):
     shell = spec.get("shell", True)
     if not isinstance(shell, bool):
         raise BadRequest(f"{where}: 'shell' must be true or false")
-    return {"command": command, "name": name, "shell": shell}
+    use_cache = spec.get("use_cache", False)
+    if not isinstance(use_cache, bool):
+        raise BadRequest(f"{where}: 'use_cache' must be true or false")
+    fields = {
+        "command": command, "name": name, "shell": shell, "use_cache": use_cache,
+        "retries": _number(spec, "retries", where, 0, MAX_RETRIES, integer=True, default=0),
+        "retry_delay": _number(spec, "retry_delay", where, 0, MAX_SECONDS, default=0.0),
+        "retry_backoff": _number(spec, "retry_backoff", where, 1, 100, default=1.0),
+        "timeout": _number(spec, "timeout", where, 0.001, MAX_SECONDS),
+        "staging_timeout": _number(spec, "staging_timeout", where, 0.001, MAX_SECONDS),
+        "container": _text(spec, "container", where, 512),
+        "container_options": _text(spec, "container_options", where, 4096),
+        "inputs": _uris(spec, "inputs", where),
+        "resources": _uris(spec, "resources", where),
+        "output": _text(spec, "output", where, 4096),
+    }
+    if fields["container_options"] and not fields["container"]:
+        raise BadRequest(f"{where}: 'container_options' need a 'container'")
+    if fields["container_options"]:
+        from scitq.worker.container import parse_options
+        try:
+            parse_options(fields["container_options"])
+        except ValueError as exc:
+            raise BadRequest(f"{where}: container_options: {exc}") from None
+    if fields["output"] is not None:
+        from scitq.worker.staging import check_uri
+        try:
+            check_uri(fields["output"], actions=False)
+        except ValueError as exc:
+            raise BadRequest(f"{where}: output: {exc}") from None
+    return fields
+
+
+def _dependencies(spec, where, index, refs):
+    """The task's dependencies: ids of stored tasks, and refs of tasks in the same request."""
+    deps = spec.get("depends_on")
+    if deps is None:
+        return [], []
+    if isinstance(deps, (int, str)) and not isinstance(deps, bool):
+        deps = [deps]
+    if not isinstance(deps, list) or len(deps) > MAX_DEPENDENCIES:
+        raise BadRequest(f"{where}: 'depends_on' must be a list of task ids (or refs of tasks "
+                         "in the same request)")
+    ids, local = [], []
+    for dep in deps:
+        if isinstance(dep, bool) or not isinstance(dep, (int, str)):
+            raise BadRequest(f"{where}: depends_on: {dep!r} is neither a task id nor a ref")
+        if isinstance(dep, int):
+            if not 0 < dep <= MAX_ID:
+                raise BadRequest(f"{where}: depends_on: no task {dep}")
+            ids.append(dep)
+        elif dep not in refs:
+            raise BadRequest(f"{where}: depends_on: no task with ref {dep[:80]!r} in this request")
+        elif refs[dep] == index:
+            raise BadRequest(f"{where}: depends_on: a task cannot depend on itself")
+        else:
+            local.append(refs[dep])
+    return ids, local
+
+
+def _refs(specs):
+    refs = {}
+    for i, spec in enumerate(specs):
+        ref = spec.get("ref") if isinstance(spec, dict) else None
+        if ref is None:
+            continue
+        if not isinstance(ref, str) or not ref or len(ref) > 255:
+            raise BadRequest(f"task #{i}: 'ref' must be a string of 1-255 characters")
+        if ref in refs:
+            raise BadRequest(f"task #{i}: ref {ref!r} is used twice in this request")
+        refs[ref] = i
+    return refs
+
+
+def _refuse_cycles(local_deps):
+    """local_deps[i]: indexes task i waits for, in one request; a cycle is a 400."""
+    state = {}
+    for start in range(len(local_deps)):
+        stack = [(start, iter(local_deps[start]))]
+        if state.get(start):
+            continue
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                raise BadRequest(f"depends_on: tasks #{nxt} and #{node} wait for each other "
+                                 "(a cycle): nothing would ever start")
+            elif not state.get(nxt):
+                state[nxt] = 1
+                stack.append((nxt, iter(local_deps[nxt])))
 
 
 def create_tasks(s, specs, batch_name=None):
-    """Insert many tasks in one statement; returns their ids in submission order."""
+    """Insert many tasks in one transaction; returns their ids in submission order.
+
+    A task's `depends_on` holds ids of stored tasks or `ref`s of tasks of the same request
+    (so a whole DAG goes in at once); unknown ids and cycles are refused.
+    """
     if not specs:
         raise BadRequest("no task given")
     if len(specs) > MAX_TASKS_PER_REQUEST:
         raise BadRequest(f"{len(specs)} tasks in one request; the limit is {MAX_TASKS_PER_REQUEST}")
+    refs = _refs(specs)
     batches = {}
-    rows = []
+    rows, stored_deps, local_deps = [], [], []
     now = utcnow()
     for i, spec in enumerate(specs):
-        fields = check_task(spec, f"task #{i}" if len(specs) > 1 else "task")
+        where = f"task #{i}" if len(specs) > 1 else "task"
+        fields = check_task(spec, where)
+        ids, local = _dependencies(spec, where, i, refs)
+        stored_deps.append(ids)
+        local_deps.append(local)
         name = spec.get("batch") or batch_name or DEFAULT_BATCH
         if name not in batches:
             batches[name] = get_or_create_batch(s, name)
         fields.update(batch_id=batches[name].id, status=TaskStatus.PENDING.value, attempt=0,
                       created_at=now, updated_at=now)
         rows.append(fields)
+    _refuse_cycles(local_deps)
+    wanted = {d for ids in stored_deps for d in ids}
+    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted)))) if wanted else {}
+    missing = sorted(wanted - set(known))
+    if missing:
+        raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}"
+                         + (" ..." if len(missing) > 10 else ""))
+    if any(stored_deps) or any(local_deps):
+        _initial_statuses(rows, stored_deps, local_deps, known)
     ids = s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), rows).all()
+    edges = [{"task_id": ids[i], "depends_on_id": d}
+             for i in range(len(rows)) for d in set(stored_deps[i]) | {ids[j] for j in local_deps[i]}]
+    if edges:
+        s.execute(insert(TaskDependency), edges)
     for batch in batches.values():
         mine = [i for i, r in zip(ids, rows) if r["batch_id"] == batch.id]
         record(s, "tasks.created", batch, count=len(mine), first=mine[0], last=mine[-1])
     return ids
+
+
+def _initial_statuses(rows, stored_deps, local_deps, known):
+    """waiting while a dependency may still succeed; canceled when one never will."""
+    dead = {TaskStatus.FAILED.value, TaskStatus.CANCELED.value}
+    for i in _topological(local_deps):
+        row = rows[i]
+        statuses = [(d, known[d]) for d in stored_deps[i]]
+        statuses += [(f"#{j}", rows[j]["status"]) for j in local_deps[i]]
+        gone = [d for d, st in statuses if st in dead]
+        if gone:
+            row["status"] = TaskStatus.CANCELED.value
+            row["reason"] = f"dependency {gone[0]} failed or was canceled"
+        elif any(st != TaskStatus.SUCCEEDED.value for _, st in statuses):
+            row["status"] = TaskStatus.WAITING.value
+
+
+def _topological(local_deps):
+    """Indexes with every task after the ones it depends on (the graph has no cycle)."""
+    order, done = [], [False] * len(local_deps)
+    for start in range(len(local_deps)):
+        stack = [(start, iter(local_deps[start]))]
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                if not done[node]:
+                    done[node] = True
+                    order.append(node)
+            elif not done[nxt]:
+                stack.append((nxt, iter(local_deps[nxt])))
+    return order
 
 
 def batch_counts(s, batch_ids=None):
@@ -175,6 +393,8 @@ def list_tasks(s, batch=None, status=None, name=None, after=None, limit=100):
 
 def task_detail(s, task):
     d = task.to_dict()
+    d["depends_on"] = sorted(s.scalars(select(TaskDependency.depends_on_id)
+                                       .where(TaskDependency.task_id == task.id)))
     d["executions"] = [e.to_dict() for e in s.scalars(
         select(Execution).where(Execution.task_id == task.id).order_by(Execution.id))]
     return d
@@ -195,26 +415,32 @@ def _refuse_if_active(task, action):
 
 
 def relaunch_task(s, task):
-    """Put a finished task back in the queue; its past executions stay as history."""
+    """Put a finished task back in the queue; its past executions stay as history, and what
+    its failure canceled waits for it again."""
     _refuse_if_active(task, "relaunch")
     if task.status in (TaskStatus.PENDING.value, TaskStatus.WAITING.value):
         raise Conflict(f"task {task.id} is already {task.status}")
     previous = task.status
     task.status = TaskStatus.PENDING.value
+    task.reason = None
+    task.not_before = None
     record(s, "task.relaunched", task, previous=previous)
+    lifecycle.revive_dependents(s, [task.id])
     return task
 
 
 def update_task(s, task, changes):
     _refuse_if_active(task, "edit")
-    merged = {"command": task.command, "name": task.name, "shell": task.shell}
-    merged.update({k: v for k, v in changes.items() if k in merged})
-    fields = check_task(merged)
-    unknown = set(changes) - set(merged)
+    unknown = set(changes) - set(EDITABLE) - {"depends_on"}
     if unknown:
         raise BadRequest(f"cannot change {', '.join(sorted(unknown))} of a task")
+    merged = {key: getattr(task, key) for key in EDITABLE}
+    merged.update({k: v for k, v in changes.items() if k in merged})
+    fields = check_task(merged)
     for key, value in fields.items():
         setattr(task, key, value)
+    if "depends_on" in changes:
+        lifecycle.set_dependencies(s, task, changes["depends_on"])
     record(s, "task.updated", task, fields=sorted(changes))
     return task
 
@@ -222,6 +448,11 @@ def update_task(s, task, changes):
 def delete_task(s, task):
     _refuse_if_active(task, "delete")
     execution_ids = s.scalars(select(Execution.id).where(Execution.task_id == task.id)).all()
+    waiting_for_it = s.scalars(select(TaskDependency.task_id)
+                               .where(TaskDependency.depends_on_id == task.id)).all()
     record(s, "task.deleted", task, name=task.name, batch_id=task.batch_id)
     s.delete(task)
+    s.flush()
+    if waiting_for_it:      # one dependency less: they may be ready now
+        lifecycle.settle(s, s.scalars(select(Task).where(Task.id.in_(waiting_for_it))).all())
     return execution_ids

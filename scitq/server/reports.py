@@ -1,10 +1,12 @@
 """What workers tell the server: registration, heartbeats, and execution reports."""
 import base64
 import binascii
+import re
 
 from sqlalchemy import func, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
+from scitq.server import lifecycle
 from scitq.server.db import record
 from scitq.server.dispatch import ACTIVE, give_back
 from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, Task, Worker, utcnow
@@ -125,10 +127,19 @@ def heartbeat(s, worker, stats):
         record(s, "worker.back", worker)
 
 
+ASSIGNMENT_COLUMNS = (Execution.id, Task.id, Task.name, Batch.name, Task.command, Task.shell,
+                      Task.attempt, Task.timeout, Task.staging_timeout, Task.container,
+                      Task.container_options, Task.inputs, Task.resources, Task.output,
+                      Task.use_cache)
+ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt",
+                     "timeout", "staging_timeout", "container", "container_options", "inputs",
+                     "resources", "output", "use_cache")
+
+
 def pending_assignments(s, worker_id, known):
     """Executions assigned to the worker that it has not said it holds (one query)."""
     rows = s.execute(
-        select(Execution.id, Task.id, Task.name, Batch.name, Task.command, Task.shell, Task.attempt)
+        select(*ASSIGNMENT_COLUMNS)
         .join(Task, Execution.task_id == Task.id).join(Batch, Task.batch_id == Batch.id)
         .where(Execution.worker_id == worker_id,
                Execution.status == ExecutionStatus.ASSIGNED.value)
@@ -136,7 +147,12 @@ def pending_assignments(s, worker_id, known):
     return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows if row[0] not in known]
 
 
-ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt")
+def pending_signals(s, worker_id):
+    """Signals users asked for on the worker's live executions, not yet applied."""
+    rows = s.execute(select(Execution.id, Execution.signal, Execution.signal_seq)
+                     .where(Execution.worker_id == worker_id, Execution.signal.is_not(None),
+                            Execution.status.in_(ACTIVE)))
+    return [{"execution_id": eid, "signal": sig, "seq": seq} for eid, sig, seq in rows]
 
 
 def apply_reports(s, worker, reports, outputs):
@@ -164,6 +180,10 @@ def apply_reports(s, worker, reports, outputs):
     return acked, refused
 
 
+REASON = re.compile(r"^[a-z_]{1,32}$")
+FINAL = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
+
+
 def _apply(s, worker, rep, outputs):
     ex = s.get(Execution, rep["execution_id"])
     if ex is None:
@@ -171,6 +191,8 @@ def _apply(s, worker, rep, outputs):
     if ex.worker_id != worker.id:
         raise Conflict(f"execution {ex.id} does not belong to worker {worker.name}")
     status = rep.get("status")
+    if status == "signaled":
+        return _signaled(s, ex, rep)
     if status == ex.status:
         return                                     # a retry of a report already applied
     if status == ExecutionStatus.RUNNING.value and ex.status in ENDED:
@@ -185,23 +207,8 @@ def _apply(s, worker, rep, outputs):
         ex.started_at = now
         task.status = TaskStatus.RUNNING.value
         record(s, "execution.running", ex, task_id=task.id, pid=ex.pid)
-    elif status in (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value):
-        rc = rep.get("return_code")
-        if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
-            raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
-        chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
-        for stream, (offset, data) in chunks.items():
-            outputs.append(ex.id, stream, offset, data)
-        ex.return_code = rc if isinstance(rc, int) else None
-        ex.status = status
-        ex.error = (rep.get("error") or None) and str(rep["error"])[:1024]
-        ex.started_at = ex.started_at or now
-        ex.ended_at = now
-        ex.stdout_bytes = outputs.size(ex.id, "stdout")
-        ex.stderr_bytes = outputs.size(ex.id, "stderr")
-        task.status = status
-        record(s, f"execution.{status}", ex, task_id=task.id, return_code=ex.return_code,
-               error=ex.error)
+    elif status in FINAL:
+        _ended(s, ex, task, rep, status, outputs, now)
     elif status == ExecutionStatus.RELEASED.value:
         if ex.status != ExecutionStatus.ASSIGNED.value:
             raise Conflict(f"execution {ex.id} is {ex.status}: only an unstarted one can be released")
@@ -212,6 +219,64 @@ def _apply(s, worker, rep, outputs):
         record(s, "execution.released", ex, task_id=task.id)
     else:
         raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
+
+
+def _ended(s, ex, task, rep, status, outputs, now):
+    rc = rep.get("return_code")
+    if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
+        raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
+    reason = rep.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not REASON.match(reason)):
+        raise BadRequest(f"execution {ex.id}: reason must be a short word (a-z and _)")
+    cached_from = rep.get("cached_from")
+    if cached_from is not None:
+        source = s.get(Execution, cached_from) if isinstance(cached_from, int) and 0 < cached_from <= MAX_ID else None
+        if source is None or source.status != ExecutionStatus.SUCCEEDED.value:
+            raise BadRequest(f"execution {ex.id}: cached_from names no succeeded execution")
+        outputs.copy(source.id, ex.id)
+        ex.cached_from = source.id
+        reason = "cached"
+    chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
+    for stream, (offset, data) in chunks.items():
+        outputs.append(ex.id, stream, offset, data)
+    ex.return_code = rc if isinstance(rc, int) else None
+    ex.status = status
+    ex.error = (rep.get("error") or None) and str(rep["error"])[:1024]
+    if status == ExecutionStatus.FAILED.value and reason is None:
+        reason = "exit_code" if isinstance(rc, int) and rc > 0 else "signal" if isinstance(rc, int) else "error"
+    ex.reason = reason
+    ex.started_at = ex.started_at or now
+    ex.ended_at = now
+    ex.paused = False
+    ex.stdout_bytes = outputs.size(ex.id, "stdout")
+    ex.stderr_bytes = outputs.size(ex.id, "stderr")
+    asked, ex.signal = ex.signal, None
+    record(s, f"execution.{status}", ex, task_id=task.id, return_code=ex.return_code,
+           reason=reason, error=ex.error)
+    if status == ExecutionStatus.SUCCEEDED.value:
+        lifecycle.succeeded(s, task)
+    elif asked == "requeue":
+        lifecycle.requeued(s, task, "stopped with its batch and put back in the queue")
+    else:
+        killed = asked == "kill" or reason == "killed"
+        if killed:
+            why = "killed by user"
+        else:
+            why = ex.error or (f"exit code {rc}" if reason == "exit_code" else reason)
+        lifecycle.failed(s, task, why, retry=not killed)
+
+
+def _signaled(s, ex, rep):
+    """The worker applied a signal: pause and resume are done; a kill is done when the
+    execution ends (its final report)."""
+    sig, seq = rep.get("signal"), rep.get("seq")
+    if sig not in lifecycle.SIGNALS + ("requeue",) or not isinstance(seq, int):
+        raise BadRequest(f"execution {ex.id}: a signaled report needs a signal and its seq")
+    if sig in ("pause", "resume") and ExecutionStatus(ex.status).is_active:
+        ex.paused = sig == "pause"
+        if ex.signal == sig and ex.signal_seq == seq:
+            ex.signal = None
+        record(s, f"execution.{sig}d", ex, task_id=ex.task_id)
 
 
 def _chunk(chunk):

@@ -2,7 +2,7 @@
 import logging
 
 from flask import Blueprint, current_app
-from flask_restx import Api, inputs
+from flask_restx import Api, fields, inputs
 from werkzeug.exceptions import HTTPException
 
 from scitq.errors import ScitqError
@@ -12,6 +12,15 @@ ID = f"int(max={MAX_ID})"            # URL converter of ids: larger numbers are 
 natural_id = inputs.int_range(0, MAX_ID)
 
 log = logging.getLogger(__name__)
+
+
+class NullableString(fields.String):
+    __schema_type__ = ["string", "null"]
+
+
+class NullableInteger(fields.Integer):
+    __schema_type__ = ["integer", "null"]
+
 MAX_DETAIL = 300    # characters of a validation message echoed back (never a 10 MB command)
 
 

@@ -1,18 +1,31 @@
 """Batches: named groups of tasks, their progress, pause and resume."""
-from flask_restx import Namespace, Resource, fields
+from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
-from scitq.server import queue
-from scitq.server.api import state
+from scitq.server import lifecycle, queue
+from scitq.server.api import NullableInteger, state
 from scitq.status import BatchStatus
 
 ns = Namespace("batches", description="Named groups of tasks and their progress")
 
 counts = ns.model("BatchCounts", {s: fields.Integer for s in queue.STATUSES + ["remaining", "total"]})
+
+
 batch = ns.model("Batch", {
     "id": fields.Integer, "name": fields.String, "status": fields.String,
+    "concurrency": NullableInteger(description="tasks of the batch run at once at most (null: no cap)"),
     "created_at": fields.String, "counts": fields.Nested(counts),
 })
-batch_in = ns.model("BatchIn", {"name": fields.String(required=True, max_length=128)})
+batch_in = ns.model("BatchIn", {
+    "name": fields.String(required=True, max_length=128),
+    "concurrency": NullableInteger(min=1, description="cap on its tasks running at once")})
+batch_edit = ns.model("BatchSettings", {
+    "concurrency": NullableInteger(min=1, description="cap on its tasks running at once (null: none)")})
+stop_args = reqparse.RequestParser()
+stop_args.add_argument("requeue", type=inputs.boolean, default=False,
+                       help="put the killed tasks back to pending (else they fail)")
+pause_args = reqparse.RequestParser()
+pause_args.add_argument("running", type=inputs.boolean, default=False,
+                        help="also suspend (SIGSTOP) its running tasks")
 
 
 @ns.route("")
@@ -28,7 +41,7 @@ class Batches(Resource):
     def post(self):
         """Create an empty batch (tasks also create theirs on the fly)."""
         with state().db.write() as s:
-            b = queue.create_batch(s, ns.payload["name"])
+            b = queue.create_batch(s, ns.payload["name"], ns.payload.get("concurrency"))
             return queue.batch_summary(s, b), 201
 
 
@@ -40,6 +53,17 @@ class OneBatch(Resource):
         with state().db.read() as s:
             return queue.batch_summary(s, queue.get_batch(s, ref))
 
+    @ns.expect(batch_edit, validate=True)
+    @ns.marshal_with(batch)
+    def put(self, ref):
+        """Change the batch's settings (concurrency cap); applied at the next dispatch."""
+        st = state()
+        with st.db.write() as s:
+            b = queue.change_batch(s, queue.get_batch(s, ref), ns.payload or {})
+            out = queue.batch_summary(s, b)
+        st.dispatcher.wake()
+        return out
+
     def delete(self, ref):
         """Delete the batch, its tasks and their outputs (refused while tasks run)."""
         st = state()
@@ -49,25 +73,50 @@ class OneBatch(Resource):
         return {"deleted": ref}
 
 
-def _set_status(ref, status):
+def _steer(ref, change):
+    """Apply change(session, batch) -> workers to wake; answer the batch's summary."""
     st = state()
     with st.db.write() as s:
-        b = queue.set_batch_status(s, queue.get_batch(s, ref), status)
+        b = queue.get_batch(s, ref)
+        workers = change(s, b) or ()
         out = queue.batch_summary(s, b)
+    st.notifier.notify(*[w for w in workers if w is not None])
     st.dispatcher.wake()
     return out
 
 
 @ns.route("/<ref>/pause")
 class PauseBatch(Resource):
+    @ns.expect(pause_args)
     @ns.marshal_with(batch)
     def post(self, ref):
-        """Hold the batch's pending tasks out of dispatch; running ones go on."""
-        return _set_status(ref, BatchStatus.PAUSED)
+        """Hold the batch's pending tasks out of dispatch; running ones go on, unless
+        `running` is true: then they are suspended too (SIGSTOP) until resumed."""
+        running = pause_args.parse_args()["running"]
+
+        def pause(s, b):
+            queue.set_batch_status(s, b, BatchStatus.PAUSED)
+            return lifecycle.signal_batch(s, b, "pause") if running else ()
+        return _steer(ref, pause)
 
 
 @ns.route("/<ref>/resume")
 class ResumeBatch(Resource):
     @ns.marshal_with(batch)
     def post(self, ref):
-        return _set_status(ref, BatchStatus.ACTIVE)
+        """Dispatch the batch's tasks again, and continue its suspended ones."""
+        def resume(s, b):
+            queue.set_batch_status(s, b, BatchStatus.ACTIVE)
+            return lifecycle.signal_batch(s, b, "resume")
+        return _steer(ref, resume)
+
+
+@ns.route("/<ref>/stop")
+class StopBatch(Resource):
+    @ns.expect(stop_args)
+    @ns.marshal_with(batch)
+    def post(self, ref):
+        """Pause the batch and kill its running tasks: they go back to pending with
+        `requeue=true` (no retry spent), else they fail."""
+        requeue = stop_args.parse_args()["requeue"]
+        return _steer(ref, lambda s, b: lifecycle.stop_batch(s, b, requeue))

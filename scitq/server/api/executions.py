@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from scitq.errors import Conflict, NotFound, TooLarge
 from scitq.server.api import ID, natural_id, state
-from scitq.server.models import Execution
+from scitq.server.models import Execution, Task
 from scitq.status import ExecutionStatus
 
 ns = Namespace("executions", description="Attempts of tasks on workers, and their output")
@@ -15,10 +15,17 @@ MAX_CHUNK = 16 << 20     # bytes of output a worker may send in one request
 execution = ns.model("Execution", {
     "id": fields.Integer, "task_id": fields.Integer, "worker_id": fields.Integer,
     "worker": fields.String, "status": fields.String, "pid": fields.Integer,
-    "return_code": fields.Integer, "error": fields.String,
+    "return_code": fields.Integer, "reason": fields.String, "error": fields.String,
+    "paused": fields.Boolean, "cached_from": fields.Integer,
     "stdout_bytes": fields.Integer, "stderr_bytes": fields.Integer,
     "assigned_at": fields.String, "started_at": fields.String, "ended_at": fields.String,
 })
+cache_in = ns.model("CacheKey", {"key": fields.String(required=True, pattern=r"^[0-9a-f]{64}$",
+                                                   description="sha256 of command, container "
+                                                               "and input contents")})
+cache_hit = ns.model("CacheHit", {"execution_id": fields.Integer, "task_id": fields.Integer,
+                                  "output": fields.String})
+cache_out = ns.model("CacheAnswer", {"hit": fields.Nested(cache_hit, allow_null=True)})
 page = ns.model("ExecutionPage", {"items": fields.List(fields.Nested(execution)),
                                   "next": fields.Integer})
 
@@ -108,3 +115,29 @@ class ExecutionOutput(Resource):
                 raise Conflict(f"execution {execution_id} is lost: output refused")
         size = st.outputs.append(execution_id, a["stream"], a["offset"], data)
         return {"execution_id": execution_id, "stream": a["stream"], "size": size}
+
+
+@ns.route(f"/<{ID}:execution_id>/cache")
+class ExecutionCache(Resource):
+    @ns.expect(cache_in, validate=True)
+    @ns.marshal_with(cache_out)
+    def post(self, execution_id):
+        """For the execution's worker, once its inputs are staged: store the execution's
+        cache key and, when its task has use_cache, name a succeeded execution with the
+        same key whose result can be reused."""
+        key = ns.payload["key"]
+        with state().db.write() as s:
+            ex = get_execution(s, execution_id)
+            if not ExecutionStatus(ex.status).is_active:
+                raise Conflict(f"execution {execution_id} is {ex.status}")
+            ex.cache_key = key
+            if not ex.task.use_cache:
+                return {"hit": None}
+            hit = s.execute(select(Execution.id, Execution.task_id, Task.output)
+                            .join(Task, Execution.task_id == Task.id)
+                            .where(Execution.cache_key == key, Execution.id != ex.id,
+                                   Execution.status == ExecutionStatus.SUCCEEDED.value)
+                            .order_by(Execution.id.desc()).limit(1)).first()
+        if hit is None:
+            return {"hit": None}
+        return {"hit": {"execution_id": hit[0], "task_id": hit[1], "output": hit[2]}}

@@ -1,7 +1,7 @@
 """Tasks: submit one or many, list with filters and a cursor, show, edit, relaunch, delete."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
-from scitq.server import queue
+from scitq.server import lifecycle, queue
 from scitq.server.api import ID, natural_id, state
 from scitq.server.api.executions import execution, output_response, output_args
 
@@ -12,21 +12,50 @@ task_fields = {
     "name": fields.String(max_length=255),
     "batch": fields.String(max_length=128, description="batch name (created if missing)"),
     "shell": fields.Boolean(default=True, description="run through /bin/sh -c (else split into argv)"),
+    "retries": fields.Integer(min=0, max=queue.MAX_RETRIES, default=0,
+                              description="attempts allowed after a failed one"),
+    "retry_delay": fields.Float(min=0, default=0, description="seconds before a retry"),
+    "retry_backoff": fields.Float(min=1, default=1,
+                                  description="the delay is multiplied by this for each further retry"),
+    "timeout": fields.Float(min=0, description="seconds the command may run; then its process "
+                                               "group is killed and the attempt fails (timeout)"),
+    "staging_timeout": fields.Float(min=0, description="seconds its inputs and resources may "
+                                                       "take to download"),
+    "depends_on": fields.List(fields.Raw, description="ids of tasks it waits for, or refs of "
+                                                      "tasks of the same request"),
+    "ref": fields.String(max_length=255, description="a name other tasks of the same request "
+                                                     "can depend on"),
+    "container": fields.String(max_length=512, description="docker image to run the command in"),
+    "container_options": fields.String(max_length=4096, description="docker run options"),
+    "inputs": fields.List(fields.String, description="URIs downloaded into $INPUT "
+                                                     "(|gunzip |untar |unzip |mv:DIR)"),
+    "resources": fields.List(fields.String, description="URIs cached per worker, read-only "
+                                                        "in $RESOURCE"),
+    "output": fields.String(max_length=4096, description="URI that receives $OUTPUT after the run"),
+    "use_cache": fields.Boolean(default=False, description="reuse a succeeded execution with the "
+                                                           "same command, container and inputs"),
 }
 task_in = ns.model("TaskIn", task_fields)
 bulk_in = ns.model("TasksIn", {
     "batch": fields.String(max_length=128, description="default batch of the tasks"),
     "tasks": fields.List(fields.Nested(task_in), required=True, min_items=1),
 })
-task_edit = ns.model("TaskEdit", {k: v for k, v in task_fields.items() if k != "batch"} | {
-    "command": fields.String(min_length=1)})
+task_edit = ns.model("TaskEdit", {k: v for k, v in task_fields.items() if k not in ("batch", "ref")} | {
+    "command": fields.String(min_length=1),
+    "depends_on": fields.List(fields.Integer, description="ids of the tasks it waits for")})
 task = ns.model("Task", {
     "id": fields.Integer, "batch": fields.String, "batch_id": fields.Integer,
     "name": fields.String, "command": fields.String, "shell": fields.Boolean,
-    "status": fields.String, "attempt": fields.Integer,
+    "status": fields.String, "reason": fields.String, "attempt": fields.Integer,
+    "retries": fields.Integer, "retry_delay": fields.Float, "retry_backoff": fields.Float,
+    "not_before": fields.String, "timeout": fields.Float, "staging_timeout": fields.Float,
+    "container": fields.String, "container_options": fields.String,
+    "inputs": fields.List(fields.String), "resources": fields.List(fields.String),
+    "output": fields.String, "use_cache": fields.Boolean,
     "created_at": fields.String, "updated_at": fields.String,
 })
-task_detail = ns.inherit("TaskDetail", task, {"executions": fields.List(fields.Nested(execution))})
+task_detail = ns.inherit("TaskDetail", task, {
+    "depends_on": fields.List(fields.Integer), "executions": fields.List(fields.Nested(execution))})
 page = ns.model("TaskPage", {"items": fields.List(fields.Nested(task)),
                              "next": fields.Integer(description="cursor of the next page")})
 created = ns.model("TasksCreated", {"ids": fields.List(fields.Integer), "count": fields.Integer})
@@ -111,6 +140,42 @@ class RelaunchTask(Resource):
             out = queue.relaunch_task(s, queue.get_task(s, task_id)).to_dict()
         state().dispatcher.wake()
         return out
+
+
+def _act(task_id, action):
+    st = state()
+    with st.db.write() as s:
+        t = queue.get_task(s, task_id)
+        worker_id = action(s, t)
+        out = t.to_dict()
+    if worker_id is not None:
+        st.notifier.notify(worker_id)
+    st.dispatcher.wake()
+    return out
+
+
+@ns.route(f"/<{ID}:task_id>/force")
+class ForceTask(Resource):
+    @ns.marshal_with(task)
+    def post(self, task_id):
+        """Run a waiting or canceled task now, whatever its dependencies say."""
+        return _act(task_id, lambda s, t: lifecycle.force(s, t) and None)
+
+
+def _signal_route(sig, doc):
+    class Signal(Resource):
+        @ns.marshal_with(task)
+        def post(self, task_id):
+            return _act(task_id, lambda s, t: lifecycle.signal_task(s, t, sig))
+    Signal.post.__doc__ = doc
+    Signal.__name__ = f"{sig.title()}Task"
+    ns.route(f"/<{ID}:task_id>/{sig}")(Signal)
+
+
+_signal_route("kill", "Kill a running task (SIGKILL to its process group or container): it fails "
+                      "for good, without retry. A task not started yet is canceled.")
+_signal_route("pause", "Suspend a running task (SIGSTOP, or docker pause).")
+_signal_route("resume", "Continue a paused task (SIGCONT, or docker unpause).")
 
 
 @ns.route(f"/<{ID}:task_id>/output")

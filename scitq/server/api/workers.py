@@ -7,16 +7,12 @@ from sqlalchemy import select
 
 from scitq.errors import BadRequest
 from scitq.server import reports
-from scitq.server.api import ID, state
+from scitq.server.api import ID, NullableString, state
 from scitq.server.db import lookup
 from scitq.server.models import MAX_INT, Worker
 from scitq.status import WorkerStatus
 
 ns = Namespace("workers", description="Worker processes, their settings and their work")
-
-
-class NullableString(fields.String):
-    __schema_type__ = ["string", "null"]
 
 MAX_WAIT = 60.0          # seconds a poll may hang
 RECHECK = 5.0            # seconds between looks at the database while a poll hangs
@@ -51,22 +47,36 @@ poll_in = ns.model("Poll", {
     "wait": fields.Float(min=0, max=MAX_WAIT, default=20, description="seconds to wait for work"),
     "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
     "stats": fields.Nested(stats),
+    "signaled": fields.List(fields.List(fields.Integer), description="[execution id, seq] of "
+                            "signals the worker applied already (not sent again)"),
 })
 assignment = ns.model("Assignment", {
     "execution_id": fields.Integer, "task_id": fields.Integer, "name": fields.String,
     "batch": fields.String, "command": fields.String, "shell": fields.Boolean,
-    "attempt": fields.Integer,
+    "attempt": fields.Integer, "timeout": fields.Float, "staging_timeout": fields.Float,
+    "container": fields.String, "container_options": fields.String,
+    "inputs": fields.List(fields.String), "resources": fields.List(fields.String),
+    "output": fields.String, "use_cache": fields.Boolean,
 })
+signal = ns.model("Signal", {"execution_id": fields.Integer, "signal": fields.String,
+                             "seq": fields.Integer})
 poll_out = ns.model("PollAnswer", {
     "assignments": fields.List(fields.Nested(assignment)),
+    "signals": fields.List(fields.Nested(signal)),
     "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
 })
 chunk = ns.model("OutputChunk", {"offset": fields.Integer(min=0, required=True),
                                  "data": fields.String(required=True, description="base64")})
 report = ns.model("Report", {
     "execution_id": fields.Integer(required=True),
-    "status": fields.String(required=True, enum=["running", "succeeded", "failed", "released"]),
+    "status": fields.String(required=True, enum=["running", "succeeded", "failed", "released",
+                                                 "signaled"]),
     "pid": fields.Integer, "return_code": fields.Integer, "error": fields.String(max_length=4096),
+    "reason": fields.String(max_length=32, description="why it failed: timeout, killed, staging..."),
+    "signal": fields.String(enum=["kill", "pause", "resume", "requeue"],
+                            description="with status signaled: the signal applied"),
+    "seq": fields.Integer(description="with status signaled: the seq of that signal"),
+    "cached_from": fields.Integer(description="the execution whose result was reused"),
     "stdout": fields.Nested(chunk, skip_none=True), "stderr": fields.Nested(chunk, skip_none=True),
 })
 reports_in = ns.model("Reports", {
@@ -162,17 +172,20 @@ class Poll(Resource):
                 reports.heartbeat(s, reports.get_worker(s, worker_id), body.get("stats") or {})
         if hungry:
             st.dispatcher.wake()
+        applied = {tuple(x) for x in body.get("signaled") or [] if len(x) == 2}
         while True:
             seen = st.notifier.version(worker_id)
             with st.db.read() as s:
                 w = reports.get_worker(s, worker_id)
                 settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
-                new = (reports.pending_assignments(s, worker_id, known)
-                       if w.status != WorkerStatus.LOST.value else [])
+                lost = w.status == WorkerStatus.LOST.value
+                new = reports.pending_assignments(s, worker_id, known) if not lost else []
+                signals = reports.pending_signals(s, worker_id) if not lost else []
             changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
+            news = any((x["execution_id"], x["seq"]) not in applied for x in signals)
             remaining = deadline - time.monotonic()
-            if new or changed or remaining <= 0 or st.notifier.closing:
-                return {"assignments": new, **settings}
+            if new or news or changed or remaining <= 0 or st.notifier.closing:
+                return {"assignments": new, "signals": signals, **settings}
             st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
 
 

@@ -1,0 +1,215 @@
+"""How a task moves on once something happened to it: retries, the dependency DAG, signals.
+
+Every function here changes rows of the caller's transaction and records one event per
+change; nothing commits. The lifecycle itself is in DESIGN.md section 2:
+waiting -> pending -> assigned -> running -> succeeded | failed, with canceled for tasks
+whose dependency failed for good (or that a user killed before they ran).
+"""
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from scitq.errors import BadRequest, Conflict
+from scitq.server.db import record
+from scitq.server.models import Execution, Task, TaskDependency, utcnow
+from scitq.status import BatchStatus, ExecutionStatus, TaskStatus
+
+SIGNALS = ("kill", "pause", "resume")
+ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
+DEPENDENCY = "dependency "     # how the reason of a task canceled by its DAG begins
+
+
+def _dependents(task_ids):
+    return select(TaskDependency.task_id).where(TaskDependency.depends_on_id.in_(task_ids))
+
+
+# --- ends of attempts ---------------------------------------------------------
+
+def succeeded(s, task):
+    task.status = TaskStatus.SUCCEEDED.value
+    task.reason = None
+    task.not_before = None
+    release_dependents(s, [task.id])
+
+
+def failed(s, task, error, retry=True):
+    """An attempt failed: try again after the delay while retries are left, else fail for
+    good and cancel what waits for the task. Returns True when the task will be retried."""
+    if retry and task.attempt <= task.retries:
+        delay = task.retry_delay * task.retry_backoff ** max(task.attempt - 1, 0)
+        task.status = TaskStatus.PENDING.value
+        task.not_before = utcnow() + timedelta(seconds=delay) if delay > 0 else None
+        task.reason = f"attempt {task.attempt} failed: {error}"[:1024]
+        record(s, "task.retrying", task, attempt=task.attempt, retries=task.retries, delay=delay)
+        return True
+    task.status = TaskStatus.FAILED.value
+    task.reason = (error or "failed")[:1024]
+    cancel_dependents(s, [task.id], f"{DEPENDENCY}{task.id} failed")
+    return False
+
+
+def requeued(s, task, why):
+    """The attempt was stopped by a user who wants the task run again: no retry is spent."""
+    task.status = TaskStatus.PENDING.value
+    task.attempt = max(task.attempt - 1, 0)
+    task.reason = why
+    record(s, "task.requeued", task, reason=why)
+
+
+def cancel(s, task, reason):
+    task.status = TaskStatus.CANCELED.value
+    task.reason = reason[:1024]
+    record(s, "task.canceled", task, reason=reason)
+    cancel_dependents(s, [task.id], f"{DEPENDENCY}{task.id} was canceled")
+
+
+# --- the DAG ------------------------------------------------------------------
+
+def release_dependents(s, task_ids):
+    """Waiting tasks whose every dependency has now succeeded become pending."""
+    settle(s, s.scalars(select(Task).where(Task.id.in_(_dependents(task_ids)),
+                                           Task.status == TaskStatus.WAITING.value)).all())
+
+
+def settle(s, tasks):
+    for task in tasks:
+        if task.status != TaskStatus.WAITING.value:
+            continue
+        unmet = s.scalar(select(Task.id).join(TaskDependency, TaskDependency.depends_on_id == Task.id)
+                         .where(TaskDependency.task_id == task.id,
+                                Task.status != TaskStatus.SUCCEEDED.value).limit(1))
+        if unmet is None:
+            task.status = TaskStatus.PENDING.value
+            task.reason = None
+            record(s, "task.ready", task)
+
+
+def cancel_dependents(s, task_ids, reason):
+    """Everything that waits, directly or not, for a task that will never succeed is
+    canceled with the reason: nothing stays waiting forever."""
+    frontier = list(task_ids)
+    while frontier:
+        victims = s.scalars(select(Task).where(Task.id.in_(_dependents(frontier)),
+                                               Task.status == TaskStatus.WAITING.value)).all()
+        for task in victims:
+            task.status = TaskStatus.CANCELED.value
+            task.reason = reason
+            record(s, "task.canceled", task, reason=reason)
+        frontier = [t.id for t in victims]
+
+
+def revive_dependents(s, task_ids):
+    """A failed task is relaunched: what its failure canceled waits for it again."""
+    frontier = list(task_ids)
+    while frontier:
+        revived = s.scalars(select(Task).where(Task.id.in_(_dependents(frontier)),
+                                               Task.status == TaskStatus.CANCELED.value,
+                                               Task.reason.like(f"{DEPENDENCY}%"))).all()
+        for task in revived:
+            task.status = TaskStatus.WAITING.value
+            task.reason = None
+            record(s, "task.waiting", task)
+        frontier = [t.id for t in revived]
+
+
+def force(s, task):
+    """Run a waiting or canceled task now, whatever its dependencies say."""
+    if task.status not in (TaskStatus.WAITING.value, TaskStatus.CANCELED.value):
+        raise Conflict(f"task {task.id} is {task.status}: only a waiting or canceled task can be "
+                       "forced (relaunch a finished one)")
+    previous = task.status
+    task.status = TaskStatus.PENDING.value
+    task.reason = f"forced while {previous}"
+    task.not_before = None
+    record(s, "task.forced", task, previous=previous)
+    return task
+
+
+def would_cycle(s, task_id, new_deps):
+    """True when one of new_deps depends (directly or not) on task_id."""
+    seen, frontier = set(), set(new_deps)
+    while frontier:
+        if task_id in frontier:
+            return True
+        seen |= frontier
+        frontier = set(s.scalars(select(TaskDependency.depends_on_id)
+                                 .where(TaskDependency.task_id.in_(frontier)))) - seen
+    return False
+
+
+def set_dependencies(s, task, deps):
+    """Replace what a (not running) task waits for; refuses unknown ids and cycles."""
+    if not isinstance(deps, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in deps):
+        raise BadRequest("depends_on must be a list of task ids")
+    deps = set(deps)
+    if task.id in deps:
+        raise BadRequest("depends_on: a task cannot depend on itself")
+    statuses = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(deps)))) if deps else {}
+    missing = sorted(deps - set(statuses))
+    if missing:
+        raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}")
+    if would_cycle(s, task.id, deps):
+        raise BadRequest(f"depends_on: task {task.id} would wait for itself (a cycle)")
+    for edge in s.scalars(select(TaskDependency).where(TaskDependency.task_id == task.id)):
+        s.delete(edge)
+    s.flush()
+    for dep in deps:
+        s.add(TaskDependency(task_id=task.id, depends_on_id=dep))
+    if task.status in (TaskStatus.PENDING.value, TaskStatus.WAITING.value):
+        done = all(st == TaskStatus.SUCCEEDED.value for st in statuses.values())
+        task.status = TaskStatus.PENDING.value if done else TaskStatus.WAITING.value
+
+
+# --- signals --------------------------------------------------------------------
+
+def live_execution(s, task_id):
+    return s.scalar(select(Execution).where(Execution.task_id == task_id,
+                                            Execution.status.in_(ACTIVE)))
+
+
+def signal_execution(s, ex, sig):
+    """Ask the execution's worker to apply `sig` (delivered with its next poll answer)."""
+    ex.signal = sig
+    ex.signal_seq = (ex.signal_seq or 0) + 1
+    record(s, "execution.signal", ex, signal=sig, seq=ex.signal_seq)
+    return ex.worker_id
+
+
+def signal_task(s, task, sig):
+    """kill, pause or resume a task; returns the worker to wake (None if none is involved).
+
+    Killing a task that has not started cancels it (and what waits for it); killing a
+    running one fails it for good, without retry."""
+    if sig not in SIGNALS:
+        raise BadRequest(f"unknown signal {sig!r}: one of {', '.join(SIGNALS)}")
+    if sig == "kill" and task.status in (TaskStatus.WAITING.value, TaskStatus.PENDING.value):
+        cancel(s, task, "killed by user before it started")
+        return None
+    ex = live_execution(s, task.id)
+    if ex is None:
+        raise Conflict(f"task {task.id} is {task.status}: there is nothing to {sig}")
+    if sig != "kill" and ex.status != ExecutionStatus.RUNNING.value:
+        raise Conflict(f"task {task.id} is {task.status}: only a running task can be {sig}d")
+    return signal_execution(s, ex, sig)
+
+
+def batch_executions(s, batch, statuses=ACTIVE):
+    return s.scalars(select(Execution).join(Task, Execution.task_id == Task.id)
+                     .where(Task.batch_id == batch.id, Execution.status.in_(statuses))).all()
+
+
+def stop_batch(s, batch, requeue):
+    """Hold the batch and kill what it runs; the killed tasks go back to pending (requeue)
+    or fail for good. Returns the workers to wake."""
+    if batch.status != BatchStatus.PAUSED.value:
+        batch.status = BatchStatus.PAUSED.value
+    record(s, "batch.stopped", batch, requeue=requeue)
+    return {signal_execution(s, ex, "requeue" if requeue else "kill")
+            for ex in batch_executions(s, batch)}
+
+
+def signal_batch(s, batch, sig):
+    """Pause or resume (SIGSTOP / SIGCONT) every running task of the batch."""
+    wanted = [ex for ex in batch_executions(s, batch, (ExecutionStatus.RUNNING.value,))
+              if ex.paused != (sig == "pause")]
+    return {signal_execution(s, ex, sig) for ex in wanted}
