@@ -59,11 +59,24 @@ class Client:
     def batch(self, ref):
         return self._json("GET", f"/batches/{ref}")
 
-    def create_batch(self, name):
-        return self._json("POST", "/batches", json={"name": name})
+    def create_batch(self, name, concurrency=None):
+        body = {"name": name}
+        if concurrency is not None:
+            body["concurrency"] = concurrency
+        return self._json("POST", "/batches", json=body)
 
-    def pause_batch(self, ref):
-        return self._json("POST", f"/batches/{ref}/pause")
+    def set_batch(self, ref, **changes):
+        """Batch settings: concurrency=N caps its tasks running at once (None: no cap)."""
+        return self._json("PUT", f"/batches/{ref}", json=changes)
+
+    def pause_batch(self, ref, running=False):
+        """Hold its pending tasks; with running=True also suspend (SIGSTOP) running ones."""
+        return self._json("POST", f"/batches/{ref}/pause", params={"running": str(running).lower()})
+
+    def stop_batch(self, ref, requeue=False):
+        """Pause the batch and kill its running tasks: back to pending with requeue=True
+        (no retry spent), else they fail."""
+        return self._json("POST", f"/batches/{ref}/stop", params={"requeue": str(requeue).lower()})
 
     def resume_batch(self, ref):
         return self._json("POST", f"/batches/{ref}/resume")
@@ -86,8 +99,12 @@ class Client:
             time.sleep(interval)
 
     # -- tasks ------------------------------------------------------------------
-    def add_task(self, command, name=None, batch=None, shell=True):
-        body = {"command": command, "shell": shell}
+    def add_task(self, command, name=None, batch=None, shell=True, **options):
+        """Queue one task. Options: retries, retry_delay, retry_backoff, timeout,
+        staging_timeout, depends_on (task ids), container, container_options, inputs,
+        resources, output, use_cache."""
+        body = {"command": command, "shell": shell,
+                **{k: v for k, v in options.items() if v is not None}}
         if name is not None:
             body["name"] = name
         if batch is not None:
@@ -95,7 +112,9 @@ class Client:
         return self._json("POST", "/tasks", json=body)
 
     def add_tasks(self, tasks, batch=None, chunk=10_000):
-        """Submit many tasks (dicts with at least "command"); returns their ids in order."""
+        """Submit many tasks (dicts with at least "command", and any option of add_task);
+        returns their ids in order. Within one chunk, a task's depends_on may name the
+        `ref` of another task of the list; give all such tasks in one chunk."""
         ids = []
         for i in range(0, len(tasks), chunk):
             body = {"tasks": tasks[i:i + chunk]}
@@ -130,6 +149,20 @@ class Client:
 
     def delete_task(self, task_id):
         return self._json("DELETE", f"/tasks/{task_id}")
+
+    def force_task(self, task_id):
+        """Run a waiting or canceled task now, whatever its dependencies say."""
+        return self._json("POST", f"/tasks/{task_id}/force")
+
+    def kill_task(self, task_id):
+        """Kill a running task (it fails, no retry); a task not started yet is canceled."""
+        return self._json("POST", f"/tasks/{task_id}/kill")
+
+    def pause_task(self, task_id):
+        return self._json("POST", f"/tasks/{task_id}/pause")
+
+    def resume_task(self, task_id):
+        return self._json("POST", f"/tasks/{task_id}/resume")
 
     def output(self, task_id, stream="stdout", offset=0, limit=1 << 20, execution_id=None):
         """(bytes from offset, total size so far, complete) of a task's latest execution

@@ -31,6 +31,16 @@ def batch_list(ctx, as_json):
     table(_rows(batches), [(c, c) for c in ["id", "name", "status"] + COUNT_COLUMNS])
 
 
+@batch.command("create")
+@click.argument("name")
+@click.option("--concurrency", "-c", type=click.IntRange(1), help="Cap on its tasks running at once.")
+@click.pass_obj
+def batch_create(ctx, name, concurrency):
+    """Create an empty batch (adding tasks also creates theirs)."""
+    b = ctx.client.create_batch(name, concurrency=concurrency)
+    click.echo(f"batch {b['name']}: created (id {b['id']})")
+
+
 @batch.command("show")
 @click.argument("ref")
 @json_option
@@ -45,11 +55,40 @@ def batch_show(ctx, ref, as_json):
 
 @batch.command("pause")
 @click.argument("ref")
+@click.option("--running", is_flag=True, help="Also suspend (SIGSTOP) its running tasks.")
 @click.pass_obj
-def batch_pause(ctx, ref):
-    """Hold the batch's pending tasks; running ones finish."""
-    b = ctx.client.pause_batch(ref)
+def batch_pause(ctx, ref, running):
+    """Hold the batch's pending tasks; running ones go on (unless --running)."""
+    b = ctx.client.pause_batch(ref, running=running)
     click.echo(f"batch {b['name']}: {b['status']}")
+
+
+@batch.command("stop")
+@click.argument("ref")
+@click.option("--requeue/--fail", default=False, show_default=True,
+              help="Put the killed tasks back to pending (no retry spent), or fail them.")
+@click.pass_obj
+def batch_stop(ctx, ref, requeue):
+    """Pause the batch and kill its running tasks."""
+    b = ctx.client.stop_batch(ref, requeue=requeue)
+    click.echo(f"batch {b['name']}: {b['status']}, running tasks "
+               f"{'put back in the queue' if requeue else 'killed'}")
+
+
+@batch.command("set")
+@click.argument("ref")
+@click.option("--concurrency", "-c", type=click.IntRange(0),
+              help="At most this many of its tasks running at once (0: no cap).")
+@json_option
+@click.pass_obj
+def batch_set(ctx, ref, concurrency, as_json):
+    """Change a batch's settings."""
+    if concurrency is None:
+        raise click.UsageError("nothing to change: give --concurrency")
+    b = ctx.client.set_batch(ref, concurrency=concurrency or None)
+    if as_json:
+        return print_json(b)
+    click.echo(f"batch {b['name']}: concurrency {b['concurrency'] or 'not capped'}")
 
 
 @batch.command("resume")

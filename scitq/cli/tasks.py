@@ -14,6 +14,34 @@ def task():
     """Submit and inspect tasks."""
 
 
+def task_options(f):
+    """The options of a task, shared by `task add` for one command or a file of them."""
+    for opt in reversed([
+        click.option("--retries", type=click.IntRange(0, 100), help="Attempts allowed after a failed one."),
+        click.option("--retry-delay", type=click.FloatRange(0), help="Seconds before a retry."),
+        click.option("--retry-backoff", type=click.FloatRange(1), help="Multiply the delay by this for each further retry."),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds the command may run (then it is killed: reason timeout)."),
+        click.option("--staging-timeout", type=click.FloatRange(0, min_open=True), help="Seconds its downloads may take."),
+        click.option("--depends-on", "-d", type=click.IntRange(1), multiple=True, help="A task id it waits for (repeatable)."),
+        click.option("--container", help="Docker image to run the command in."),
+        click.option("--container-options", help="docker run options, e.g. '-e X=1 --gpus all'."),
+        click.option("--input", "-i", "inputs", multiple=True, help="URI downloaded into $INPUT (repeatable; |gunzip |untar |unzip |mv:DIR)."),
+        click.option("--resource", "-r", "resources", multiple=True, help="URI cached on the worker, read-only in $RESOURCE (repeatable)."),
+        click.option("--output", "-o", help="URI that receives the content of $OUTPUT after the run."),
+        click.option("--use-cache", is_flag=True, default=None, help="Reuse a succeeded run with the same command, container and inputs."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _options(kw):
+    out = {k: v for k, v in kw.items() if v not in (None, ())}
+    for key in ("depends_on", "inputs", "resources"):
+        if key in out:
+            out[key] = list(out[key])
+    return out
+
+
 @task.command("add")
 @click.argument("command", nargs=-1)
 @click.option("--batch", "-b", help="Batch name (created if missing; default: 'default').")
@@ -21,23 +49,26 @@ def task():
 @click.option("--no-shell", is_flag=True, help="Run the command without /bin/sh (split into argv).")
 @click.option("--file", "-f", "from_file", type=click.File("r"),
               help="Submit one task per non-empty line of this file ('-': standard input).")
+@task_options
 @json_option
 @click.pass_obj
-def task_add(ctx, command, batch, name, no_shell, from_file, as_json):
+def task_add(ctx, command, batch, name, no_shell, from_file, as_json, **kw):
     """Queue COMMAND (quote it, or put it after --). Prints the new task id(s)."""
+    options = _options(kw)
     if from_file:
         if command:
             raise click.UsageError("give a COMMAND or --file, not both")
         lines = [line.rstrip("\n") for line in from_file if line.strip()]
         if not lines:
             raise click.UsageError("the file holds no command")
-        ids = ctx.client.add_tasks([{"command": c, "shell": not no_shell} for c in lines], batch=batch)
+        ids = ctx.client.add_tasks([{"command": c, "shell": not no_shell, **options} for c in lines],
+                                   batch=batch)
         print_json({"ids": ids}) if as_json else click.echo("\n".join(map(str, ids)))
         return
     if not command:
         raise click.UsageError("missing COMMAND")
     line = command[0] if len(command) == 1 else shlex.join(command)
-    t = ctx.client.add_task(line, name=name, batch=batch, shell=not no_shell)
+    t = ctx.client.add_task(line, name=name, batch=batch, shell=not no_shell, **options)
     print_json(t) if as_json else click.echo(t["id"])
 
 
@@ -62,7 +93,8 @@ def task_list(ctx, batch, status, name, limit, after, every, as_json):
     if as_json:
         return print_json(items)
     table(items, [("id", "id"), ("batch", "batch"), ("name", "name"), ("status", "status"),
-                  ("attempt", "attempt"), ("command", lambda t: short(t["command"]))])
+                  ("attempt", lambda t: f"{t['attempt']}/{t['retries'] + 1}"),
+                  ("command", lambda t: short(t["command"])), ("reason", lambda t: short(t["reason"] or ""))])
     if nxt:
         click.echo(f"more: scitq task list --after {nxt}", err=True)
 
@@ -76,14 +108,20 @@ def task_show(ctx, task_id, as_json):
     t = ctx.client.task(task_id)
     if as_json:
         return print_json(t)
-    for key in ("id", "name", "batch", "status", "attempt", "shell", "created_at", "updated_at"):
-        click.echo(f"{key:>10}: {t[key] if t[key] is not None else '-'}")
+    for key in ("id", "name", "batch", "status", "reason", "attempt", "retries", "depends_on",
+                "timeout", "container", "inputs", "resources", "output", "use_cache",
+                "created_at", "updated_at"):
+        value = t.get(key)
+        if value in (None, [], False) and key not in ("status", "attempt", "retries"):
+            continue
+        click.echo(f"{key:>10}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
     click.echo(f"{'command':>10}: {t['command']}")
     if t["executions"]:
         table(t["executions"], [("execution", "id"), ("worker", "worker"), ("status", "status"),
-                                ("rc", "return_code"), ("started", "started_at"),
-                                ("ended", "ended_at"), ("stdout", "stdout_bytes"),
-                                ("stderr", "stderr_bytes"), ("error", "error")])
+                                ("rc", "return_code"), ("reason", "reason"),
+                                ("started", "started_at"), ("ended", "ended_at"),
+                                ("stdout", "stdout_bytes"), ("stderr", "stderr_bytes"),
+                                ("error", "error")], title="attempts")
 
 
 @task.command("output")
@@ -128,3 +166,19 @@ def task_delete(ctx, task_ids):
         click.echo(f"task {tid}: deleted")
 
 
+
+def _each(verb, call, doc):
+    @task.command(verb, help=doc)
+    @click.argument("task_ids", type=int, nargs=-1, required=True)
+    @click.pass_obj
+    def command(ctx, task_ids):
+        for tid in task_ids:
+            t = call(ctx.client, tid)
+            click.echo(f"task {t['id']}: {t['status']}" + (f" ({t['reason']})" if t.get("reason") else ""))
+    return command
+
+
+_each("force", lambda c, t: c.force_task(t), "Run waiting or canceled tasks now, whatever their dependencies say.")
+_each("kill", lambda c, t: c.kill_task(t), "Kill running tasks (they fail, without retry); tasks not started are canceled.")
+_each("pause", lambda c, t: c.pause_task(t), "Suspend running tasks (SIGSTOP, or docker pause).")
+_each("resume", lambda c, t: c.resume_task(t), "Continue paused tasks.")

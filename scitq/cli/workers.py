@@ -90,3 +90,19 @@ def worker_delete(ctx, ref):
     """Forget a worker; the tasks it held go back to the queue."""
     out = ctx.client.delete_worker(ref)
     click.echo(f"worker {ref}: deleted, {out['given_back']} task(s) given back to the queue")
+
+
+def _status(verb, status, doc):
+    @worker.command(verb, help=doc)
+    @click.argument("refs", nargs=-1, required=True)
+    @click.pass_obj
+    def command(ctx, refs):
+        for ref in refs:
+            w = ctx.client.set_worker(ref, status=status)
+            click.echo(f"worker {w['name']}: {w['status']}")
+    return command
+
+
+_status("pause", "paused", "Take nothing new; running tasks go on.")
+_status("resume", "running", "Take tasks again after a pause.")
+_status("drain", "draining", "Finish running tasks, give back the others, then exit.")
