@@ -144,7 +144,7 @@ def set_dependencies(s, task, deps):
     deps = set(deps)
     if task.id in deps:
         raise BadRequest("depends_on: a task cannot depend on itself")
-    statuses = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(deps)))) if deps else {}
+    statuses = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(deps))).all()) if deps else {}
     missing = sorted(deps - set(statuses))
     if missing:
         raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}")

@@ -263,7 +263,7 @@ def create_tasks(s, specs, batch_name=None):
         rows.append(fields)
     _refuse_cycles(local_deps)
     wanted = {d for ids in stored_deps for d in ids}
-    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted)))) if wanted else {}
+    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted))).all()) if wanted else {}
     missing = sorted(wanted - set(known))
     if missing:
         raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}"

@@ -21,6 +21,11 @@ class NullableString(fields.String):
 class NullableInteger(fields.Integer):
     __schema_type__ = ["integer", "null"]
 
+
+class IdOrName(fields.Raw):
+    """An id (integer) or a name (string), as in depends_on."""
+    __schema_type__ = ["integer", "string"]
+
 MAX_DETAIL = 300    # characters of a validation message echoed back (never a 10 MB command)
 
 

@@ -2,7 +2,7 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server import lifecycle, queue
-from scitq.server.api import ID, natural_id, state
+from scitq.server.api import ID, IdOrName, natural_id, state
 from scitq.server.api.executions import execution, output_response, output_args
 
 ns = Namespace("tasks", description="What to run")
@@ -21,7 +21,7 @@ task_fields = {
                                                "group is killed and the attempt fails (timeout)"),
     "staging_timeout": fields.Float(min=0, description="seconds its inputs and resources may "
                                                        "take to download"),
-    "depends_on": fields.List(fields.Raw, description="ids of tasks it waits for, or refs of "
+    "depends_on": fields.List(IdOrName, description="ids of tasks it waits for, or refs of "
                                                       "tasks of the same request"),
     "ref": fields.String(max_length=255, description="a name other tasks of the same request "
                                                      "can depend on"),
