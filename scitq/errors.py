@@ -39,6 +39,17 @@ class ServerUnreachable(ScitqError, ConnectionError):
     http_status = 503
 
 
+class StagingError(ScitqError):
+    """A task's data could not be fetched or uploaded; `reason` says which way the execution
+    failed: "staging" (fetch), "staging_timeout" (its deadline passed) or "upload"."""
+
+    http_status = 502
+
+    def __init__(self, message, detail=None, reason="staging"):
+        super().__init__(message, detail)
+        self.reason = reason
+
+
 def from_status(status, message, detail=None):
     """The error class a client raises for an HTTP error answer."""
     cls = {400: BadRequest, 404: NotFound, 409: Conflict, 413: TooLarge}.get(status)
@@ -92,3 +103,9 @@ class ProviderUnavailable(ProviderError):
     """The provider cannot work here: its SDK is not installed, or it needs root."""
 
     http_status = 400
+
+
+# --- worker --------------------------------------------------------------------
+
+class ContainerError(ScitqError):
+    """A docker task could not be run: no engine, no image, a container refused to start."""
