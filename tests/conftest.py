@@ -84,6 +84,17 @@ def procs(tmp_path):
         p.cleanup()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 on loopback for the whole session (tests use buckets of their own)."""
+    from s3server import S3Server
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def live(db_url, procs):
     """A real `scitq server` on loopback over each database, with a client to it.

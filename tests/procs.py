@@ -32,9 +32,11 @@ class Procs:
         proc.url = wait_for_url(proc)
         return proc
 
-    def worker(self, url, name, concurrency=1, *args):
+    def worker(self, url, name, concurrency=1, *args, env=None):
+        """A worker process; `env` adds variables to this process's environment."""
         return self.spawn(["worker", url, "--name", name, "--concurrency", str(concurrency),
-                           "--workdir", str(self.tmp / "work"), *args], f"worker-{name}.log")
+                           "--workdir", str(self.tmp / "work"), *args], f"worker-{name}.log",
+                          env=dict(os.environ, **env) if env else None)
 
     def stop(self, proc, sig=signal.SIGTERM, timeout=20):
         if proc.poll() is None:

@@ -17,7 +17,7 @@ import pytest
 
 from scitq.errors import StagingError
 from scitq.worker import staging, storage
-from test_storage import BIG, moto_server, s3, tree  # noqa: F401 (moto_server, s3: fixtures)
+from test_storage import BIG, s3, tree  # noqa: F401 (s3: a fixture)
 
 
 def make_tar(path, members, mode="w:gz"):

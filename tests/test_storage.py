@@ -66,32 +66,17 @@ def http_site(tmp_path):
         httpd.server_close()
 
 
-@pytest.fixture(scope="session")
-def moto_server():
-    """moto's S3 in server mode on 127.0.0.1; its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3(moto_server, monkeypatch, tmp_path):
+def s3(s3_server, monkeypatch, tmp_path):
     """(boto3 client, bucket) of a new bucket, with the environment pointing scitq at moto."""
     import boto3
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "SCITQ_S3_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    client = boto3.client("s3", endpoint_url=moto_server)
+    client = boto3.client("s3", endpoint_url=s3_server.url)
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     yield client, bucket

@@ -30,9 +30,11 @@ def worker():
 @click.option("--name", "-n", help="Worker name (default: the host name).")
 @click.option("--batch", "-b", help="Only take tasks of this batch.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch space for tasks.")
+@click.option("--docker-host", envvar="SCITQ_DOCKER_HOST",
+              help="Docker engine of docker tasks (default: DOCKER_HOST, else the local socket).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def worker_start(url, concurrency, prefetch, name, batch, workdir, log_level):
+def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, log_level):
     """Run a worker for the server at URL until SIGTERM (which drains it)."""
     import asyncio
 
@@ -41,7 +43,7 @@ def worker_start(url, concurrency, prefetch, name, batch, workdir, log_level):
 
     setup_logging(log_level)
     w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch, batch=batch,
-               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"))
+               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host)
     raise SystemExit(asyncio.run(w.run()))
 
 

@@ -1,14 +1,19 @@
-"""One execution on the worker: a subprocess in its own process group, its output streamed."""
+"""One execution on the worker: staged, run as a process group or a container, its output
+streamed, its $OUTPUT uploaded."""
 import asyncio
 import base64
+import hashlib
+import json
 import logging
 import os
 import shlex
 import shutil
 import signal
 import tempfile
+import time
+from pathlib import Path
 
-from scitq.errors import Conflict
+from scitq.errors import Conflict, ContainerError, StagingError
 
 log = logging.getLogger("scitq.worker")
 
@@ -86,58 +91,280 @@ class OutputPump:
 
 
 class Execution:
-    """Runs one assignment; `report` is called with the running and the final report."""
+    """One assignment on the worker: staged as soon as it arrives (so prefetched tasks are
+    ready when a slot frees), then run as a process group or a container, its $OUTPUT
+    uploaded whatever the exit status, and its end reported with a reason.
 
-    def __init__(self, assignment, link, report, workdir, cpus):
+    `report` is called with the running and the final report (and signal acknowledgements).
+    """
+
+    def __init__(self, assignment, link, report, workdir, cpus, resources=None, docker_host=None,
+                 staging_slots=None):
         self.a = assignment
         self.id = assignment["execution_id"]
         self.link = link
         self.report = report
-        self.workdir = workdir
         self.cpus = cpus
-        self.proc = None
+        self.resources = resources
+        self.docker_host = docker_host
+        self.staging_slots = staging_slots or asyncio.Semaphore(4)
+        self.root = Path(tempfile.mkdtemp(prefix=f"exec-{self.id}-", dir=workdir))
+        self.dirs = {name: self.root / name for name in ("input", "output", "temp", "resource")}
+        self.proc = None            # the process group leader, for a shell task
+        self.container = None       # the ContainerRun, for a docker task
+        self.killed = None          # the reason it was killed for, once it was
+        self.paused_since = None    # monotonic time of the pause in force
+        self.paused_total = 0.0
+        self.cache_hit = None
+        self.staging_error = None
+        self.staging = None         # the staging task, started by stage()
+
+    # -- before --------------------------------------------------------------
+
+    def stage(self):
+        """Start fetching inputs and resources now; run() waits for it."""
+        self.staging = asyncio.create_task(self._stage())
+        return self.staging
+
+    async def _stage(self):
+        for d in self.dirs.values():
+            d.mkdir()
+        if not (self.a.get("inputs") or self.a.get("resources") or self.a.get("use_cache")):
+            return
+        from scitq.worker import staging
+        limit = self.a.get("staging_timeout")
+        async with self.staging_slots:
+            deadline = time.monotonic() + limit if limit else None
+            try:
+                if self.a.get("inputs"):
+                    await asyncio.to_thread(staging.stage_inputs, self.a["inputs"],
+                                            self.dirs["input"], deadline)
+                if self.a.get("resources"):
+                    await asyncio.to_thread(self.resources.prepare, self.a["resources"],
+                                            self.dirs["resource"], deadline)
+                if self.a.get("use_cache"):
+                    key = await asyncio.to_thread(cache_key, self.a, self.dirs["input"])
+                    answer = await self.link.call("POST", f"/executions/{self.id}/cache",
+                                                  json={"key": key})
+                    hit = answer.get("hit")
+                    # A result is reusable when its outputs can be copied to ours (or none is wanted).
+                    if hit and (not self.a.get("output") or hit.get("output")):
+                        self.cache_hit = hit
+            except StagingError as err:
+                if err.reason == "staging_timeout":
+                    self.staging_error = ("staging_timeout", f"staging took longer than {limit:g}s: {err}")
+                else:
+                    self.staging_error = (err.reason, str(err))
+
+    # -- the run ---------------------------------------------------------------
 
     def argv(self):
         if self.a.get("shell", True):
             return ["/bin/sh", "-c", self.a["command"]]
         return shlex.split(self.a["command"])
 
-    async def run(self):
-        temp = tempfile.mkdtemp(prefix=f"exec-{self.id}-", dir=self.workdir)
-        env = dict(os.environ, CPU=str(self.cpus), TEMP=temp, TMPDIR=temp,
-                   SCITQ_TASK_ID=str(self.a["task_id"]), SCITQ_EXECUTION_ID=str(self.id),
-                   SCITQ_BATCH=self.a.get("batch") or "")
-        try:
-            try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, cwd=temp, env=env, start_new_session=True)
-            except (OSError, ValueError) as exc:
-                self.report({"execution_id": self.id, "status": "running"})
-                self.report({"execution_id": self.id, "status": "failed",
-                             "error": f"cannot start the command: {exc}"})
-                return
-            self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
-            pumps = [OutputPump(self.link, self.id, name, stream)
-                     for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))]
-            await asyncio.gather(*(p.run() for p in pumps))
-            rc = await self.proc.wait()
-            final = {"execution_id": self.id, "return_code": rc,
-                     "status": "succeeded" if rc == 0 else "failed"}
-            if rc < 0:
-                final["error"] = f"killed by signal {signal.Signals(-rc).name}"
-            for p in pumps:
-                chunk = await p.tail()
-                if chunk:
-                    final[p.stream] = chunk
-            self.report(final)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+    def env(self, inside_container=False):
+        d = {k: str(v) for k, v in self.dirs.items()}
+        if inside_container:
+            d = {"input": "/input", "output": "/output", "temp": "/tmp", "resource": "/resource"}
+        return {"CPU": str(self.cpus), "INPUT": d["input"], "OUTPUT": d["output"],
+                "RESOURCE": d["resource"], "TEMP": d["temp"], "TMPDIR": d["temp"],
+                "SCITQ_TASK_ID": str(self.a["task_id"]), "SCITQ_EXECUTION_ID": str(self.id),
+                "SCITQ_BATCH": self.a.get("batch") or ""}
 
-    def kill(self, sig=signal.SIGKILL):
-        """Signal the whole process group (the shell and everything it started)."""
+    async def run(self):
+        try:
+            if self.staging is None:
+                self.stage()
+            try:
+                await self.staging
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+            final = await self._run()
+            if final is not None:
+                self.report(final)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _run(self):
+        ended = {"execution_id": self.id}
+        if self.killed:
+            return {**ended, "status": "failed", "reason": "killed", "error": "killed before it started"}
+        if self.staging_error:
+            reason, error = self.staging_error
+            self.report({"execution_id": self.id, "status": "running"})
+            return {**ended, "status": "failed", "reason": reason, "error": error[:1000]}
+        if self.cache_hit:
+            return await self._reuse(ended)
+        try:
+            pumps, waiter = await self._launch()
+        except (OSError, ValueError, ContainerError) as exc:
+            self.report({"execution_id": self.id, "status": "running"})
+            reason = "docker" if isinstance(exc, ContainerError) else "error"
+            why = str(exc) if isinstance(exc, ContainerError) else f"cannot start the command: {exc}"
+            return {**ended, "status": "failed", "reason": reason, "error": why[:1000]}
+        timed_out = await self._wait(pumps, waiter)
+        rc = waiter.result()
+        final = {**ended, "return_code": rc, "status": "succeeded" if rc == 0 else "failed"}
+        if timed_out:
+            final.update(status="failed", reason="timeout",
+                         error=f"timeout: still running after {self.a['timeout']:g}s; killed")
+        elif self.killed:
+            final.update(status="failed", reason="killed", error="killed on request")
+        elif rc < 0:
+            final["error"] = f"killed by signal {signal.Signals(-rc).name}"
+        elif self.container is not None and rc == 137 and not self.killed:
+            final["error"] = "killed (exit 137: out of memory?)"
+        await self._upload(final)
+        for p in pumps:
+            chunk = await p.tail()
+            if chunk:
+                final[p.stream] = chunk
+        return final
+
+    async def _launch(self):
+        """Start the process or container; returns its output pumps and its exit waiter."""
+        if self.a.get("container"):
+            from scitq.worker.container import ContainerRun
+            d = self.dirs
+            self.container = ContainerRun(
+                self.a["container"], self.a["command"], shell=self.a.get("shell", True),
+                mounts=[(str(d["input"]), "/input", False), (str(d["output"]), "/output", False),
+                        (str(d["temp"]), "/tmp", False), (str(d["resource"]), "/resource", True)],
+                env=self.env(inside_container=True), options=self.a.get("container_options"),
+                docker_host=self.docker_host, name=f"scitq-{self.id}")
+            try:
+                await self.container.start()
+            except BaseException:
+                await self.container.remove()
+                raise
+            self.report({"execution_id": self.id, "status": "running"})
+            streams, wait = (self.container.stdout, self.container.stderr), self.container.wait()
+        else:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, cwd=self.dirs["temp"],
+                env=dict(os.environ, **self.env()), start_new_session=True)
+            self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
+            streams, wait = (self.proc.stdout, self.proc.stderr), self.proc.wait()
+        pumps = [OutputPump(self.link, self.id, name, stream)
+                 for name, stream in zip(("stdout", "stderr"), streams)]
+        return pumps, asyncio.ensure_future(wait)
+
+    async def _wait(self, pumps, waiter):
+        """Wait for the end, killing the run at its timeout (time spent paused does not
+        count). Returns True when it was killed for its timeout."""
+        pumping = asyncio.gather(*(p.run() for p in pumps))
+        limit = self.a.get("timeout")
+        started = time.monotonic()
+        timed_out = False
+        try:
+            while limit and not waiter.done():
+                left = limit - self.ran_for(started)
+                if left <= 0 and self.paused_since is None:
+                    timed_out = True
+                    self.kill(reason=None)
+                    break
+                await asyncio.wait({waiter}, timeout=max(left, 0.05))
+            await pumping
+            await waiter
+        finally:
+            if self.container is not None:
+                await self.container.remove()
+        return timed_out
+
+    def ran_for(self, started):
+        paused = self.paused_total + (time.monotonic() - self.paused_since if self.paused_since else 0)
+        return time.monotonic() - started - paused
+
+    async def _upload(self, final):
+        """$OUTPUT goes to the task's output URI, whatever the exit status."""
+        if not self.a.get("output"):
+            return
+        from scitq.worker import staging
+        try:
+            await asyncio.to_thread(staging.upload_outputs, self.dirs["output"], self.a["output"])
+        except StagingError as err:
+            if final["status"] == "succeeded":
+                final.update(status="failed", reason="upload", error=str(err)[:1000])
+            else:
+                final["error"] = f"{final.get('error') or 'failed'}; and {err}"[:1000]
+
+    async def _reuse(self, ended):
+        """The same command on the same inputs succeeded before: take its result."""
+        hit = self.cache_hit
+        self.report({"execution_id": self.id, "status": "running"})
+        if self.a.get("output") and hit["output"] != self.a["output"]:
+            from scitq.worker import staging
+            try:
+                await asyncio.to_thread(staging.copy_outputs, hit["output"], self.a["output"],
+                                        self.root)
+            except StagingError as err:
+                return {**ended, "status": "failed", "reason": "upload",
+                        "error": f"cannot copy the cached outputs: {err}"[:1000]}
+        return {**ended, "status": "succeeded", "return_code": 0, "cached_from": hit["execution_id"]}
+
+    # -- signals ----------------------------------------------------------------
+
+    def kill(self, reason="killed"):
+        """SIGKILL the whole process group (or the container); before the start, cancel."""
+        if reason and not self.killed:
+            self.killed = reason
+        if self.staging is not None and not self.staging.done():
+            self.staging.cancel()
+        if self.container is not None:
+            asyncio.ensure_future(self.container.kill())
+        self._signal(signal.SIGKILL)
+
+    def pause(self):
+        if self.paused_since is None and self._started():
+            self.paused_since = time.monotonic()
+            if self.container is not None:
+                asyncio.ensure_future(self.container.pause())
+            self._signal(signal.SIGSTOP)
+
+    def resume(self):
+        if self.paused_since is not None:
+            self.paused_total += time.monotonic() - self.paused_since
+            self.paused_since = None
+            if self.container is not None:
+                asyncio.ensure_future(self.container.resume())
+            self._signal(signal.SIGCONT)
+
+    def _started(self):
+        return self.container is not None or self.proc is not None
+
+    def _signal(self, sig):
         if self.proc is not None and self.proc.returncode is None:
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
+            if sig == signal.SIGKILL:
+                try:     # a stopped group must be continued to die of its SIGKILL at once
+                    os.killpg(self.proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    def discard(self):
+        """Given back before it ran: stop staging, forget its files."""
+        if self.staging is not None:
+            self.staging.cancel()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cache_key(assignment, input_dir):
+    """sha256 of what makes a result: the command, its container, its resources and the
+    content of every input file (not their URIs: a changed file is a new result)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([assignment["command"], assignment.get("shell", True),
+                         assignment.get("container"), assignment.get("container_options"),
+                         sorted(assignment.get("resources") or [])]).encode())
+    for path in sorted(p for p in Path(input_dir).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(input_dir)).encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()

@@ -21,8 +21,10 @@ class Worker:
     poll_wait = 20.0          # seconds a poll may hang on the server (also the heartbeat)
     report_batch = 500        # reports sent in one request at most
 
+    staging_parallel = 4      # downloads of different tasks at once
+
     def __init__(self, server, name=None, concurrency=1, prefetch=0, batch=None,
-                 workdir=None, token=None):
+                 workdir=None, token=None, docker_host=None):
         self.name = name or socket.gethostname()
         self.concurrency = concurrency
         self.prefetch = prefetch
@@ -31,10 +33,12 @@ class Worker:
         self.workdir = Path(workdir or tempfile.gettempdir()) / f"scitq-{self.name}"
         self.link = ServerLink(server, token=token, poll_wait=self.poll_wait)
         self.id = None
-        self.queue = collections.deque()    # assignments not started yet (prefetched)
+        self.docker_host = docker_host
+        self.queue = collections.deque()    # Executions not started yet (prefetched, staging)
         self.running = {}                   # execution id -> Execution
         self.held = set()                   # ids accepted and not yet finally acknowledged
         self.reports = []                   # reports not yet acknowledged, in order
+        self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
         self._news = None                   # "draining" / "offline", sent with the next reports
         self.draining = False
@@ -49,6 +53,9 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain, sig.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        from scitq.worker.staging import ResourceCache
+        self.resources = ResourceCache(self.workdir / "resources")
+        self._staging_slots = asyncio.Semaphore(self.staging_parallel)
         reporter = asyncio.create_task(self._report_loop())
         try:
             await self._register()
@@ -87,8 +94,9 @@ class Worker:
         self.draining = True
         self._news = "draining"
         while self.queue:
-            a = self.queue.popleft()
-            self._report({"execution_id": a["execution_id"], "status": "released"})
+            ex = self.queue.popleft()
+            ex.discard()
+            self._report({"execution_id": ex.id, "status": "released"})
         if self._poll is not None:
             self._poll.cancel()
 
@@ -107,7 +115,8 @@ class Worker:
     async def _poll_once(self):
         body = {"known": sorted(self.held), "wait": self.poll_wait,
                 "concurrency": self.concurrency, "prefetch": self.prefetch,
-                "status": self.status, "stats": self.stats()}
+                "status": self.status, "stats": self.stats(),
+                "signaled": [[eid, seq] for eid, seq in self.signaled.items() if eid in self.held]}
         self._poll = asyncio.create_task(self.link.call("POST", f"/workers/{self.id}/poll", json=body))
         try:
             answer = await self._poll
@@ -131,15 +140,42 @@ class Worker:
             if self.draining:
                 self._report({"execution_id": a["execution_id"], "status": "released"})
             else:
-                self.queue.append(a)
+                ex = Execution(a, self.link, self._report, self.workdir, self._cpus(),
+                               self.resources, self.docker_host, self._staging_slots)
+                ex.stage()
+                self.queue.append(ex)
+        for sig in answer.get("signals") or []:
+            self._signal(sig)
         self._start_ready()
         await asyncio.sleep(0)   # let new executions fork before the next poll goes out
 
+    def _cpus(self):
+        return max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
+
+    def _signal(self, sig):
+        """Apply a user's kill, pause or resume once (the server repeats it until told)."""
+        eid, seq, what = sig["execution_id"], sig["seq"], sig["signal"]
+        if self.signaled.get(eid, 0) >= seq:
+            return
+        self.signaled[eid] = seq
+        queued = next((ex for ex in self.queue if ex.id == eid), None)
+        ex = self.running.get(eid)
+        log.info("execution %s: %s", eid, what)
+        if what in ("kill", "requeue"):
+            if queued is not None:
+                self.queue.remove(queued)
+                queued.discard()
+                self._report({"execution_id": eid, "status": "failed", "reason": "killed",
+                              "error": "killed before it started"})
+            elif ex is not None:
+                ex.kill()
+        elif ex is not None:
+            ex.pause() if what == "pause" else ex.resume()
+        self._report({"execution_id": eid, "status": "signaled", "signal": what, "seq": seq})
+
     def _start_ready(self):
-        cpus = max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
         while self.queue and len(self.running) < self.concurrency and not self.draining:
-            a = self.queue.popleft()
-            ex = Execution(a, self.link, self._report, self.workdir, cpus)
+            ex = self.queue.popleft()
             self.running[ex.id] = ex
             task = asyncio.create_task(ex.run())
             task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
@@ -193,6 +229,7 @@ class Worker:
                 for r in sent:
                     if r["status"] in ("succeeded", "failed", "released"):
                         self.held.discard(r["execution_id"])
+                        self.signaled.pop(r["execution_id"], None)
 
     async def _flush_reports(self):
         """Wait until the server has every report, unless told twice to stop."""
