@@ -197,3 +197,70 @@ def test_s3_inputs_outputs_and_a_resource_fetched_once_for_20_tasks(live, procs,
                         batch="s3bad")["id"]
     assert ended(live, tid)["status"] == "failed"
     assert s3.get_object(Bucket=bucket, Key="failed/log.txt")["Body"].read() == b"partial\n"
+
+
+def test_use_cache_reuses_a_result_and_copies_its_outputs(live, procs, tmp_path):
+    procs.worker(live.url, "cw", 1)
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "reads.txt").write_text("ACGT\n" * 10)
+    counter = tmp_path / "runs"
+    spec = {"command": f"echo ran >> {counter}; wc -l < $INPUT/reads.txt | tee $OUTPUT/n.txt",
+            "inputs": [f"file://{data}/reads.txt"], "use_cache": True}
+    first = live.add_task(**spec, output=f"file://{tmp_path}/out1/")["id"]
+    assert ended(live, first)["status"] == "succeeded"
+    second = live.add_task(**spec, output=f"file://{tmp_path}/out2/")["id"]
+    t = ended(live, second)
+    (ex,) = t["executions"]
+    assert (t["status"], ex["reason"]) == ("succeeded", "cached")
+    assert ex["cached_from"] == live.task(first)["executions"][0]["id"]
+    assert counter.read_text() == "ran\n"                     # it ran once
+    assert (tmp_path / "out2" / "n.txt").read_text() == "10\n"
+    assert live.output(second)[0] == b"10\n"
+
+    (data / "reads.txt").write_text("ACGT\n" * 11)            # new input content: a new result
+    third = live.add_task(**spec, output=f"file://{tmp_path}/out3/")["id"]
+    t = ended(live, third)
+    assert t["status"] == "succeeded" and t["executions"][0]["reason"] is None
+    assert counter.read_text() == "ran\nran\n"
+    assert (tmp_path / "out3" / "n.txt").read_text() == "11\n"
+
+
+def test_prefetched_tasks_are_staged_while_others_run(live, procs, tmp_path):
+    import http.server
+    import threading
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(1.5)
+            body = b"slow data\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        procs.worker(live.url, "pf", 1, "--prefetch", "1")
+        first = live.add_task("sleep 2", batch="pf")["id"]
+        wait_until(lambda: live.task(first)["status"] == "running", 30, what="first running")
+        second = live.add_task("cat $INPUT/data.txt", batch="pf",
+                               inputs=[f"http://127.0.0.1:{httpd.server_port}/data.txt"])["id"]
+        live.wait_batch("pf", interval=0.2, timeout=60)
+        a, b = live.task(first)["executions"][0], live.task(second)["executions"][0]
+        assert live.output(second)[0] == b"slow data\n"
+        # Its 1.5 s download happened during the first task: it started right after it.
+        assert (at(b["started_at"]) - at(a["ended_at"])).total_seconds() < 1.0
+
+        # A staging timeout fails the attempt with its own reason.
+        late = live.add_task("true", batch="pf", staging_timeout=0.5,
+                             inputs=[f"http://127.0.0.1:{httpd.server_port}/late.txt"])["id"]
+        t = ended(live, late, timeout=30)
+        assert (t["status"], t["executions"][0]["reason"]) == ("failed", "staging_timeout")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
