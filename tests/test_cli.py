@@ -146,3 +146,35 @@ def test_following_a_task_waits_for_it_to_start(live, procs):
     finally:
         follower.kill()
     assert follower.returncode == 0 and out == "late\n"
+
+
+def test_task_semantics_from_the_command_line(live, tmp_path):
+    url = live.url
+    root = scitq("task", "add", "exit 3", "--batch", "cli-dag", "--retries", "1", "--timeout", "30",
+                 "--input", f"file://{tmp_path}/", server=url)
+    assert root.returncode == 0, root.stderr
+    root_id = int(root.stdout)
+    child = scitq("task", "add", "echo child", "--batch", "cli-dag", "-d", str(root_id), "--json",
+                  server=url)
+    child_task = __import__("json").loads(child.stdout)
+    assert child_task["status"] == "waiting"
+    shown = scitq("task", "show", str(child_task["id"]), server=url)
+    assert f"depends_on: {root_id}" in shown.stdout
+    assert scitq("batch", "set", "cli-dag", "--concurrency", "2", server=url).stdout.strip() == \
+        "batch cli-dag: concurrency 2"
+    stop = scitq("batch", "stop", "cli-dag", "--requeue", server=url)
+    assert stop.returncode == 0 and "paused" in stop.stdout
+    killed = scitq("task", "kill", str(root_id), server=url)
+    assert killed.stdout.strip() == f"task {root_id}: canceled (killed by user before it started)"
+    assert live.task(child_task["id"])["status"] == "canceled"
+    forced = scitq("task", "force", str(child_task["id"]), server=url)
+    assert forced.stdout.startswith(f"task {child_task['id']}: pending")
+    for args in [("task", "add", "x", "--retries", "-1"),
+                 ("task", "add", "x", "--input", "ftp://nowhere/x"),
+                 ("task", "add", "x", "--container-options", "-e A=1"),
+                 ("task", "add", "x", "-d", "999999"),
+                 ("task", "force", str(child_task["id"])),
+                 ("task", "pause", str(child_task["id"])),
+                 ("batch", "stop", "no-such-batch"),
+                 ("worker", "drain", "nobody")]:
+        assert_one_line_error(scitq(*args, server=url))
