@@ -43,15 +43,19 @@ bulk_in = ns.model("TasksIn", {
 task_edit = ns.model("TaskEdit", {k: v for k, v in task_fields.items() if k not in ("batch", "ref")} | {
     "command": fields.String(min_length=1),
     "depends_on": fields.List(fields.Integer, description="ids of the tasks it waits for")})
+# How a task runs: in the task as stored, and in the assignment a worker gets.
+how_it_runs = {
+    "timeout": fields.Float, "staging_timeout": fields.Float,
+    "container": fields.String, "container_options": fields.String,
+    "inputs": fields.List(fields.String), "resources": fields.List(fields.String),
+    "output": fields.String, "use_cache": fields.Boolean,
+}
 task = ns.model("Task", {
     "id": fields.Integer, "batch": fields.String, "batch_id": fields.Integer,
     "name": fields.String, "command": fields.String, "shell": fields.Boolean,
     "status": fields.String, "reason": fields.String, "attempt": fields.Integer,
     "retries": fields.Integer, "retry_delay": fields.Float, "retry_backoff": fields.Float,
-    "not_before": fields.String, "timeout": fields.Float, "staging_timeout": fields.Float,
-    "container": fields.String, "container_options": fields.String,
-    "inputs": fields.List(fields.String), "resources": fields.List(fields.String),
-    "output": fields.String, "use_cache": fields.Boolean,
+    "not_before": fields.String, **how_it_runs,
     "created_at": fields.String, "updated_at": fields.String,
 })
 task_detail = ns.inherit("TaskDetail", task, {

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from scitq.errors import BadRequest
 from scitq.server import reports
 from scitq.server.api import ID, NullableString, state
+from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
 from scitq.server.models import MAX_INT, Worker
 from scitq.status import WorkerStatus
@@ -53,10 +54,7 @@ poll_in = ns.model("Poll", {
 assignment = ns.model("Assignment", {
     "execution_id": fields.Integer, "task_id": fields.Integer, "name": fields.String,
     "batch": fields.String, "command": fields.String, "shell": fields.Boolean,
-    "attempt": fields.Integer, "timeout": fields.Float, "staging_timeout": fields.Float,
-    "container": fields.String, "container_options": fields.String,
-    "inputs": fields.List(fields.String), "resources": fields.List(fields.String),
-    "output": fields.String, "use_cache": fields.Boolean,
+    "attempt": fields.Integer, **how_it_runs,
 })
 signal = ns.model("Signal", {"execution_id": fields.Integer, "signal": fields.String,
                              "seq": fields.Integer})
