@@ -103,3 +103,4 @@ def live(db_url, procs):
     with Client(server.url) as client:
         client.url = server.url
         yield client
+from dockerd import dockerd  # noqa: E402,F401
