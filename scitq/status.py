@@ -58,3 +58,22 @@ class JobStatus(str, Enum):
 class BatchStatus(str, Enum):
     ACTIVE = "active"
     PAUSED = "paused"        # its pending tasks are held out of dispatch
+
+
+class HostStatus(str, Enum):
+    """A rented host as the server remembers it (an `instance` row), from the order to rent
+    it to its deletion. (The cloud's own view is scitq.providers.base.InstanceStatus.)"""
+    CREATING = "creating"    # asked of the provider
+    DEPLOYING = "deploying"  # up; its worker is being installed, or has not registered yet
+    RUNNING = "running"      # its worker registered
+    DELETING = "deleting"    # its deletion is under way
+    DELETED = "deleted"      # gone; its cost is closed
+    FAILED = "failed"        # the provider never gave it (nothing to pay, nothing to delete)
+
+    @property
+    def is_live(self):
+        """Counted as a worker of its recruiter (and paid for)."""
+        return self in (HostStatus.CREATING, HostStatus.DEPLOYING, HostStatus.RUNNING)
+
+
+LIVE_HOSTS = tuple(s.value for s in HostStatus if s.is_live)

@@ -129,6 +129,9 @@ class Dispatcher(Loop):
                      "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
                     for eid, tid in rows])
                 assigned[w.id] = len(ids)
+            if assigned:
+                s.execute(update(Worker).where(Worker.id.in_(assigned), Worker.idle_since.is_not(None))
+                          .values(idle_since=None).execution_options(synchronize_session=False))
         if assigned:
             self.notifier.notify(*assigned)
         return assigned

@@ -5,7 +5,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, 
                         String, Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
+from scitq.status import BatchStatus, ExecutionStatus, HostStatus, TaskStatus, WorkerStatus
 
 MAX_ID = 2 ** 63 - 1      # what an id column holds; larger numbers name nothing
 MAX_INT = 2 ** 31 - 1     # what an Integer column holds (pid, return code, cpus)
@@ -130,6 +130,9 @@ class Worker(Base):
     memory: Mapped[float | None]   # percent used
     disk: Mapped[float | None]     # percent used of the worker's work dir
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Since when it has run nothing (None while it runs something): recruitment tears down
+    # hosts idle for longer than their recruiter's idle_timeout.
+    idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     batch: Mapped[Batch | None] = relationship(lazy="joined")
@@ -140,7 +143,8 @@ class Worker(Base):
                 "prefetch": self.prefetch, "batch": self.batch.name if self.batch else None,
                 "cpus": self.cpus, "version": self.version, "load": self.load,
                 "memory": self.memory, "disk": self.disk, "running": running,
-                "last_seen": iso(self.last_seen), "created_at": iso(self.created_at)}
+                "last_seen": iso(self.last_seen), "idle_since": iso(self.idle_since),
+                "created_at": iso(self.created_at)}
 
 
 class Execution(Base):
@@ -236,6 +240,84 @@ class Job(Base):
                 "max_attempts": self.max_attempts, "error": self.error,
                 "created_at": iso(self.created_at), "next_try_at": iso(self.next_try_at),
                 "started_at": iso(self.started_at), "ended_at": iso(self.ended_at)}
+
+
+class Recruiter(Base):
+    """A rule that rents hosts for a batch: which, how many, at what cost, for how long idle."""
+
+    __tablename__ = "recruiter"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    regions: Mapped[list | None] = mapped_column(JSON)         # None: every region of the provider
+    flavor: Mapped[str | None] = mapped_column(String(128))    # a name, or the minimums below
+    min_cpu: Mapped[int | None] = mapped_column(Integer)
+    min_ram: Mapped[float | None]                              # GiB
+    min_disk: Mapped[float | None]                             # GiB
+    gpu: Mapped[bool] = mapped_column(Boolean, default=False)
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_workers: Mapped[int] = mapped_column(Integer)
+    tasks_per_worker: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    prefetch: Mapped[int] = mapped_column(Integer, default=0)
+    idle_timeout: Mapped[float] = mapped_column(default=300.0)     # seconds
+    max_hourly_cost: Mapped[float | None]
+    budget: Mapped[float | None]
+    rank: Mapped[int] = mapped_column(Integer, default=0)          # lower ranks recruit first
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    batch: Mapped[Batch] = relationship(lazy="joined", innerjoin=True)
+
+    def to_dict(self):
+        return {"id": self.id, "batch": self.batch.name, "batch_id": self.batch_id,
+                "provider": self.provider, "regions": self.regions, "flavor": self.flavor,
+                "min_cpu": self.min_cpu, "min_ram": self.min_ram, "min_disk": self.min_disk,
+                "gpu": self.gpu, "spot": self.spot, "max_workers": self.max_workers,
+                "tasks_per_worker": self.tasks_per_worker, "concurrency": self.concurrency,
+                "prefetch": self.prefetch, "idle_timeout": self.idle_timeout,
+                "max_hourly_cost": self.max_hourly_cost, "budget": self.budget, "rank": self.rank,
+                "created_at": iso(self.created_at)}
+
+
+class Instance(Base):
+    """A host scitq rented: what it costs, whom it serves, and its worker (same name)."""
+
+    __tablename__ = "instance"
+    __table_args__ = (Index("ix_instance_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)    # also its worker's name
+    recruiter_id: Mapped[int | None] = mapped_column(ForeignKey("recruiter.id", ondelete="SET NULL"),
+                                                     index=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id", ondelete="SET NULL"),
+                                                 index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    region: Mapped[str] = mapped_column(String(64))
+    flavor: Mapped[str] = mapped_column(String(128))
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    hourly_cost: Mapped[float | None]
+    provider_id: Mapped[str | None] = mapped_column(String(255))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=HostStatus.CREATING.value)
+    error: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cost: Mapped[float | None]        # closed at deletion: hourly_cost x lifetime
+
+    def cost_so_far(self, now=None):
+        if self.cost is not None or self.hourly_cost is None:
+            return self.cost or 0.0
+        end = self.deleted_at or now or utcnow()
+        return self.hourly_cost * max((end - self.created_at).total_seconds(), 0) / 3600
+
+    def to_dict(self, now=None):
+        return {"id": self.id, "name": self.name, "recruiter_id": self.recruiter_id,
+                "batch_id": self.batch_id, "provider": self.provider, "region": self.region,
+                "flavor": self.flavor, "spot": self.spot, "hourly_cost": self.hourly_cost,
+                "provider_id": self.provider_id, "ip": self.ip, "status": self.status,
+                "error": self.error, "created_at": iso(self.created_at),
+                "deleted_at": iso(self.deleted_at), "cost": round(self.cost_so_far(now), 6)}
 
 
 class Event(Base):

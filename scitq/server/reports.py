@@ -59,7 +59,7 @@ def register(s, info):
     worker.version = info.get("version")
     worker.batch = get_or_create_batch(s, info["batch"]) if info.get("batch") else None
     worker.status = WorkerStatus.RUNNING.value
-    worker.last_seen = utcnow()
+    worker.last_seen = worker.idle_since = utcnow()
     record(s, "worker.registered", worker, hostname=worker.hostname, given_back=given_back)
     return worker
 
@@ -177,7 +177,14 @@ def apply_reports(s, worker, reports, outputs):
             acked.append(eid)
         except (BadRequest, Conflict, NotFound) as err:
             refused.append({"execution_id": eid, "error": err.message, "status": err.http_status})
+    if worker.idle_since is None and any(r.get("status") in FREEING for r in reports):
+        s.flush()
+        if not running_counts(s, [worker.id]).get(worker.id):
+            worker.idle_since = utcnow()
     return acked, refused
+
+
+FREEING = ("succeeded", "failed", "released")
 
 
 REASON = re.compile(r"^[a-z_]{1,32}$")
