@@ -269,3 +269,50 @@ class Client:
 
     def delete_worker(self, ref):
         return self._json("DELETE", f"/workers/{ref}")
+
+    # -- recruiters and instances -------------------------------------------------
+    def recruiters(self, batch=None):
+        """Recruiters (of one batch, or all), each with its cost and its batch's remaining count."""
+        return self._json("GET", "/recruiters", params={"batch": batch} if batch is not None else {})
+
+    def recruiter(self, recruiter_id):
+        return self._json("GET", f"/recruiters/{recruiter_id}")
+
+    def add_recruiter(self, batch, provider, **options):
+        """Rent hosts of `provider` for `batch`. Options: regions, flavor or min_cpu/min_ram/
+        min_disk (and gpu), max_workers, tasks_per_worker, concurrency (these three are
+        required), prefetch, idle_timeout, max_hourly_cost, budget, spot, rank."""
+        body = {"batch": batch, "provider": provider,
+                **{k: v for k, v in options.items() if v is not None}}
+        return self._json("POST", "/recruiters", json=body)
+
+    def delete_recruiter(self, recruiter_id):
+        """Stop a recruiter renting; its live hosts keep serving until idle."""
+        return self._json("DELETE", f"/recruiters/{recruiter_id}")
+
+    def batch_cost(self, ref):
+        """{"batch", "spent", "hourly", "hosts"}: what the hosts of a batch cost."""
+        return self._json("GET", "/recruiters/cost", params={"batch": ref})
+
+    # Not `instances`: that name is taken above by a provider's own view of its hosts.
+    def instances_page(self, status=None, provider=None, recruiter_id=None, batch=None,
+                       after=None, limit=100):
+        """One page of rented hosts, newest first: {"items": [...], "next": cursor or None}.
+        status: a host status, or "live"."""
+        params = {k: v for k, v in {"status": status, "provider": provider,
+                                    "recruiter_id": recruiter_id, "batch": batch,
+                                    "after": after, "limit": limit}.items() if v is not None}
+        return self._json("GET", "/instances", params=params)
+
+    def iter_instances(self, **filters):
+        after = None
+        while True:
+            page = self.instances_page(after=after, limit=1000, **filters)
+            yield from page["items"]
+            after = page["next"]
+            if after is None:
+                return
+
+    def instance(self, instance_id):
+        """A rented host from the server's ledger (with its cost so far and age)."""
+        return self._json("GET", f"/instances/{instance_id}")

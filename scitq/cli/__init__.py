@@ -59,6 +59,6 @@ def _detail(detail):
     return ""
 
 
-from scitq.cli import batches, deploys, providers, servers, tasks, workers  # noqa: E402  (they register on `cli`)
+from scitq.cli import batches, deploys, providers, recruiters, servers, tasks, workers  # noqa: E402  (they register on `cli`)
 
 __all__ = ["cli", "main", "batches", "deploys", "providers", "servers", "tasks", "workers"]

@@ -65,11 +65,12 @@ def state():
 
 
 def create_blueprint():
-    from scitq.server.api import batches, executions, jobs, providers, tasks, workers
+    from scitq.server.api import batches, executions, jobs, providers, recruiters, tasks, workers
 
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
     api = ScitqApi(bp, version="1", title="scitq API", doc="/docs",
                    description="Batches, tasks, executions and workers of a scitq server.")
-    for module in (batches, tasks, executions, workers, providers, jobs):
-        api.add_namespace(module.ns)
+    for namespace in (batches.ns, tasks.ns, executions.ns, workers.ns, providers.ns, jobs.ns,
+                      recruiters.ns, recruiters.instances_ns):
+        api.add_namespace(namespace)
     return bp

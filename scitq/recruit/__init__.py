@@ -1,0 +1,1 @@
+"""Recruitment: recruiters rent hosts for batches, within their limits and budgets."""

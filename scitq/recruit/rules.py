@@ -1,0 +1,283 @@
+"""Recruiters as the user states them, and the cost ledger of the hosts they rent.
+
+Pure database logic (no Flask): validating a recruiter, storing, listing and deleting it,
+listing the `instance` rows (every host scitq rented), and summing what they cost. The loop
+that actually rents and releases hosts reads these rows; it lives beside this module.
+"""
+from sqlalchemy import case, func, select
+
+from scitq.errors import BadRequest, NotFound
+from scitq.server import queue
+from scitq.server.db import record
+from scitq.server.models import MAX_ID, MAX_INT, Instance, Recruiter, utcnow
+from scitq.status import LIVE_HOSTS, HostStatus
+
+FIELDS = ("batch", "provider", "regions", "flavor", "min_cpu", "min_ram", "min_disk", "gpu",
+          "max_workers", "tasks_per_worker", "concurrency", "prefetch", "idle_timeout",
+          "max_hourly_cost", "budget", "spot", "rank")
+MINIMUMS = ("min_cpu", "min_ram", "min_disk")
+MAX_WORKERS = 10_000
+MAX_TASKS_PER_WORKER = 10 ** 9
+MAX_CONCURRENCY = 1024
+MAX_PREFETCH = 1024
+MAX_IDLE_TIMEOUT = 30 * 86400.0      # seconds
+MAX_GIB = 10.0 ** 7                  # RAM or disk asked of one host
+MAX_MONEY = 10.0 ** 12               # hourly cost or budget, in the providers' currency
+MAX_REGIONS = 1000
+INSTANCE_STATUSES = [s.value for s in HostStatus]
+# Rows still paid for: live ones, and those whose deletion is under way (the cloud bills
+# until the host is gone; their cost is closed when it is).
+ACCRUING = LIVE_HOSTS + (HostStatus.DELETING.value,)
+
+_REQUIRED = object()
+
+
+def _int(spec, key, low, high, default=_REQUIRED):
+    value = spec.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise BadRequest(f"{key} is required: an integer from {low} to {high}")
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"{key} must be an integer from {low} to {high}")
+    return value
+
+
+def _positive(spec, key, high):
+    """A number above 0, or None."""
+    value = spec.get(key)
+    if value is None:
+        return None
+    # NaN and infinities fail the comparison, so they are refused too.
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= high:
+        raise BadRequest(f"{key} must be a number above 0 and at most {high:g}, or null")
+    return float(value)
+
+
+def _bool(spec, key):
+    value = spec.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
+
+
+def _name(spec, key, limit):
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > limit or "\x00" in value:
+        raise BadRequest(f"{key} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def check_recruiter(spec, providers):
+    """Validate a recruiter submission; returns its clean fields (the batch as a name).
+
+    `providers` is the server's scitq.server.providers.Providers: the provider must be
+    configured on this server. Bad input raises BadRequest with one sentence."""
+    if not isinstance(spec, dict):
+        raise BadRequest("a recruiter must be an object")
+    unknown = sorted(set(spec) - set(FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown recruiter field(s) {', '.join(map(str, unknown))[:200]}: "
+                         f"expected some of {', '.join(FIELDS)}")
+    if spec.get("batch") is None:
+        raise BadRequest("batch is required: the name of the batch the recruiter serves")
+    batch = queue.check_batch_name(spec["batch"])
+    provider = _name(spec, "provider", 32)
+    if provider is None:
+        raise BadRequest("provider is required: the name of a provider configured on this server")
+    providers.get(provider)          # BadRequest when unknown or not configured here
+
+    regions = spec.get("regions")
+    if regions is not None:
+        if (not isinstance(regions, list) or not regions or len(regions) > MAX_REGIONS
+                or not all(isinstance(r, str) and r.strip() and len(r) <= 64 for r in regions)):
+            raise BadRequest("regions must be a non-empty list of region names (at most 64 "
+                             "characters each), or null for every region of the provider")
+        regions = list(dict.fromkeys(regions))        # without repeats, in the given order
+
+    flavor = _name(spec, "flavor", 128)
+    minimums = {"min_cpu": _int(spec, "min_cpu", 1, MAX_INT, default=None),
+                "min_ram": _positive(spec, "min_ram", MAX_GIB),
+                "min_disk": _positive(spec, "min_disk", MAX_GIB)}
+    gpu = _bool(spec, "gpu")
+    given = any(v is not None for v in minimums.values())
+    if flavor is not None and given:
+        raise BadRequest("give either a flavor or minimums (min_cpu, min_ram, min_disk), not both")
+    if flavor is None and not given:
+        raise BadRequest("give --flavor or at least one of --min-cpu/--min-ram/--min-disk")
+    if flavor is not None and gpu:
+        # A named flavor has its GPU or not: a gpu flag beside it would be silently ignored.
+        raise BadRequest("gpu selects among minimums; it cannot go with a named flavor")
+
+    return {
+        "batch": batch, "provider": provider, "regions": regions, "flavor": flavor, **minimums,
+        "gpu": gpu, "spot": _bool(spec, "spot"),
+        "max_workers": _int(spec, "max_workers", 1, MAX_WORKERS),
+        "tasks_per_worker": _int(spec, "tasks_per_worker", 1, MAX_TASKS_PER_WORKER),
+        "concurrency": _int(spec, "concurrency", 1, MAX_CONCURRENCY),
+        "prefetch": _int(spec, "prefetch", 0, MAX_PREFETCH, default=0),
+        "idle_timeout": _idle_timeout(spec),
+        "max_hourly_cost": _positive(spec, "max_hourly_cost", MAX_MONEY),
+        "budget": _positive(spec, "budget", MAX_MONEY),
+        "rank": _int(spec, "rank", -MAX_INT, MAX_INT, default=0),
+    }
+
+
+def _idle_timeout(spec):
+    value = spec.get("idle_timeout")
+    if value is None:
+        return 300.0
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0 <= value <= MAX_IDLE_TIMEOUT):
+        raise BadRequest(f"idle_timeout must be a number of seconds from 0 to {MAX_IDLE_TIMEOUT:g} "
+                         "(30 days)")
+    return float(value)
+
+
+def create_recruiter(s, spec, providers):
+    fields = check_recruiter(spec, providers)
+    batch = queue.get_or_create_batch(s, fields.pop("batch"))
+    r = Recruiter(batch=batch, **fields)
+    s.add(r)
+    s.flush()
+    record(s, "recruiter.created", r, batch=batch.name, provider=r.provider)
+    return r
+
+
+def get_recruiter(s, recruiter_id):
+    r = s.get(Recruiter, recruiter_id) if 0 <= recruiter_id <= MAX_ID else None
+    if r is None:
+        raise NotFound(f"no recruiter {recruiter_id}")
+    return r
+
+
+def list_recruiters(s, batch=None):
+    """Recruiters in the order they recruit (rank, then age), of one batch or all."""
+    q = select(Recruiter).order_by(Recruiter.rank, Recruiter.id)
+    if batch is not None:
+        q = q.where(Recruiter.batch_id == queue.get_batch(s, batch).id)
+    return s.scalars(q).all()
+
+
+def delete_recruiter(s, recruiter):
+    """Stop the recruiter from renting anything more. Its live hosts are not touched: they
+    keep serving (and costing) until idle or deleted by hand, and their instance rows stay
+    in the ledger with recruiter_id set to NULL by the foreign key (their batch_id remains,
+    so the batch's cost still counts them)."""
+    live = s.scalar(select(func.count()).where(Instance.recruiter_id == recruiter.id,
+                                               Instance.status.in_(LIVE_HOSTS)))
+    record(s, "recruiter.deleted", recruiter, batch=recruiter.batch.name, live_hosts=live)
+    s.delete(recruiter)
+    return live
+
+
+# --- the cost ledger -------------------------------------------------------------
+
+def _zero():
+    return {"spent": 0.0, "hourly": 0.0, "hosts": 0}
+
+
+def cost_of(s, recruiter_ids=None, batch_ids=None, now=None):
+    """{id: {"spent", "hourly", "hosts"}} of recruiters, or of batches when batch_ids is
+    given (ids asked for get zeros when they have no host; with neither, every recruiter).
+
+    spent: closed costs plus what unclosed hosts cost so far; hourly and hosts: what live
+    hosts cost per hour now, and how many there are. Closed costs, counts and hourly rates
+    are SQL aggregates; only the unclosed rows (a few thousand at most) come back to be
+    summed here, since elapsed seconds are computed differently by SQLite and PostgreSQL."""
+    by_batch = batch_ids is not None
+    key = Instance.batch_id if by_batch else Instance.recruiter_id
+    ids = batch_ids if by_batch else recruiter_ids
+    if ids is not None:
+        ids = list(ids)
+        if not ids:
+            return {}
+    where = [key.is_not(None)]
+    if recruiter_ids is not None:
+        where.append(Instance.recruiter_id.in_(recruiter_ids))
+    if batch_ids is not None:
+        where.append(Instance.batch_id.in_(batch_ids))
+    out = {i: _zero() for i in ids or ()}
+
+    live = Instance.status.in_(LIVE_HOSTS)
+    totals = select(key, func.sum(Instance.cost), func.sum(case((live, 1), else_=0)),
+                    func.sum(case((live, Instance.hourly_cost), else_=None)))
+    for k, closed, hosts, hourly in s.execute(totals.where(*where).group_by(key)):
+        out[k] = {"spent": float(closed or 0.0), "hourly": float(hourly or 0.0),
+                  "hosts": int(hosts or 0)}
+
+    now = now or utcnow()
+    unclosed = select(key, Instance.hourly_cost, Instance.created_at, Instance.deleted_at).where(
+        *where, Instance.cost.is_(None), Instance.hourly_cost.is_not(None),
+        Instance.status.in_(ACCRUING))
+    for k, hourly_cost, created_at, deleted_at in s.execute(unclosed):
+        # The same formula as Instance.cost_so_far(), so a total equals the sum of its rows.
+        seconds = max(((deleted_at or now) - created_at).total_seconds(), 0)
+        out[k]["spent"] += hourly_cost * seconds / 3600
+    for totals_ in out.values():
+        totals_["spent"] = round(totals_["spent"], 6)
+        totals_["hourly"] = round(totals_["hourly"], 6)
+    return out
+
+
+def batch_cost(s, ref, now=None):
+    """What the hosts of a batch cost, whichever recruiter (even a deleted one) rented them."""
+    b = queue.get_batch(s, ref)
+    return {"batch": b.name, **cost_of(s, batch_ids=[b.id], now=now)[b.id]}
+
+
+def recruiter_dicts(s, recruiters, now=None):
+    """Recruiters as the API shows them: their fields, their cost, and what remains to do
+    in their batch (with one query for all costs and one for all counts)."""
+    costs = cost_of(s, [r.id for r in recruiters], now=now)
+    counts = queue.batch_counts(s, list({r.batch_id for r in recruiters}))
+    return [{**r.to_dict(), "cost": costs.get(r.id) or _zero(),
+             "remaining": (counts.get(r.batch_id) or {}).get("remaining", 0)} for r in recruiters]
+
+
+def recruiter_dict(s, r, now=None):
+    return recruiter_dicts(s, [r], now)[0]
+
+
+# --- instances: every host scitq rented -------------------------------------------
+
+def get_instance(s, instance_id):
+    i = s.get(Instance, instance_id) if 0 <= instance_id <= MAX_ID else None
+    if i is None:
+        raise NotFound(f"no instance {instance_id}")
+    return i
+
+
+def list_instances(s, status=None, provider=None, recruiter_id=None, batch=None, after=None,
+                   limit=100):
+    """A page of instances, newest first; `after` is the cursor (the last id of the previous
+    page). status: a HostStatus value, or "live" for the ones counted and paid for."""
+    q = select(Instance).order_by(Instance.id.desc()).limit(limit)
+    if status == "live":
+        q = q.where(Instance.status.in_(LIVE_HOSTS))
+    elif status is not None:
+        if status not in INSTANCE_STATUSES:
+            raise BadRequest(f"unknown instance status {str(status)[:40]!r}: one of "
+                             f"{', '.join(INSTANCE_STATUSES)}, or live")
+        q = q.where(Instance.status == status)
+    if provider is not None:
+        q = q.where(Instance.provider == provider)
+    if recruiter_id is not None:
+        q = q.where(Instance.recruiter_id == recruiter_id)
+    if batch is not None:
+        q = q.where(Instance.batch_id == queue.get_batch(s, batch).id)
+    if after is not None:
+        q = q.where(Instance.id < after)
+    rows = s.scalars(q).all()
+    return rows, (rows[-1].id if len(rows) == limit else None)
+
+
+def instance_dict(i, now=None):
+    """The row, its cost so far, and its age in seconds (since it was asked for)."""
+    now = now or utcnow()
+    return {**i.to_dict(now), "age": round(max((now - i.created_at).total_seconds(), 0), 3)}
+

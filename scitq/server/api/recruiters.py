@@ -1,0 +1,173 @@
+"""Recruiters (rules that rent hosts for a batch) and instances (the hosts rented, with
+what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
+from flask_restx import Namespace, Resource, fields, inputs, reqparse
+
+from scitq.recruit import rules
+from scitq.server.api import ID, NullableInteger, NullableString, natural_id, state
+
+ns = Namespace("recruiters", description="Rules that rent hosts for a batch, and what they cost")
+instances_ns = Namespace("instances", description="Hosts scitq rented: whom they serve, what they cost")
+
+
+class NullableFloat(fields.Float):
+    __schema_type__ = ["number", "null"]
+
+
+class NullableList(fields.List):
+    def schema(self):
+        return dict(super().schema(), type=["array", "null"])
+
+
+cost = ns.model("Cost", {
+    "spent": fields.Float(description="closed costs plus what unclosed hosts cost so far"),
+    "hourly": fields.Float(description="what its live hosts cost per hour now"),
+    "hosts": fields.Integer(description="live hosts (creating, deploying or running)"),
+})
+recruiter_fields = {
+    "provider": fields.String(required=True, min_length=1, max_length=32,
+                              description="a provider configured on this server"),
+    "regions": NullableList(fields.String(min_length=1, max_length=64), min_items=1,
+                            description="regions it may rent in (null: every region)"),
+    "flavor": NullableString(min_length=1, max_length=128,
+                             description="a flavor name; or give minimums instead"),
+    "min_cpu": NullableInteger(min=1, description="at least this many cores"),
+    "min_ram": NullableFloat(min=0, description="at least this much RAM, GiB (above 0)"),
+    "min_disk": NullableFloat(min=0, description="at least this much disk, GiB (above 0)"),
+    "gpu": fields.Boolean(default=False, description="with minimums: only flavors with a GPU"),
+    "spot": fields.Boolean(default=False, description="rent spot (preemptible) hosts"),
+    "max_workers": fields.Integer(required=True, min=1, max=rules.MAX_WORKERS,
+                                  description="live hosts at most"),
+    "tasks_per_worker": fields.Integer(required=True, min=1, max=rules.MAX_TASKS_PER_WORKER,
+                                       description="one more host per this many remaining tasks"),
+    "concurrency": fields.Integer(required=True, min=1, max=rules.MAX_CONCURRENCY,
+                                  description="tasks each of its workers runs at once"),
+    "prefetch": fields.Integer(min=0, max=rules.MAX_PREFETCH, default=0,
+                               description="tasks each worker takes ahead"),
+    "idle_timeout": fields.Float(min=0, max=rules.MAX_IDLE_TIMEOUT, default=300,
+                                 description="seconds a host may run nothing before it is deleted"),
+    # Above 0 (checked by the rules: JSON Schema drafts disagree on exclusiveMinimum).
+    "max_hourly_cost": NullableFloat(min=0, description="the highest hourly price of one host, "
+                                                        "above 0 (null: any)"),
+    "budget": NullableFloat(min=0, description="no more hosts once its hosts have cost this "
+                                               "much, above 0 (null: no cap)"),
+    "rank": fields.Integer(default=0, description="lower ranks recruit first"),
+}
+recruiter_in = ns.model("RecruiterIn", {
+    "batch": fields.String(required=True, max_length=128,
+                           description="name of the batch it serves (created if missing)"),
+    **recruiter_fields})
+recruiter = ns.model("Recruiter", {
+    "id": fields.Integer, "batch": fields.String, "batch_id": fields.Integer, **recruiter_fields,
+    "created_at": fields.String,
+    "cost": fields.Nested(cost, description="what its hosts cost"),
+    "remaining": fields.Integer(description="tasks of its batch not finished yet"),
+})
+batch_cost = ns.model("BatchCost", {"batch": fields.String, **cost})
+
+list_args = reqparse.RequestParser()
+list_args.add_argument("batch", help="batch id or name")
+cost_args = reqparse.RequestParser()
+cost_args.add_argument("batch", required=True, help="batch id or name")
+
+
+def _wake():
+    """The recruitment loop acts on a change at once rather than at its next round."""
+    reconciler = getattr(state(), "reconciler", None)
+    if reconciler is not None:
+        reconciler.wake()
+
+
+@ns.route("")
+class Recruiters(Resource):
+    @ns.expect(list_args)
+    @ns.marshal_list_with(recruiter)
+    def get(self):
+        """Recruiters in the order they recruit (rank, then age), with their costs."""
+        batch = list_args.parse_args()["batch"]
+        with state().db.read() as s:
+            return rules.recruiter_dicts(s, rules.list_recruiters(s, batch))
+
+    @ns.expect(recruiter_in, validate=True)
+    @ns.marshal_with(recruiter, code=201)
+    def post(self):
+        """Add a recruiter: hosts are rented for the batch while it has tasks to do, within
+        max_workers, max_hourly_cost and budget, and deleted once idle for idle_timeout."""
+        st = state()
+        with st.db.write() as s:
+            r = rules.create_recruiter(s, ns.payload, st.providers)
+            out = rules.recruiter_dict(s, r)
+        _wake()
+        return out, 201
+
+
+@ns.route("/cost")
+class BatchCost(Resource):
+    @ns.expect(cost_args)
+    @ns.marshal_with(batch_cost)
+    def get(self):
+        """What the hosts of a batch cost: spent so far, per hour now, and how many live."""
+        with state().db.read() as s:
+            return rules.batch_cost(s, cost_args.parse_args()["batch"])
+
+
+@ns.route(f"/<{ID}:recruiter_id>")
+class OneRecruiter(Resource):
+    @ns.marshal_with(recruiter)
+    def get(self, recruiter_id):
+        with state().db.read() as s:
+            return rules.recruiter_dict(s, rules.get_recruiter(s, recruiter_id))
+
+    def delete(self, recruiter_id):
+        """Stop the recruiter renting; its live hosts stay and keep serving until idle."""
+        with state().db.write() as s:
+            live = rules.delete_recruiter(s, rules.get_recruiter(s, recruiter_id))
+        _wake()
+        return {"deleted": recruiter_id, "live_hosts": live}
+
+
+# --- instances -----------------------------------------------------------------
+
+# Not "Instance": the providers namespace has that model (a host as its cloud sees it).
+instance = instances_ns.model("RentedInstance", {
+    "id": fields.Integer, "name": fields.String(description="also its worker's name"),
+    "recruiter_id": fields.Integer(description="null once its recruiter is deleted"),
+    "batch_id": fields.Integer, "provider": fields.String, "region": fields.String,
+    "flavor": fields.String, "spot": fields.Boolean, "hourly_cost": fields.Float,
+    "provider_id": fields.String(description="its id at the provider"), "ip": fields.String,
+    "status": fields.String(enum=rules.INSTANCE_STATUSES), "error": fields.String,
+    "created_at": fields.String, "deleted_at": fields.String,
+    "cost": fields.Float(description="closed cost, or what it has cost so far"),
+    "age": fields.Float(description="seconds since it was asked of the provider"),
+})
+page = instances_ns.model("RentedInstancePage", {
+    "items": fields.List(fields.Nested(instance)),
+    "next": fields.Integer(description="cursor of the next page")})
+
+instance_args = reqparse.RequestParser()
+instance_args.add_argument("status", choices=rules.INSTANCE_STATUSES + ["live"],
+                           help="a status, or live (creating, deploying or running)")
+instance_args.add_argument("provider")
+instance_args.add_argument("recruiter_id", type=natural_id)
+instance_args.add_argument("batch", help="batch id or name")
+instance_args.add_argument("after", type=natural_id, help="cursor: the last id of the previous page")
+instance_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
+
+
+@instances_ns.route("")
+class Instances(Resource):
+    @instances_ns.expect(instance_args)
+    @instances_ns.marshal_with(page)
+    def get(self):
+        """A page of rented hosts, newest first; pass `next` back as `after` for the next one."""
+        a = instance_args.parse_args()
+        with state().db.read() as s:
+            rows, nxt = rules.list_instances(s, **a)
+            return {"items": [rules.instance_dict(i) for i in rows], "next": nxt}
+
+
+@instances_ns.route(f"/<{ID}:instance_id>")
+class OneInstance(Resource):
+    @instances_ns.marshal_with(instance)
+    def get(self, instance_id):
+        with state().db.read() as s:
+            return rules.instance_dict(rules.get_instance(s, instance_id))
