@@ -11,7 +11,7 @@ from scitq.errors import BadRequest
 from scitq.log import setup as setup_logging
 
 
-def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine):
+def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine, recruit_tick=None):
     from scitq.server import create_app, default_data_dir, default_db_url
 
     data_dir = data_dir or default_data_dir()
@@ -21,6 +21,8 @@ def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_en
         config["PROVIDERS_FILE"] = providers
     if lease is not None:
         config["LEASE"] = lease
+    if recruit_tick is not None:
+        config["RECRUIT"] = {"tick": recruit_tick}
     try:
         return create_app(config)
     except BadRequest:
@@ -54,6 +56,8 @@ server_options = [
                  type=click.Choice(["pyinfra", "ansible"]), help="How deploys bootstrap hosts."),
     click.option("--job-backoff", type=click.FloatRange(0), help="Seconds before a failed job's "
                  "second attempt, doubled for each further one (default 30)."),
+    click.option("--recruit-tick", type=click.FloatRange(0.1), help="Seconds between recruitment "
+                 "passes when nothing wakes them (default 10)."),
     click.option("--lease", type=click.FloatRange(1), help="Seconds a worker may stay silent "
                  "before its tasks are given back (default 90)."),
     click.option("--log-level", default="INFO", show_default=True,
@@ -70,10 +74,11 @@ def with_server_options(f):
 @cli.command()
 @with_server_options
 def server(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
-           lease, log_level):
-    """Run the scitq server (API, dispatcher) until SIGTERM."""
+           recruit_tick, lease, log_level):
+    """Run the scitq server (API, dispatcher, recruitment) until SIGTERM."""
     setup_logging(log_level)
-    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine)
+    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
+                    recruit_tick)
     state = app.extensions["scitq"]
 
     def ready(url):
@@ -87,11 +92,12 @@ def server(db, data_dir, host, port, threads, providers, public_url, deploy_engi
 @with_server_options
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
               show_default=True, help="Tasks the local worker runs at once.")
-def up(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff, lease,
-       log_level, concurrency):
+def up(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
+       recruit_tick, lease, log_level, concurrency):
     """The embedded default: a server on SQLite plus one local worker."""
     setup_logging(log_level)
-    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine)
+    app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
+                    recruit_tick)
     state = app.extensions["scitq"]
     worker = []
 

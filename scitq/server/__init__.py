@@ -30,6 +30,18 @@ class ServerState:
     job_logs: OutputStore
     public_url: str | None      # how hosts reach this server (deploys tell workers)
     deploy_engine: str          # pyinfra or ansible, unless a deploy names one
+    reconciler: object = None   # scitq.recruit.loop.Reconciler: rents, reuses and deletes hosts
+    port: int | None = None     # the port it listens on, once it does
+
+    def server_url(self, provider_name):
+        """How hosts of a provider reach this server: --public-url, else, for the local
+        provider's hosts, this machine's address on their bridge."""
+        if self.public_url:
+            return self.public_url
+        address = getattr(self.providers.get(provider_name), "bridge_address", None)
+        if address and self.port:
+            return f"http://{address}:{self.port}"
+        return None
 
 
 def default_data_dir():
@@ -56,7 +68,8 @@ class JSONRequest(Request):
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
-    PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try)."""
+    PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try),
+    RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -71,14 +84,19 @@ def create_app(config=None):
     if providers is None:
         providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
     job_logs = OutputStore(data_dir / "jobs", streams=("log",))
-    app.extensions["scitq"] = ServerState(
+    handlers = Deployer(data_dir).handlers()
+    state = app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
         dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir,
         providers=Providers(providers, data_dir),
-        jobs=JobRunner(db, job_logs, Deployer(data_dir).handlers(),
-                       backoff=app.config.get("JOB_BACKOFF")),
+        jobs=JobRunner(db, job_logs, handlers, backoff=app.config.get("JOB_BACKOFF")),
         job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"),
         deploy_engine=app.config.get("DEPLOY_ENGINE") or "pyinfra")
+    from scitq.recruit.loop import Reconciler
+    state.reconciler = Reconciler(db, state.providers, jobs=state.jobs, notifier=notifier,
+                                  server_url=state.server_url, deploy_engine=state.deploy_engine,
+                                  **(app.config.get("RECRUIT") or {}))
+    handlers.update(state.reconciler.handlers())
 
     from scitq.server.api import create_blueprint
     app.register_blueprint(create_blueprint())

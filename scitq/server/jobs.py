@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 HOST = re.compile(r"^(?!-)[A-Za-z0-9._:-]{1,253}$")     # a name or an address, never an option
 USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-KINDS = ("deploy", "teardown")
+KINDS = ("deploy", "teardown", "create", "delete")   # the last two: recruitment's hosts
 
 
 def check_target(host, user):

@@ -22,8 +22,10 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
     server = create_server(app, host=host, port=port, threads=threads,
                            channel_timeout=300, connection_limit=4096, ident="scitq")
     url = f"http://{host if ':' not in host else f'[{host}]'}:{server.effective_port}"
+    state.port = server.effective_port
     state.dispatcher.start()
     state.jobs.start()
+    state.reconciler.start()
     stopping = threading.Event()
 
     def close():
@@ -52,6 +54,7 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
         if not stopping.is_set():   # waitress raises on its closed socket when told to stop
             raise
     finally:
+        state.reconciler.stop()
         state.dispatcher.stop()
         state.jobs.stop()
         state.db.dispose()
