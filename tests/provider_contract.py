@@ -25,6 +25,11 @@ def check_lifecycle(provider, spec, wait_running):
         assert provider.get(created.id).id == created.id
         listed = {i.id: i for i in provider.list()}
         assert created.id in listed and listed[created.id].tags.get(TAG) == spec.name
+        # A None value asks for the key alone (recruitment's orphan and eviction sweeps).
+        assert created.id in {i.id for i in provider.list({TAG: None})}
+        assert created.id in {i.id for i in provider.list({TAG: spec.name})}
+        assert created.id not in {i.id for i in provider.list({TAG: "someone-else"})}
+        assert created.id not in {i.id for i in provider.list({"scitq_no_such_tag": None})}
     finally:
         provider.delete(created.id)
     provider.delete(created.id)                       # idempotent

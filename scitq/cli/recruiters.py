@@ -76,9 +76,9 @@ def recruiter():
 @click.option("--idle-timeout", type=click.FloatRange(0), help="Seconds a host may run nothing "
               "before it is deleted (default 300).")
 @click.option("--max-hourly-cost", type=click.FloatRange(0, min_open=True),
-              help="The highest hourly price of one host.")
+              help="At most this much an hour for all its live hosts together.")
 @click.option("--budget", type=click.FloatRange(0, min_open=True),
-              help="Rent nothing more once its hosts have cost this much.")
+              help="Its hosts never cost more than this in all (they go before it is reached).")
 @click.option("--spot", is_flag=True, default=None, help="Rent spot (preemptible) hosts.")
 @click.option("--rank", type=int, help="Lower ranks recruit first (default 0).")
 @json_option

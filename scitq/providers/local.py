@@ -23,6 +23,7 @@ Config (all optional):
     stop_timeout  seconds for a clean shutdown before kill  (10)
     suite, mirror the Debian suite and mirror of the image  (from this machine's apt sources)
     packages      extra packages for the image              ([])
+    price_per_cpu an hourly price per core, to try recruitment's cost caps on one machine (0)
 
 Flavors are synthetic (nothing limits a host's CPU or memory); `user_data` is ignored.
 """
@@ -72,6 +73,7 @@ DEFAULTS = {
     "suite": None,
     "mirror": None,
     "packages": [],
+    "price_per_cpu": 0.0,
 }
 # Units a host does not need: timers that would reach for a package index, the console login.
 MASKED_UNITS = ["apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
@@ -135,7 +137,8 @@ class LocalProvider(Provider):
     def flavors(self, region=None):
         if region not in (None, REGION):
             return []
-        return [Flavor(self.name, REGION, name, cpu, ram, disk, hourly_cost=0.0)
+        price = float(self.config["price_per_cpu"])
+        return [Flavor(self.name, REGION, name, cpu, ram, disk, hourly_cost=cpu * price)
                 for name, cpu, ram, disk in FLAVORS]
 
     def quotas(self, region):
@@ -257,9 +260,9 @@ class LocalProvider(Provider):
         return self._instance(record)
 
     def list(self, tags=None):
-        wanted = dict(tags or {})
+        wanted = dict(tags or {TAG: None})
         return [self._instance(r) for r in self._load().values()
-                if all(r["tags"].get(k) == v for k, v in wanted.items())]
+                if all(k in r["tags"] and (v is None or r["tags"][k] == v) for k, v in wanted.items())]
 
     def delete(self, instance_id):
         with self._state() as hosts:

@@ -22,6 +22,10 @@ class NullableInteger(fields.Integer):
     __schema_type__ = ["integer", "null"]
 
 
+class NullableFloat(fields.Float):
+    __schema_type__ = ["number", "null"]
+
+
 class IdOrName(fields.Raw):
     """An id (integer) or a name (string), as in depends_on."""
     __schema_type__ = ["integer", "string"]

@@ -3,14 +3,10 @@ what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.recruit import rules
-from scitq.server.api import ID, NullableInteger, NullableString, natural_id, state
+from scitq.server.api import ID, NullableFloat, NullableInteger, NullableString, natural_id, state
 
 ns = Namespace("recruiters", description="Rules that rent hosts for a batch, and what they cost")
 instances_ns = Namespace("instances", description="Hosts scitq rented: whom they serve, what they cost")
-
-
-class NullableFloat(fields.Float):
-    __schema_type__ = ["number", "null"]
 
 
 class NullableList(fields.List):
@@ -46,10 +42,11 @@ recruiter_fields = {
     "idle_timeout": fields.Float(min=0, max=rules.MAX_IDLE_TIMEOUT, default=300,
                                  description="seconds a host may run nothing before it is deleted"),
     # Above 0 (checked by the rules: JSON Schema drafts disagree on exclusiveMinimum).
-    "max_hourly_cost": NullableFloat(min=0, description="the highest hourly price of one host, "
-                                                        "above 0 (null: any)"),
-    "budget": NullableFloat(min=0, description="no more hosts once its hosts have cost this "
-                                               "much, above 0 (null: no cap)"),
+    "max_hourly_cost": NullableFloat(min=0, description="at most this much an hour for all its "
+                                                        "live hosts together, above 0 (null: any)"),
+    "budget": NullableFloat(min=0, description="its hosts never cost more than this in all: none "
+                                               "is rented past it, and they go before it is "
+                                               "reached; above 0 (null: no cap)"),
     "rank": fields.Integer(default=0, description="lower ranks recruit first"),
 }
 recruiter_in = ns.model("RecruiterIn", {

@@ -1,0 +1,94 @@
+"""Recruitment end to end with the `local` provider (systemd-nspawn hosts in network namespaces
+of their own), through a real server on both databases: a recruiter rents 3 hosts, they are
+bootstrapped into workers, run a batch of 60 tasks, serve a second batch without any new host
+(reuse), and are deleted once idle, their cost closed; nothing is left behind."""
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+import yaml
+
+from hosts import delete_hosts, local_provider
+from procs import wait_until
+from scitq.client import Client
+
+LOCAL = {"run_dir": "/run/scitq/test-recruit", "bridge": "scitqbrr", "subnet": "10.213.19.0/24",
+         "max_hosts": 3, "price_per_cpu": 0.05}
+IDLE = 6.0          # seconds a host may idle
+TICK = 1.0          # seconds between recruitment passes
+
+
+def scitq(url, *args):
+    return subprocess.run([sys.executable, "-m", "scitq.cli", "--server", url, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def local():
+    provider = local_provider(LOCAL)
+    try:
+        yield provider
+    finally:
+        delete_hosts(provider)
+
+
+def netns_left():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith("scitq-scitq-local-")]
+
+
+def at(value):
+    return datetime.fromisoformat(value)
+
+
+def test_a_recruiter_rents_reuses_and_returns_local_hosts(db_url, procs, tmp_path, local):
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(yaml.safe_dump({"local": LOCAL}))
+    # Every address: the bridge the hosts reach us on is made with the first host.
+    server = procs.server(db_url, "--providers", str(conf), "--host", "0.0.0.0",
+                          "--recruit-tick", str(TICK), "--job-backoff", "1")
+    url = f"http://127.0.0.1:{server.url.rsplit(':', 1)[1]}"
+    c = Client(url)
+    ids = c.add_tasks([{"command": f"sleep 0.5; echo $(hostname) {i}"} for i in range(60)], batch="first")
+    out = scitq(url, "recruiter", "add", "first", "--provider", "local", "--flavor", "local-2",
+                "--max-workers", "3", "--tasks-per-worker", "20", "--concurrency", "2",
+                "--idle-timeout", str(IDLE))
+    assert out.returncode == 0, out.stderr
+
+    first = c.wait_batch("first", interval=0.5, timeout=600)
+    assert first["counts"]["succeeded"] == 60
+    hosts = {i["name"]: i for i in c.iter_instances()}
+    assert len(hosts) == 3 and {i["flavor"] for i in hosts.values()} == {"local-2"}
+    wait_until(lambda: {w["name"] for w in c.workers()} == set(hosts), 120, 0.5,
+               "all 3 hosts bootstrapped into workers")
+    assert {c.task(t)["executions"][-1]["worker"] for t in ids} <= set(hosts)
+    assert {c.output(t)[0].split()[0].decode() for t in ids} <= set(hosts)
+
+    # While the first batch's hosts idle, a second batch takes them: no new host.
+    more = c.add_tasks([{"command": "echo again"} for _ in range(9)], batch="second")
+    out = scitq(url, "recruiter", "add", "second", "--provider", "local", "--flavor", "local-2",
+                "--max-workers", "3", "--tasks-per-worker", "3", "--concurrency", "2",
+                "--idle-timeout", str(IDLE))
+    assert out.returncode == 0, out.stderr
+    assert c.wait_batch("second", interval=0.5, timeout=120)["counts"]["succeeded"] == 9
+    assert {c.task(t)["executions"][-1]["worker"] for t in more} <= set(hosts)
+    assert {i["name"] for i in c.iter_instances()} == set(hosts)
+
+    # Drained: every host goes within the idle timeout and a tick (and the delete itself).
+    drained = max(at(c.task(t)["executions"][-1]["ended_at"]) for t in ids + more)
+    wait_until(lambda: all(i["status"] == "deleted" for i in c.iter_instances()),
+               IDLE + 60, 0.5, "the hosts to be deleted")
+    gone = list(c.iter_instances())
+    for inst in gone:
+        assert inst["cost"] > 0 and inst["hourly_cost"] == pytest.approx(0.1)
+        lifetime = (at(inst["deleted_at"]) - at(inst["created_at"])).total_seconds()
+        assert inst["cost"] == pytest.approx(0.1 * lifetime / 3600, rel=1e-3)
+        assert (at(inst["deleted_at"]) - drained).total_seconds() <= IDLE + TICK + 5
+    assert local.list() == [] and netns_left() == []
+    cost = c.batch_cost("second")
+    assert cost["hosts"] == 0 and cost["spent"] > 0
+    jobs = c.jobs(limit=100)["items"]
+    assert sorted(j["kind"] for j in jobs) == ["create"] * 3 + ["delete"] * 3 + ["deploy"] * 3
+    assert all(j["status"] == "succeeded" for j in jobs)
+    c.close()
