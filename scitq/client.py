@@ -19,10 +19,30 @@ def default_server():
     return os.environ.get("SCITQ_SERVER") or DEFAULT_SERVER
 
 
+def local_admin_token(server):
+    """The admin token `scitq up` (or a server with --auth) left in its data dir, for a
+    client on the same machine: SCITQ_DATA_DIR, else the user's default data dir."""
+    host = httpx.URL(server).host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    data_dir = os.environ.get("SCITQ_DATA_DIR")
+    if not data_dir:
+        try:
+            from platformdirs import user_data_dir
+        except ImportError:
+            return None
+        data_dir = user_data_dir("scitq")
+    try:
+        with open(os.path.join(data_dir, "admin.token")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 class Client:
     def __init__(self, server=None, token=None, timeout=60.0):
         self.server = (server or default_server()).rstrip("/")
-        token = token or os.environ.get("SCITQ_TOKEN")
+        token = token or os.environ.get("SCITQ_TOKEN") or local_admin_token(self.server)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout)
 
@@ -256,6 +276,17 @@ class Client:
         resp = self._request("GET", f"/jobs/{job_id}/log", params={"offset": offset})
         return (resp.content, int(resp.headers["X-Scitq-Size"]),
                 resp.headers["X-Scitq-Complete"] == "true")
+
+    # -- tokens -----------------------------------------------------------------
+    def tokens(self, revoked=False):
+        return self._json("GET", "/tokens", params={"revoked": str(revoked).lower()})
+
+    def create_token(self, name, role):
+        """{"token": the token itself (shown once), "id", "name", "role", ...}"""
+        return self._json("POST", "/tokens", json={"name": name, "role": role})
+
+    def revoke_token(self, ref):
+        return self._json("DELETE", f"/tokens/{ref}")
 
     # -- workers ----------------------------------------------------------------
     def workers(self):

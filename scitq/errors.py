@@ -29,6 +29,18 @@ class Conflict(ScitqError):
     http_status = 409
 
 
+class Unauthorized(ScitqError):
+    """No token, or one the server does not know (or revoked)."""
+
+    http_status = 401
+
+
+class Forbidden(ScitqError):
+    """A known token whose role does not reach this (a worker's token on another's work)."""
+
+    http_status = 403
+
+
 class TooLarge(BadRequest):
     http_status = 413
 
@@ -52,7 +64,8 @@ class StagingError(ScitqError):
 
 def from_status(status, message, detail=None):
     """The error class a client raises for an HTTP error answer."""
-    cls = {400: BadRequest, 404: NotFound, 409: Conflict, 413: TooLarge}.get(status)
+    cls = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+           413: TooLarge}.get(status)
     if cls is None:
         cls = BadRequest if 400 <= status < 500 else ScitqError
     err = cls(message, detail)

@@ -1,10 +1,28 @@
-"""Logging set-up shared by the long-running commands (server, worker)."""
+"""Logging set-up shared by the long-running commands (server, worker), and the redaction
+that keeps tokens out of every log line whatever logged it (pyinfra, ansible, httpx...)."""
 import logging
+import re
 
 QUIET = ("httpx", "httpcore", "alembic", "azure", "openstack", "keystoneauth")   # chatty at INFO
+SECRET = re.compile(r"scitq_[A-Za-z0-9_-]{20,}")     # a scitq API token
+
+
+def redact(text):
+    """Hide every token in a text (logs, job logs, error messages)."""
+    return SECRET.sub(lambda m: m.group(0)[:10] + "...(redacted)", text) if text else text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, rec):
+        message = rec.getMessage()
+        if SECRET.search(message):
+            rec.msg, rec.args = redact(message), ()
+        return True
 
 
 def setup(level="INFO"):
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -77,3 +77,9 @@ class HostStatus(str, Enum):
 
 
 LIVE_HOSTS = tuple(s.value for s in HostStatus if s.is_live)
+
+
+class Role(str, Enum):
+    ADMIN = "admin"      # everything, tokens included
+    USER = "user"        # tasks, batches, workers, recruiters: all but tokens, providers, deploys
+    WORKER = "worker"    # one worker's own registration, polls, reports and executions

@@ -35,7 +35,7 @@ def test_provider_host_to_worker_and_back(db_url, procs, tmp_path, local):
     conf = tmp_path / "providers.yaml"
     conf.write_text(yaml.safe_dump({"local": LOCAL}))
     # Listening on every address: the bridge the host will reach us on does not exist yet.
-    server = procs.server(db_url, "--providers", str(conf), "--host", "0.0.0.0")
+    server = procs.server(db_url, "--providers", str(conf), "--host", "0.0.0.0", "--insecure")
     port = server.url.rsplit(":", 1)[1]
     url = f"http://127.0.0.1:{port}"
 

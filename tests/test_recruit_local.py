@@ -2,6 +2,7 @@
 of their own), through a real server on both databases: a recruiter rents 3 hosts, they are
 bootstrapped into workers, run a batch of 60 tasks, serve a second batch without any new host
 (reuse), and are deleted once idle, their cost closed; nothing is left behind."""
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -19,8 +20,8 @@ IDLE = 6.0          # seconds a host may idle
 TICK = 1.0          # seconds between recruitment passes
 
 
-def scitq(url, *args):
-    return subprocess.run([sys.executable, "-m", "scitq.cli", "--server", url, *args],
+def scitq(url, *args, token):
+    return subprocess.run([sys.executable, "-m", "scitq.cli", "--server", url, "--token", token, *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -46,14 +47,16 @@ def test_a_recruiter_rents_reuses_and_returns_local_hosts(db_url, procs, tmp_pat
     conf = tmp_path / "providers.yaml"
     conf.write_text(yaml.safe_dump({"local": LOCAL}))
     # Every address: the bridge the hosts reach us on is made with the first host.
-    server = procs.server(db_url, "--providers", str(conf), "--host", "0.0.0.0",
+    # With auth on: the deploys give each host a worker token of its own.
+    server = procs.server(db_url, "--providers", str(conf), "--host", "0.0.0.0", "--auth",
                           "--recruit-tick", str(TICK), "--job-backoff", "1")
     url = f"http://127.0.0.1:{server.url.rsplit(':', 1)[1]}"
-    c = Client(url)
+    admin = (tmp_path / "data" / "admin.token").read_text().strip()
+    c = Client(url, token=admin)
     ids = c.add_tasks([{"command": f"sleep 0.5; echo $(hostname) {i}"} for i in range(60)], batch="first")
     out = scitq(url, "recruiter", "add", "first", "--provider", "local", "--flavor", "local-2",
                 "--max-workers", "3", "--tasks-per-worker", "20", "--concurrency", "2",
-                "--idle-timeout", str(IDLE))
+                "--idle-timeout", str(IDLE), token=admin)
     assert out.returncode == 0, out.stderr
 
     first = c.wait_batch("first", interval=0.5, timeout=600)
@@ -69,7 +72,7 @@ def test_a_recruiter_rents_reuses_and_returns_local_hosts(db_url, procs, tmp_pat
     more = c.add_tasks([{"command": "echo again"} for _ in range(9)], batch="second")
     out = scitq(url, "recruiter", "add", "second", "--provider", "local", "--flavor", "local-2",
                 "--max-workers", "3", "--tasks-per-worker", "3", "--concurrency", "2",
-                "--idle-timeout", str(IDLE))
+                "--idle-timeout", str(IDLE), token=admin)
     assert out.returncode == 0, out.stderr
     assert c.wait_batch("second", interval=0.5, timeout=120)["counts"]["succeeded"] == 9
     assert {c.task(t)["executions"][-1]["worker"] for t in more} <= set(hosts)
@@ -91,4 +94,10 @@ def test_a_recruiter_rents_reuses_and_returns_local_hosts(db_url, procs, tmp_pat
     jobs = c.jobs(limit=100)["items"]
     assert sorted(j["kind"] for j in jobs) == ["create"] * 3 + ["delete"] * 3 + ["deploy"] * 3
     assert all(j["status"] == "succeeded" for j in jobs)
+    # Each host's worker had a token of its own, and no log shows one.
+    names = {t["name"] for t in c.tokens(revoked=True)}
+    assert {f"worker:{h}" for h in hosts} <= names
+    for j in jobs:
+        assert not re.search(r"scitq_[A-Za-z0-9_-]{40}", c.job_log(j["id"])[0].decode())
+    assert admin not in (tmp_path / "server.log").read_text()
     c.close()

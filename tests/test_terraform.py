@@ -287,6 +287,7 @@ def test_cloud_init_runs_scitq_server_on_postgresql(name, local_postgresql):
     assert ctx.params["host"] == "0.0.0.0"
     assert ctx.params["port"] == int(values["scitq_port"]) == 5000
     assert ctx.params["data_dir"] == "/var/lib/scitq"
+    assert ctx.params["auth"] is True          # it listens on every address: tokens needed
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
     script = _file(config, "/usr/local/sbin/scitq-setup")

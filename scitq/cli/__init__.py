@@ -9,26 +9,29 @@ from scitq.errors import ScitqError, ServerUnreachable
 class Context:
     """What every sub-command needs: the server URL and a lazily made client."""
 
-    def __init__(self, server):
+    def __init__(self, server, token=None):
         self.server = server
+        self.token = token
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
             from scitq.client import Client
-            self._client = Client(self.server)
+            self._client = Client(self.server, token=self.token)
         return self._client
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--server", envvar="SCITQ_SERVER", default="http://127.0.0.1:5000", show_default=True,
               help="URL of the scitq server (or SCITQ_SERVER).")
+@click.option("--token", envvar="SCITQ_TOKEN", help="API token, when the server has auth on (or "
+              "SCITQ_TOKEN; on the server's own machine, its admin.token is found alone).")
 @click.version_option(package_name="scitq")
 @click.pass_context
-def cli(ctx, server):
+def cli(ctx, server, token):
     """scitq: queue shell tasks, watch them run, trust that nothing was lost."""
-    ctx.obj = Context(server)
+    ctx.obj = Context(server, token)
 
 
 def main(argv=None):
@@ -59,6 +62,8 @@ def _detail(detail):
     return ""
 
 
-from scitq.cli import batches, deploys, providers, recruiters, servers, tasks, workers  # noqa: E402  (they register on `cli`)
+from scitq.cli import (batches, deploys, providers, recruiters, servers, tasks,  # noqa: E402
+                       tokens, workers)  # (they register on `cli`)
 
-__all__ = ["cli", "main", "batches", "deploys", "providers", "servers", "tasks", "workers"]
+__all__ = ["cli", "main", "batches", "deploys", "providers", "recruiters", "servers", "tasks",
+           "tokens", "workers"]

@@ -11,12 +11,17 @@ from scitq.errors import BadRequest
 from scitq.log import setup as setup_logging
 
 
-def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine, recruit_tick=None):
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine, recruit_tick=None,
+              auth=False):
     from scitq.server import create_app, default_data_dir, default_db_url
 
     data_dir = data_dir or default_data_dir()
     config = {"DATA_DIR": data_dir, "DATABASE": db or default_db_url(data_dir),
-              "PUBLIC_URL": public_url, "JOB_BACKOFF": job_backoff, "DEPLOY_ENGINE": deploy_engine}
+              "PUBLIC_URL": public_url, "JOB_BACKOFF": job_backoff, "DEPLOY_ENGINE": deploy_engine,
+              "AUTH": auth}
     if providers:
         config["PROVIDERS_FILE"] = providers
     if lease is not None:
@@ -62,7 +67,32 @@ server_options = [
                  "before its tasks are given back (default 90)."),
     click.option("--log-level", default="INFO", show_default=True,
                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+    click.option("--auth/--no-auth", default=None, help="Every API call needs a token (the first "
+                 "start prints an admin token; default: on for `scitq up`, off for `scitq server`)."),
+    click.option("--insecure", is_flag=True, help="Serve an address other than loopback without "
+                 "auth (a trusted network only)."),
 ]
+
+
+def _check_exposure(host, auth, insecure):
+    if not auth and host not in LOOPBACK and not insecure:
+        raise click.UsageError(f"refusing to serve {host} without auth: anyone who reaches it could "
+                               "run commands; add --auth (then make tokens), or --insecure on a "
+                               "trusted network")
+
+
+def _say_admin_token(state):
+    """The first admin token goes to the terminal once; never into a log file or a journal
+    (a service's stderr), where only its file is named."""
+    if not state.auth:
+        return
+    where = state.data_dir / "admin.token"
+    if state.new_admin_token and sys.stderr.isatty():
+        click.echo(f"auth is on. Admin token (shown once; also in {where}):\n"
+                   f"  export SCITQ_TOKEN={state.new_admin_token}", err=True)
+    else:
+        click.echo(f"auth is on: the first admin token is in {where} (mode 600; "
+                   "`scitq token create` makes more)", err=True)
 
 
 def with_server_options(f):
@@ -74,16 +104,19 @@ def with_server_options(f):
 @cli.command()
 @with_server_options
 def server(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
-           recruit_tick, lease, log_level):
+           recruit_tick, lease, log_level, auth, insecure):
     """Run the scitq server (API, dispatcher, recruitment) until SIGTERM."""
+    auth = bool(auth)
+    _check_exposure(host, auth, insecure)
     setup_logging(log_level)
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
-                    recruit_tick)
+                    recruit_tick, auth)
     state = app.extensions["scitq"]
 
     def ready(url):
         click.echo(f"scitq server on {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
+        _say_admin_token(state)
 
     _serve(app, host, port, threads, ready)
 
@@ -93,22 +126,30 @@ def server(db, data_dir, host, port, threads, providers, public_url, deploy_engi
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
               show_default=True, help="Tasks the local worker runs at once.")
 def up(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
-       recruit_tick, lease, log_level, concurrency):
+       recruit_tick, lease, log_level, auth, insecure, concurrency):
     """The embedded default: a server on SQLite plus one local worker."""
+    auth = auth is not False
+    _check_exposure(host, auth, insecure)
     setup_logging(log_level)
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
-                    recruit_tick)
+                    recruit_tick, auth)
     state = app.extensions["scitq"]
     worker = []
 
     def ready(url):
         name = f"{socket.gethostname()}-local"
+        env = dict(os.environ)
+        if state.auth:
+            from scitq.server import tokens
+            with state.db.write() as s:
+                env["SCITQ_TOKEN"] = tokens.worker_token(s, name)
         worker.append(subprocess.Popen(
             [sys.executable, "-m", "scitq.cli", "worker", url, "--concurrency", str(concurrency),
              "--name", name, "--log-level", log_level],
-            start_new_session=True))   # Ctrl-C reaches `up` alone, which drains the worker once
+            env=env, start_new_session=True))   # Ctrl-C reaches `up` alone: it drains the worker once
         click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
+        _say_admin_token(state)
         click.echo(f"local worker {name}, concurrency {concurrency}. Try: scitq task add 'echo hi'",
                    err=True)
 

@@ -32,6 +32,8 @@ class ServerState:
     deploy_engine: str          # pyinfra or ansible, unless a deploy names one
     reconciler: object = None   # scitq.recruit.loop.Reconciler: rents, reuses and deletes hosts
     port: int | None = None     # the port it listens on, once it does
+    auth: bool = False          # every API call needs a token (scitq.server.tokens)
+    new_admin_token: str | None = None   # made at this start (auth on, no admin yet): print it
 
     def server_url(self, provider_name):
         """How hosts of a provider reach this server: --public-url, else, for the local
@@ -65,11 +67,40 @@ class JSONRequest(Request):
                              "the request body is not JSON (send Content-Type: application/json)")
 
 
+def _token_maker(db):
+    def token_for(worker_name):
+        from scitq.server import tokens
+        with db.write() as s:
+            return tokens.worker_token(s, worker_name)
+    return token_for
+
+
+def _start_auth(app, state):
+    """Sessions (the UI's login) need a secret kept across restarts; the first start makes
+    an admin token, written to DATA_DIR/admin.token (mode 600) for the local CLI to find."""
+    from scitq.server import tokens
+    secret = state.data_dir / "secret_key"
+    if not secret.exists():
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex())
+    app.secret_key = secret.read_text().strip()
+    with state.db.write() as s:
+        state.new_admin_token = tokens.first_admin(s)
+    if state.new_admin_token:
+        path = state.data_dir / "admin.token"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(state.new_admin_token + "\n")
+
+
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
     PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try),
-    RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every)."""
+    RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every),
+    AUTH (every API call needs a token)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -84,14 +115,17 @@ def create_app(config=None):
     if providers is None:
         providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
     job_logs = OutputStore(data_dir / "jobs", streams=("log",))
-    handlers = Deployer(data_dir).handlers()
+    auth = bool(app.config.get("AUTH"))
+    handlers = Deployer(data_dir, token_for=_token_maker(db) if auth else None).handlers()
     state = app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
         dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir,
         providers=Providers(providers, data_dir),
         jobs=JobRunner(db, job_logs, handlers, backoff=app.config.get("JOB_BACKOFF")),
         job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"),
-        deploy_engine=app.config.get("DEPLOY_ENGINE") or "pyinfra")
+        deploy_engine=app.config.get("DEPLOY_ENGINE") or "pyinfra", auth=auth)
+    if auth:
+        _start_auth(app, state)
     from scitq.recruit.loop import Reconciler
     state.reconciler = Reconciler(db, state.providers, jobs=state.jobs, notifier=notifier,
                                   server_url=state.server_url, deploy_engine=state.deploy_engine,

@@ -25,8 +25,9 @@ def deploy_params(body, public_url, default_engine="pyinfra"):
 class Deployer:
     """Job handlers for `deploy` and `teardown`, with the wheelhouse built once, on need."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, token_for=None):
         self.data_dir = data_dir
+        self.token_for = token_for    # worker name -> a fresh worker token (None: auth is off)
         self.wheelhouse = data_dir / "wheelhouse"
         self._building = threading.Lock()
 
@@ -54,6 +55,8 @@ class Deployer:
                                   name=p.get("name") or job["target"],
                                   concurrency=p["concurrency"], prefetch=p["prefetch"],
                                   batch=p.get("batch"))
+        if self.token_for is not None:     # made now, never kept in the job's params or log
+            settings.token = self.token_for(settings.name)
         changed = bootstrap(self._target(job), settings, p["engine"], log)
         log(f"worker {settings.name} is up ({'changed' if changed else 'no change'})")
 

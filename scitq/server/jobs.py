@@ -15,6 +15,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from scitq.errors import BadRequest, Conflict, NotFound, ScitqError
+from scitq.log import redact
 from scitq.server.db import record
 from scitq.server.loop import Loop
 from scitq.server.models import Job, utcnow
@@ -123,7 +124,7 @@ class JobRunner(Loop):
 
     def line(self, job_id, text):
         """Append a line to a job's log."""
-        self.logs.extend(job_id, "log", (text.rstrip("\n") + "\n").encode(errors="replace"))
+        self.logs.extend(job_id, "log", (redact(text).rstrip("\n") + "\n").encode(errors="replace"))
 
     def _execute(self, job):
         jid = job["id"]
@@ -133,10 +134,10 @@ class JobRunner(Loop):
         try:
             self.handlers[job["kind"]](job, lambda text: self.line(jid, text))
         except ScitqError as err:
-            error = err.message
+            error = redact(err.message)
         except Exception as err:     # a bug in a handler: keep the traceback in the job's log
             self.line(jid, traceback.format_exc())
-            error = f"{type(err).__name__}: {err}"
+            error = redact(f"{type(err).__name__}: {err}")
         finally:
             with self._lock:
                 self._running.discard(jid)

@@ -320,6 +320,27 @@ class Instance(Base):
                 "deleted_at": iso(self.deleted_at), "cost": round(self.cost_so_far(now), 6)}
 
 
+class Token(Base):
+    """An API token. Only its sha256 is kept: the token itself is shown once, at creation."""
+
+    __tablename__ = "token"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))       # its first characters, to tell it apart
+    # A worker token reaches one worker: the first it registers (or the one named here).
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("worker.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def to_dict(self):
+        return {"id": self.id, "name": self.name, "role": self.role, "prefix": self.prefix,
+                "worker_id": self.worker_id, "created_at": iso(self.created_at),
+                "revoked_at": iso(self.revoked_at)}
+
+
 class Event(Base):
     """Append-only audit: one row per state change, written in the change's transaction."""
 

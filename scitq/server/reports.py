@@ -5,7 +5,7 @@ import re
 
 from sqlalchemy import func, select
 
-from scitq.errors import BadRequest, Conflict, NotFound
+from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import record
 from scitq.server.dispatch import ACTIVE, give_back
@@ -175,7 +175,7 @@ def apply_reports(s, worker, reports, outputs):
                     raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
             _apply(s, worker, rep, outputs)
             acked.append(eid)
-        except (BadRequest, Conflict, NotFound) as err:
+        except (BadRequest, Conflict, Forbidden, NotFound) as err:
             refused.append({"execution_id": eid, "error": err.message, "status": err.http_status})
     if worker.idle_since is None and any(r.get("status") in FREEING for r in reports):
         s.flush()
@@ -196,7 +196,7 @@ def _apply(s, worker, rep, outputs):
     if ex is None:
         raise NotFound(f"no execution {rep['execution_id']}")
     if ex.worker_id != worker.id:
-        raise Conflict(f"execution {ex.id} does not belong to worker {worker.name}")
+        raise Forbidden(f"execution {ex.id} does not belong to worker {worker.name}")
     status = rep.get("status")
     if status == "signaled":
         return _signaled(s, ex, rep)

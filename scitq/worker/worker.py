@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from scitq import __version__
-from scitq.errors import NotFound, ScitqError
+from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, ScitqError, Unauthorized
 from scitq.worker.link import ServerLink
 from scitq.worker.process import Execution
 
@@ -58,7 +58,11 @@ class Worker:
         self._staging_slots = asyncio.Semaphore(self.staging_parallel)
         reporter = asyncio.create_task(self._report_loop())
         try:
-            await self._register()
+            try:
+                await self._register()
+            except (BadRequest, Conflict, Forbidden, Unauthorized) as err:
+                log.error("the server at %s refuses this worker: %s", self.link.url, err.message)
+                return 2
             while not (self.draining and not self.running and not self.queue):
                 if self._stop_now:
                     break

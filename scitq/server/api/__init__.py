@@ -1,7 +1,7 @@
 """The REST API under /api/v1: one Flask-RESTX namespace per resource."""
 import logging
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, g, jsonify, request
 from flask_restx import Api, fields, inputs
 from werkzeug.exceptions import HTTPException
 
@@ -26,9 +26,43 @@ class NullableFloat(fields.Float):
     __schema_type__ = ["number", "null"]
 
 
+class NullableBoolean(fields.Boolean):
+    __schema_type__ = ["boolean", "null"]
+
+
+class NullableList(fields.List):
+    def schema(self):
+        return dict(super().schema(), type=["array", "null"])
+
+
+class NullableNested(fields.Nested):
+    """An object of a model, or null (allow_null: a missing one is output as null)."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, allow_null=True, **kwargs)
+
+    def schema(self):
+        schema = {k: v for k, v in super().schema().items() if k not in ("$ref", "allOf")}
+        return dict(schema, anyOf=[{"$ref": f"#/definitions/{self.nested.name}"}, {"type": "null"}])
+
+
+class AnyJSON(fields.Raw):
+    """Any JSON value: null, a string, an object..."""
+    __schema_type__ = None
+
+
 class IdOrName(fields.Raw):
     """An id (integer) or a name (string), as in depends_on."""
     __schema_type__ = ["integer", "string"]
+
+
+# The body of every error answer (ScitqApi.handle_error). Each namespace declares it as its
+# "Error" model and documents, per operation, the 4xx codes that answer it.
+ERROR_FIELDS = {
+    "error": fields.String(required=True, description="what went wrong, in one sentence"),
+    "detail": AnyJSON(required=True, description="more, when there is: the fields a "
+                                                 "validation refused, what exists already..."),
+}
 
 MAX_DETAIL = 300    # characters of a validation message echoed back (never a 10 MB command)
 
@@ -59,8 +93,30 @@ def _clip(detail):
 
 
 def _where():
-    from flask import request
     return f"{request.method} {request.path}"
+
+
+def _authenticate():
+    """With auth on, every call but the API's description needs a token that reaches it."""
+    from scitq.server import tokens
+    st = state()
+    if not st.auth:
+        return None
+    endpoint = (request.endpoint or "").removeprefix("api.")
+    if endpoint in tokens.OPEN:
+        return None
+    try:
+        principal = tokens.authenticate(st.db, request.headers.get("Authorization"))
+        tokens.authorize(st.db, principal, request.method, endpoint, request.view_args or {})
+    except ScitqError as err:
+        return jsonify(err.to_dict()), err.http_status
+    g.principal = principal
+    return None
+
+
+def principal():
+    """Who calls (a tokens.Principal), or None when auth is off."""
+    return g.get("principal")
 
 
 def state():
@@ -69,12 +125,14 @@ def state():
 
 
 def create_blueprint():
-    from scitq.server.api import batches, executions, jobs, providers, recruiters, tasks, workers
+    from scitq.server.api import (batches, executions, jobs, providers, recruiters, tasks, tokens,
+                                  workers)
 
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
+    bp.before_request(_authenticate)
     api = ScitqApi(bp, version="1", title="scitq API", doc="/docs",
                    description="Batches, tasks, executions and workers of a scitq server.")
     for namespace in (batches.ns, tasks.ns, executions.ns, workers.ns, providers.ns, jobs.ns,
-                      recruiters.ns, recruiters.instances_ns):
+                      recruiters.ns, recruiters.instances_ns, tokens.ns):
         api.add_namespace(namespace)
     return bp

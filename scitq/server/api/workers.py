@@ -6,8 +6,9 @@ from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
 from scitq.errors import BadRequest
-from scitq.server import reports
-from scitq.server.api import ID, NullableString, state
+from scitq.server import reports, tokens
+from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
+                              NullableString, principal, state)
 from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
 from scitq.server.models import MAX_INT, Worker
@@ -18,11 +19,14 @@ ns = Namespace("workers", description="Worker processes, their settings and thei
 MAX_WAIT = 60.0          # seconds a poll may hang
 RECHECK = 5.0            # seconds between looks at the database while a poll hangs
 
+error = ns.model("Error", ERROR_FIELDS)
 worker = ns.model("Worker", {
-    "id": fields.Integer, "name": fields.String, "hostname": fields.String,
+    "id": fields.Integer, "name": fields.String, "hostname": NullableString,
     "status": fields.String, "concurrency": fields.Integer, "prefetch": fields.Integer,
-    "batch": fields.String, "cpus": fields.Integer, "version": fields.String,
-    "load": fields.Float, "memory": fields.Float, "disk": fields.Float,
+    "batch": NullableString(description="it only takes tasks of this batch (null: any)"),
+    "cpus": NullableInteger, "version": NullableString,
+    "load": NullableFloat(description="null until it reports"), "memory": NullableFloat,
+    "disk": NullableFloat,
     "running": fields.Integer(description="executions assigned or running"),
     "last_seen": fields.String, "created_at": fields.String,
 })
@@ -52,9 +56,10 @@ poll_in = ns.model("Poll", {
                             "signals the worker applied already (not sent again)"),
 })
 assignment = ns.model("Assignment", {
-    "execution_id": fields.Integer, "task_id": fields.Integer, "name": fields.String,
+    "execution_id": fields.Integer, "task_id": fields.Integer, "name": NullableString,
     "batch": fields.String, "command": fields.String, "shell": fields.Boolean,
     "attempt": fields.Integer, **how_it_runs,
+    "inputs": NullableList(fields.String), "resources": NullableList(fields.String),
 })
 signal = ns.model("Signal", {"execution_id": fields.Integer, "signal": fields.String,
                              "seq": fields.Integer})
@@ -84,6 +89,9 @@ reports_in = ns.model("Reports", {
 })
 refusal = ns.model("Refusal", {"execution_id": fields.Integer, "error": fields.String,
                                "status": fields.Integer})
+deleted = ns.model("WorkerDeleted", {
+    "deleted": fields.Integer(description="its id"),
+    "given_back": fields.Integer(description="executions it held, put back in the queue")})
 reports_out = ns.model("ReportsAnswer", {"acked": fields.List(fields.Integer),
                                          "refused": fields.List(fields.Nested(refusal))})
 
@@ -105,24 +113,32 @@ class Workers(Resource):
             return [w.to_dict(running=running.get(w.id, 0))
                     for w in s.scalars(select(Worker).order_by(Worker.id))]
 
+    @ns.response(400, "Invalid registration", error)
     @ns.expect(register_in, validate=True)
     @ns.marshal_with(worker, code=201)
     def post(self):
         """Register a worker process (a restarted one gives back what it held)."""
+        who = principal()
         with state().db.write() as s:
-            out = worker_dict(s, reports.register(s, ns.payload))
+            tokens.bind_worker(s, who, ns.payload["name"])
+            w = reports.register(s, ns.payload)
+            tokens.bound(s, who, w.id)
+            out = worker_dict(s, w)
         state().dispatcher.wake()
         return out, 201
 
 
 @ns.route("/<ref>")
 @ns.param("ref", "worker id or name")
+@ns.response(404, "No such worker", error)
 class OneWorker(Resource):
     @ns.marshal_with(worker)
     def get(self, ref):
         with state().db.read() as s:
             return worker_dict(s, find_worker(s, ref))
 
+    @ns.response(400, "Invalid settings", error)
+    @ns.response(409, "The worker is offline or lost: its status cannot be set", error)
     @ns.expect(settings_in, validate=True)
     @ns.marshal_with(worker)
     def put(self, ref):
@@ -135,6 +151,7 @@ class OneWorker(Resource):
         st.dispatcher.wake()
         return out
 
+    @ns.response(200, "Deleted", deleted)
     def delete(self, ref):
         """Forget the worker; what it held goes back to the queue."""
         st = state()
@@ -148,6 +165,8 @@ class OneWorker(Resource):
 
 
 @ns.route(f"/<{ID}:worker_id>/poll")
+@ns.response(400, "Invalid poll", error)
+@ns.response(404, "No such worker", error)
 class Poll(Resource):
     @ns.expect(poll_in, validate=True)
     @ns.marshal_with(poll_out)
@@ -188,6 +207,8 @@ class Poll(Resource):
 
 
 @ns.route(f"/<{ID}:worker_id>/reports")
+@ns.response(400, "Invalid reports", error)
+@ns.response(404, "No such worker", error)
 class Reports(Resource):
     @ns.expect(reports_in, validate=True)
     @ns.marshal_with(reports_out)

@@ -1,0 +1,204 @@
+"""API tokens: made, looked up, revoked, and who may do what with them.
+
+A token is `scitq_` and 43 random URL-safe characters; only its sha256 is stored (a token is
+random enough that a slow hash buys nothing), with its first characters to tell it apart.
+Roles (scitq.status.Role): admin does everything; user everything but tokens, providers'
+hosts and deploys; worker only its own registration, polls, reports and executions.
+
+Auth is a server setting (`--auth`, always on for `scitq up`). With it on, every API call
+needs `Authorization: Bearer TOKEN`; the wheelhouse and the UI's static files do not.
+"""
+import hashlib
+import re
+import secrets
+import threading
+import time
+
+from sqlalchemy import select
+
+from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from scitq.server.db import record
+from scitq.server.models import Execution, Token, Worker, utcnow
+from scitq.status import Role
+
+PREFIX = "scitq_"          # scitq.log.SECRET matches what follows it, to redact tokens
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
+CACHE_SECONDS = 30.0     # a revoked token may still pass on another server process this long
+
+
+def digest(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- tokens -------------------------------------------------------------------------
+
+def create_token(s, name, role, worker_id=None):
+    """A new token: returns (row, the token itself, to be shown once)."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise BadRequest(f"invalid token name {str(name)[:80]!r}: 1-128 letters, digits and ._@:+-")
+    if role not in [r.value for r in Role]:
+        raise BadRequest(f"unknown role {role!r}: one of {', '.join(r.value for r in Role)}")
+    if worker_id is not None and role != Role.WORKER.value:
+        raise BadRequest("only a worker token is bound to a worker")
+    token = PREFIX + secrets.token_urlsafe(32)
+    row = Token(name=name, role=role, hash=digest(token), prefix=token[:12], worker_id=worker_id)
+    s.add(row)
+    s.flush()
+    record(s, "token.created", row, name=name, role=role)
+    return row, token
+
+
+def list_tokens(s, revoked=False):
+    q = select(Token).order_by(Token.id)
+    if not revoked:
+        q = q.where(Token.revoked_at.is_(None))
+    return s.scalars(q).all()
+
+
+def revoke(s, ref):
+    """Revoke a token by id or name (every live token of that name)."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        rows = [r for r in [s.get(Token, int(ref))] if r is not None]
+    else:
+        rows = s.scalars(select(Token).where(Token.name == ref, Token.revoked_at.is_(None))).all()
+    if not rows:
+        raise NotFound(f"no token {ref!r}")
+    for row in rows:
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            record(s, "token.revoked", row, name=row.name)
+    CACHE.clear()
+    return rows
+
+
+def worker_token(s, worker_name):
+    """A fresh token for a worker about to be deployed; its earlier ones are revoked (a
+    redeploy rotates the token)."""
+    worker = s.scalar(select(Worker).where(Worker.name == worker_name))
+    for old in s.scalars(select(Token).where(Token.name == f"worker:{worker_name}",
+                                             Token.revoked_at.is_(None))):
+        old.revoked_at = utcnow()
+    CACHE.clear()
+    return create_token(s, f"worker:{worker_name}", Role.WORKER.value,
+                        worker.id if worker else None)[1]
+
+
+def first_admin(s):
+    """At the first start with auth on: an admin token, or None when one exists already."""
+    if s.scalar(select(Token.id).where(Token.role == Role.ADMIN.value, Token.revoked_at.is_(None))):
+        return None
+    return create_token(s, "admin", Role.ADMIN.value)[1]
+
+
+# --- who is calling ------------------------------------------------------------------
+
+class Principal:
+    def __init__(self, token_id, name, role, worker_id):
+        self.token_id, self.name, self.role, self.worker_id = token_id, name, role, worker_id
+
+
+class _Cache:
+    """hash -> (Principal, read at): a poll or report must not cost a token query."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items = {}
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+        if hit and time.monotonic() - hit[1] < CACHE_SECONDS:
+            return hit[0]
+        return None
+
+    def put(self, key, principal):
+        with self._lock:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[key] = (principal, time.monotonic())
+
+    def clear(self):
+        with self._lock:
+            self._items.clear()
+
+
+CACHE = _Cache()
+
+
+def authenticate(db, header):
+    """The Principal of an `Authorization: Bearer ...` header; Unauthorized otherwise."""
+    if not header or not header.startswith("Bearer "):
+        raise Unauthorized("this server needs a token: send Authorization: Bearer TOKEN "
+                           "(scitq reads SCITQ_TOKEN)")
+    key = digest(header[7:].strip())
+    principal = CACHE.get(key)
+    if principal is None:
+        with db.read() as s:
+            row = s.scalar(select(Token).where(Token.hash == key))
+            if row is None or row.revoked_at is not None:
+                raise Unauthorized("unknown or revoked token")
+            principal = Principal(row.id, row.name, row.role, row.worker_id)
+        CACHE.put(key, principal)
+    return principal
+
+
+# What a worker token may call: (method, endpoint of the API blueprint, without "api.").
+WORKER_CALLS = {("POST", "workers_workers"), ("GET", "workers_one_worker"), ("POST", "workers_poll"),
+                ("POST", "workers_reports"), ("GET", "executions_execution_output"),
+                ("POST", "executions_execution_output"), ("POST", "executions_execution_cache"),
+                ("GET", "executions_one_execution")}
+# What only an admin may change (a user may still read them): the tokens, hosts rented by
+# hand, deploys.
+ADMIN_WRITES = ("tokens_", "providers_instances", "providers_one_instance", "providers_refresh",
+                "jobs_deploy", "jobs_teardown", "jobs_retry_job")
+OPEN = ("root", "specs", "doc")     # the API's description: no secret in it
+
+
+def authorize(db, principal, method, endpoint, view_args):
+    """Forbidden unless the principal's role reaches this call."""
+    if principal.role == Role.ADMIN.value:
+        return
+    if principal.role == Role.USER.value:
+        if endpoint.startswith("tokens_") or (method != "GET" and endpoint.startswith(ADMIN_WRITES)):
+            raise Forbidden("this needs an admin token")
+        return
+    if (method, endpoint) not in WORKER_CALLS:
+        raise Forbidden("a worker token only reaches its own worker's calls")
+    if endpoint == "workers_workers":
+        return                     # registration: the name is checked by bind_worker()
+    if principal.worker_id is None:
+        raise Forbidden("this worker token has not registered a worker yet")
+    if "worker_id" in view_args and view_args["worker_id"] != principal.worker_id:
+        raise Forbidden("a worker token only reaches its own worker")
+    if "ref" in view_args and view_args["ref"] not in (str(principal.worker_id),):
+        with db.read() as s:
+            worker = s.scalar(select(Worker.id).where(Worker.name == view_args["ref"]))
+        if worker != principal.worker_id:
+            raise Forbidden("a worker token only reaches its own worker")
+    if "execution_id" in view_args:
+        with db.read() as s:
+            owner = s.scalar(select(Execution.worker_id).where(Execution.id == view_args["execution_id"]))
+        if owner != principal.worker_id:
+            raise Forbidden("a worker token only reaches its own worker's executions")
+
+
+def bind_worker(s, principal, name):
+    """A worker token registers its worker: the first registration binds the token to it;
+    later ones must be the same worker."""
+    if principal is None or principal.role != Role.WORKER.value:
+        return
+    existing = s.scalar(select(Worker.id).where(Worker.name == name))
+    if principal.worker_id is not None and existing != principal.worker_id:
+        raise Forbidden(f"this worker token belongs to another worker, not {name!r}")
+    if principal.worker_id is None and existing is not None:
+        bound = s.scalar(select(Token.id).where(Token.worker_id == existing,
+                                                Token.revoked_at.is_(None)))
+        if bound is not None:
+            raise Conflict(f"worker {name!r} is another token's")
+
+
+def bound(s, principal, worker_id):
+    if principal is not None and principal.role == Role.WORKER.value and principal.worker_id is None:
+        s.get(Token, principal.token_id).worker_id = worker_id
+        principal.worker_id = worker_id
+        CACHE.clear()
