@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
 from scitq.server.db import record
@@ -79,12 +80,20 @@ class Dispatcher(Loop):
         if lease is not None:
             self.lease = lease
         self._last_sweep = 0.0
+        # No worker can be heard while this server is down or its database unreachable: a
+        # worker's silence counts against its lease only from when it could have been heard.
+        self._heard_since = time.monotonic()
 
     def step(self):
-        if time.monotonic() - self._last_sweep >= self.sweep_every:
-            self.sweep()
-            self._last_sweep = time.monotonic()
-        self.dispatch()
+        try:
+            now = time.monotonic()
+            if now - self._last_sweep >= self.sweep_every and now - self._heard_since >= self.lease:
+                self.sweep()
+                self._last_sweep = time.monotonic()
+            self.dispatch()
+        except OperationalError:
+            self._heard_since = time.monotonic()    # heartbeats cannot be written either
+            raise
 
     def dispatch(self):
         """One pass: returns {worker_id: number of executions assigned}."""

@@ -4,14 +4,26 @@ Output never goes into the database: a task may print gigabytes. Appends are
 idempotent by offset, so a worker that retries a chunk it is unsure of loses nothing
 and writes nothing twice.
 """
+import contextlib
+import errno
+import logging
 import os
 import shutil
 import threading
 from pathlib import Path
 
-from scitq.errors import BadRequest, Conflict
+from scitq.errors import BadRequest, Conflict, ScitqError
 
 STREAMS = ("stdout", "stderr")
+
+log = logging.getLogger(__name__)
+
+
+class NoSpace(ScitqError):
+    """The disk of the outputs is full: nothing was acknowledged, so the worker keeps the
+    bytes and sends them again (it retries 5xx answers)."""
+
+    http_status = 507
 
 
 class OutputStore:
@@ -49,9 +61,10 @@ class OutputStore:
             skip = size - offset
             if skip >= len(data):
                 return size
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
-                f.write(memoryview(data)[skip:])
+            with self._space():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab") as f:
+                    f.write(memoryview(data)[skip:])
             return size + len(data) - skip
 
     def extend(self, object_id, stream, data):
@@ -61,6 +74,19 @@ class OutputStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab") as f:
                 f.write(data)
+
+    @contextlib.contextmanager
+    def _space(self):
+        """A full disk is a 507 that says so (a partial write is completed by the retry:
+        appends go by offset)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("no space left for outputs under %s: %s", self.root, exc)
+            raise NoSpace(f"no space left on the server's disk for outputs ({self.root}): "
+                          "send it again later") from exc
 
     def read(self, execution_id, stream, offset=0, limit=1 << 20):
         """Up to `limit` bytes from `offset`, and the stream's current size."""
