@@ -211,7 +211,7 @@ def test_report_on_another_workers_execution_is_refused(app, client):
                   rep(999999, "running"))
     assert answer["acked"] == []
     assert [(r["execution_id"], r["status"]) for r in answer["refused"]] == [
-        (a["execution_id"], 409), (999999, 404)]
+        (a["execution_id"], 403), (999999, 404)]
     assert all(isinstance(r["error"], str) for r in answer["refused"])
     assert task(client, task_id) == before
     assert events(app, mark) == []
