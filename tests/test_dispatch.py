@@ -396,3 +396,14 @@ def test_polling_worker_is_not_lost(app, client):
         time.sleep(0.1)
     assert sweep(app) == 0
     assert call(client, "GET", "/workers/w1")["status"] == "running"
+
+
+def test_a_poll_names_what_was_given_away_while_the_worker_was_silent(app, client):
+    (task_id,) = submit(client, "long")
+    slow = register(client, "slow")
+    (a,) = assign(app, client, slow)
+    time.sleep(LEASE + 0.1)
+    assert sweep(app) == 1                      # thought lost: the task is given back
+    answer = poll(client, slow, known=[a["execution_id"]])
+    assert answer["gone"] == [a["execution_id"]]
+    assert poll(client, slow, known=[])["gone"] == []

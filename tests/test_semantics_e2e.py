@@ -264,3 +264,26 @@ def test_prefetched_tasks_are_staged_while_others_run(live, procs, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_worker_thought_lost_stops_its_copy_when_it_is_heard_again(db_url, procs, tmp_path):
+    server = procs.server(db_url, "--lease", "3")
+    live = Client(server.url)
+    frozen = procs.worker(server.url, "frozen", 1)
+    pids = tmp_path / "pids"
+    tid = live.add_task(f"echo $$ >> {pids}; sleep 6; echo done")["id"]
+    wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, what="the first copy")
+    first = int(pids.read_text().split()[0])
+    os.kill(frozen.pid, signal.SIGSTOP)          # silent: the lease runs out, the task moves
+    try:
+        procs.worker(server.url, "other", 1)
+        wait_until(lambda: len(pids.read_text().split()) == 2, 30, what="the second copy")
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    # Heard again, the first worker learns its execution is gone and kills its copy.
+    wait_until(lambda: not psutil.pid_exists(first) or
+               psutil.Process(first).status() == psutil.STATUS_ZOMBIE, 15, what="the first copy to end")
+    t = ended(live, tid, timeout=30)
+    assert t["status"] == "succeeded"
+    assert [(e["worker"], e["status"]) for e in t["executions"]] == [("frozen", "lost"), ("other", "succeeded")]
+    live.close()

@@ -150,6 +150,8 @@ class Worker:
                 self.queue.append(ex)
         for sig in answer.get("signals") or []:
             self._signal(sig)
+        for eid in answer.get("gone") or []:
+            self._forget(eid)
         self._start_ready()
         await asyncio.sleep(0)   # let new executions fork before the next poll goes out
 
@@ -176,6 +178,21 @@ class Worker:
         elif ex is not None:
             ex.pause() if what == "pause" else ex.resume()
         self._report({"execution_id": eid, "status": "signaled", "signal": what, "seq": seq})
+
+    def _forget(self, eid):
+        """The server gave this execution to another worker (it thought this one lost): stop
+        it, so the task never runs twice at once, and report nothing more of it."""
+        queued = next((ex for ex in self.queue if ex.id == eid), None)
+        if queued is not None:
+            self.queue.remove(queued)
+            queued.discard()
+        ex = self.running.get(eid)
+        if ex is not None:
+            log.warning("execution %s was given to another worker: killing it here", eid)
+            ex.kill(reason="gone")
+            ex.report = lambda report: None
+        self.held.discard(eid)
+        self.reports = [r for r in self.reports if r.get("execution_id") != eid]
 
     def _start_ready(self):
         while self.queue and len(self.running) < self.concurrency and not self.draining:

@@ -6,7 +6,7 @@ from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
 from scitq.errors import BadRequest
-from scitq.server import reports, tokens
+from scitq.server import lifecycle, reports, tokens
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
 from scitq.server.api.tasks import how_it_runs
@@ -66,6 +66,8 @@ signal = ns.model("Signal", {"execution_id": fields.Integer, "signal": fields.St
 poll_out = ns.model("PollAnswer", {
     "assignments": fields.List(fields.Nested(assignment)),
     "signals": fields.List(fields.Nested(signal)),
+    "gone": fields.List(fields.Integer, description="executions it holds that are no longer its "
+                                                    "(given back while it was silent): stop them"),
     "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
 })
 chunk = ns.model("OutputChunk", {"offset": fields.Integer(min=0, required=True),
@@ -190,6 +192,8 @@ class Poll(Resource):
         if hungry:
             st.dispatcher.wake()
         applied = {tuple(x) for x in body.get("signaled") or [] if len(x) == 2}
+        with st.db.read() as s:
+            gone = lifecycle.gone(s, worker_id, known)
         while True:
             seen = st.notifier.version(worker_id)
             with st.db.read() as s:
@@ -201,8 +205,8 @@ class Poll(Resource):
             changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
             news = any((x["execution_id"], x["seq"]) not in applied for x in signals)
             remaining = deadline - time.monotonic()
-            if new or news or changed or remaining <= 0 or st.notifier.closing:
-                return {"assignments": new, "signals": signals, **settings}
+            if new or news or gone or changed or remaining <= 0 or st.notifier.closing:
+                return {"assignments": new, "signals": signals, "gone": gone, **settings}
             st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
 
 
