@@ -134,10 +134,12 @@ def create_app(config=None):
 
     from scitq.server.api import create_blueprint
     app.register_blueprint(create_blueprint())
+    from scitq.server import ui
+    app.register_blueprint(ui.create_blueprint())
 
     @app.get("/")
     def index():
-        return redirect("/api/v1/docs")
+        return redirect("/ui/")
 
     @app.get("/wheelhouse/")
     @app.get("/wheelhouse/<path:name>")

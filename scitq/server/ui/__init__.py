@@ -1,0 +1,137 @@
+"""The web UI under /ui: server-rendered pages whose small scripts poll the REST API (and two
+compact endpoints of this blueprint) to stay live without reloading. No build step: the
+templates and static files here are all there is.
+
+Pages only read. Every change goes through a POST, PUT or DELETE, made by the page's
+script with the user's token (`Authorization: Bearer`, from the session) when there is one.
+With auth on, the pages themselves are open (they hold no data, and the login page must be
+reachable); the data is behind the API's check and the same check on this blueprint's JSON.
+"""
+from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, session,
+                   url_for)
+
+from scitq.errors import Forbidden, ScitqError
+from scitq.server import queue, tokens
+from scitq.server.ui import dashboard as dash
+from scitq.status import Role
+
+JSON_ENDPOINTS = ("ui.dashboard_json", "ui.relaunch_failed")
+UI_ROLES = (Role.ADMIN.value, Role.USER.value)
+
+PAGES = [("ui.dashboard_page", "Dashboard"), ("ui.tasks_page", "Tasks"),
+         ("ui.workers_page", "Workers"), ("ui.recruiters_page", "Recruiters & hosts"),
+         ("ui.jobs_page", "Jobs")]
+
+
+def _state():
+    return current_app.extensions["scitq"]
+
+
+def _principal(header):
+    """Who a bearer header names, if that may use the UI: a user or an admin, not a worker."""
+    principal = tokens.authenticate(_state().db, header)
+    if principal.role not in UI_ROLES:
+        raise Forbidden("a worker token cannot use the UI: log in with a user's token")
+    return principal
+
+
+def create_blueprint():
+    bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates",
+                   static_folder="static", static_url_path="/static")
+
+    @bp.before_request
+    def check_token():
+        """The UI's JSON answers to the tokens the API answers to (users and admins)."""
+        if request.endpoint in JSON_ENDPOINTS and _state().auth:
+            _principal(request.headers.get("Authorization"))
+
+    @bp.context_processor
+    def page_context():
+        # The token reaches the scripts through a <meta> tag: they send it as a bearer token.
+        # With no secret key Flask's session is a read-only empty one, so this is None.
+        return {"token": session.get("token"), "auth_on": current_app.secret_key is not None,
+                "pages": PAGES}
+
+    @bp.errorhandler(ScitqError)
+    def scitq_error(e):
+        return jsonify(e.to_dict()), e.http_status
+
+    # --- pages ---------------------------------------------------------------------
+
+    @bp.get("/")
+    def dashboard_page():
+        return render_template("dashboard.html", page="ui.dashboard_page")
+
+    @bp.get("/tasks")
+    def tasks_page():
+        return render_template("tasks.html", page="ui.tasks_page")
+
+    @bp.get("/tasks/<int:task_id>")
+    def task_page(task_id):
+        return render_template("task.html", page="ui.tasks_page", task_id=task_id)
+
+    @bp.get("/workers")
+    def workers_page():
+        return render_template("workers.html", page="ui.workers_page")
+
+    @bp.get("/recruiters")
+    def recruiters_page():
+        return render_template("recruiters.html", page="ui.recruiters_page")
+
+    @bp.get("/jobs")
+    def jobs_page():
+        return render_template("jobs.html", page="ui.jobs_page")
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login():
+        """Keep the API token in the session for the pages' scripts to send. With no secret
+        key there is no session to keep it in: the page says that auth is off."""
+        if request.method == "GET" or current_app.secret_key is None:
+            return render_template("login.html", page=None, next=_next_url())
+        token = (request.form.get("token") or "").strip()
+        if not token:
+            return render_template("login.html", page=None, next=_next_url(),
+                                   error="give a token"), 400
+        if _state().auth:           # a typo is told here, not by every call of every page
+            try:
+                _principal(f"Bearer {token}")
+            except ScitqError as err:
+                return render_template("login.html", page=None, next=_next_url(),
+                                       error=err.message), err.http_status
+        session["token"] = token
+        return redirect(_next_url())
+
+    @bp.post("/logout")
+    def logout():
+        if current_app.secret_key is not None:
+            session.pop("token", None)
+        return redirect(url_for("ui.login"))
+
+    # --- compact JSON for the live views -------------------------------------------------
+
+    @bp.get("/api/dashboard")
+    def dashboard_json():
+        with _state().db.read() as s:
+            return jsonify(dash.dashboard(s))
+
+    @bp.post("/api/batches/<ref>/relaunch-failed")
+    def relaunch_failed(ref):
+        """Relaunch every failed task of the batch (the API relaunches one task at a time)."""
+        st = _state()
+        with st.db.write() as s:
+            batch = queue.get_batch(s, ref)
+            name = batch.name
+            n = dash.relaunch_failed(s, batch)
+        if n:
+            st.dispatcher.wake()
+        return jsonify({"batch": name, "relaunched": n})
+
+    return bp
+
+
+def _next_url():
+    """Where to go after logging in: a path of this site only (never another host)."""
+    target = request.values.get("next") or ""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("ui.dashboard_page")
+    return target
