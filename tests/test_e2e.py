@@ -138,3 +138,13 @@ def test_tasks_see_cpu_temp_and_lead_their_own_process_group(live, procs):
     assert temp == cwd and temp.startswith(str(procs.tmp / "work"))
     assert pid == pgid                          # the shell leads a group of its own
     assert not os.path.exists(temp)   # the scratch dir went with the task
+
+
+def test_sigterm_stops_a_server_with_workers_still_polling(live, procs):
+    procs.worker(live.url, "poller", 1)
+    wait_until(lambda: live.workers(), 30, what="the worker")
+    time.sleep(0.5)                              # it is in a long poll now
+    server = procs.started[0]
+    t0 = time.monotonic()
+    assert procs.stop(server, timeout=15) == 0
+    assert time.monotonic() - t0 < 5

@@ -35,7 +35,9 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
         finally:
             state.notifier.close()       # answer the waiting polls, then let threads finish
             server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
-            server.close()
+            # Workers keep their connections open (and poll again at once): close them too,
+            # in the loop's own thread, or the loop would serve them forever.
+            server.trigger.pull_trigger(lambda: _close_all(server))
 
     def stop(signum, _frame):
         if not stopping.is_set():
@@ -58,3 +60,10 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
         state.dispatcher.stop()
         state.jobs.stop()
         state.db.dispose()
+
+
+def _close_all(server):
+    for channel in list(server._map.values()):
+        if channel is not server and channel is not server.trigger:
+            channel.close()
+    server.close()
