@@ -10,6 +10,7 @@ from scitq.errors import BadRequest, NotFound
 from scitq.server import queue
 from scitq.server.db import record
 from scitq.server.models import MAX_ID, MAX_INT, Instance, Recruiter, utcnow
+from scitq.server.providers import check_name
 from scitq.status import LIVE_HOSTS, HostStatus
 
 FIELDS = ("batch", "provider", "regions", "flavor", "min_cpu", "min_ram", "min_disk", "gpu",
@@ -97,9 +98,13 @@ def check_recruiter(spec, providers):
                 or not all(isinstance(r, str) and r.strip() and len(r) <= 64 for r in regions)):
             raise BadRequest("regions must be a non-empty list of region names (at most 64 "
                              "characters each), or null for every region of the provider")
+        for region in regions:
+            check_name("region", region, 64)
         regions = list(dict.fromkeys(regions))        # without repeats, in the given order
 
     flavor = _name(spec, "flavor", 128)
+    if flavor is not None:
+        check_name("flavor", flavor)
     minimums = {"min_cpu": _int(spec, "min_cpu", 1, MAX_INT, default=None),
                 "min_ram": _positive(spec, "min_ram", MAX_GIB),
                 "min_disk": _positive(spec, "min_disk", MAX_GIB)}
@@ -265,6 +270,8 @@ def list_instances(s, status=None, provider=None, recruiter_id=None, batch=None,
                              f"{', '.join(INSTANCE_STATUSES)}, or live")
         q = q.where(Instance.status == status)
     if provider is not None:
+        if "\x00" in provider:
+            raise BadRequest("a provider name holds no NUL character")
         q = q.where(Instance.provider == provider)
     if recruiter_id is not None:
         q = q.where(Instance.recruiter_id == recruiter_id)

@@ -96,8 +96,10 @@ def _sqlite_pragmas(dbapi_conn, _record):
 
 def lookup(session, model, ref):
     """A batch or worker by id (an int, or digits) or by name; NotFound otherwise."""
-    if isinstance(ref, int) or ref.isdigit():
+    if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
         obj = session.get(model, int(ref)) if int(ref) <= MAX_ID else None
+    elif "\x00" in ref:        # no name holds one (PostgreSQL cannot even compare it)
+        obj = None
     else:
         obj = session.scalar(select(model).where(model.name == ref))
     if obj is None:

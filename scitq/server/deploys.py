@@ -1,10 +1,13 @@
 """What the server's deploy and teardown jobs do: bootstrap or remove a worker on a host."""
+import re
 import threading
+from urllib.parse import urlsplit
 
 from scitq.errors import BadRequest
 from scitq.server.sshkey import ensure_keypair
 
 ENGINES = ("pyinfra", "ansible")
+URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@%+=-]{1,512}")
 
 
 def deploy_params(body, public_url, default_engine="pyinfra"):
@@ -13,13 +16,39 @@ def deploy_params(body, public_url, default_engine="pyinfra"):
     if not server_url:
         raise BadRequest("the hosts must reach this server: give server_url, or start the "
                          "server with --public-url")
+    check_server_url(server_url)
     engine = body.get("engine") or default_engine
     if engine not in ENGINES:
         raise BadRequest(f"unknown deploy engine {engine!r}: one of {', '.join(ENGINES)}")
+    # What the worker will register with, checked now rather than on the host at each attempt.
+    from scitq.server.queue import check_batch_name
+    from scitq.server.reports import WORKER_NAME
+    if body.get("batch") is not None:
+        check_batch_name(body["batch"])
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not WORKER_NAME.fullmatch(name)):
+        raise BadRequest(f"invalid worker name {str(name)[:80]!r}: 1-128 characters, no '/', "
+                         "space or control character, not digits alone")
     return {"engine": engine, "user": body.get("user") or "root", "port": body.get("port") or 22,
             "server_url": server_url.rstrip("/"), "concurrency": body.get("concurrency") or 1,
             "prefetch": body.get("prefetch") or 0, "batch": body.get("batch"),
             "name": body.get("name")}
+
+
+def check_server_url(url):
+    """An http(s) URL with a host, of characters that mean nothing to a shell or to the
+    worker's settings file: letters, digits and ._~:/?#[]@%+=- (no space, quote, $, ; ...)."""
+    if not isinstance(url, str) or not URL_CHARACTERS.fullmatch(url):
+        raise BadRequest(f"invalid server_url {str(url)[:80]!r}: up to 512 letters, digits "
+                         "and ._~:/?#[]@%+=- (no space, quote, backslash, $, ;, & ...)")
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port                     # noqa: B018 - a bad port raises
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BadRequest(f"invalid server_url {url[:80]!r}: an http:// or https:// URL of this server")
 
 
 class Deployer:

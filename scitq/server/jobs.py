@@ -23,15 +23,16 @@ from scitq.status import JobStatus
 
 log = logging.getLogger(__name__)
 
-HOST = re.compile(r"^(?!-)[A-Za-z0-9._:-]{1,253}$")     # a name or an address, never an option
-USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Matched whole (fullmatch: a $ would let a final line break through).
+HOST = re.compile(r"(?!-)[A-Za-z0-9._:-]{1,253}")     # a name or an address, never an option
+USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 KINDS = ("deploy", "teardown", "create", "delete")   # the last two: recruitment's hosts
 
 
 def check_target(host, user):
-    if not isinstance(host, str) or not HOST.match(host):
+    if not isinstance(host, str) or not HOST.fullmatch(host):
         raise BadRequest(f"invalid host {str(host)[:80]!r}: a host name or an IP address")
-    if not isinstance(user, str) or not USER.match(user):
+    if not isinstance(user, str) or not USER.fullmatch(user):
         raise BadRequest(f"invalid SSH user {str(user)[:40]!r}")
 
 

@@ -94,6 +94,8 @@ class OutputStore:
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
+                if offset >= size:      # past the end (a seek there may be refused: EINVAL)
+                    return b"", size
                 f.seek(offset)
                 return f.read(limit), size
         except FileNotFoundError:

@@ -3,6 +3,8 @@
 Configuration is a YAML mapping {provider name: its settings} (see each provider module),
 from --providers FILE, SCITQ_PROVIDERS, or DATA_DIR/providers.yaml.
 """
+import math
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -13,6 +15,19 @@ from scitq.errors import BadRequest, ProviderError, ScitqError
 from scitq.providers import PROVIDERS, InstanceSpec, get_provider
 from scitq.server.models import Flavor, utcnow
 from scitq.server.sshkey import ensure_keypair
+
+
+# Flavor and region names as clouds spell them (b2-7, GRA11, Standard_D2s_v3, eastus,
+# static-8c): never an option (no leading -), a path (no /) or shell syntax. Matched whole.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@:=-]{0,127}")
+
+
+def check_name(what, value, limit=128):
+    """A flavor or region name, or BadRequest."""
+    if not isinstance(value, str) or len(value) > limit or not NAME.fullmatch(value):
+        raise BadRequest(f"invalid {what} name {str(value)[:80]!r}: up to {limit} letters, digits "
+                         "and _.+@:=- (starting with a letter or digit)")
+    return value
 
 
 def load_config(path):
@@ -78,6 +93,11 @@ class Providers:
         return len(flavors)
 
     def create(self, name, flavor, region, count=1, spot=False, max_price=None):
+        check_name("flavor", flavor)
+        check_name("region", region, 64)
+        if max_price is not None and (not isinstance(max_price, (int, float)) or isinstance(max_price, bool)
+                                      or not math.isfinite(max_price) or max_price < 0):
+            raise BadRequest("max_price must be a finite number of at least 0")
         provider = self.get(name)
         provider.check()
         _, public_key = ensure_keypair(self.data_dir)
@@ -98,6 +118,9 @@ class Providers:
 def query_flavors(s, provider=None, region=None, min_cpu=None, min_ram=None, min_disk=None,
                   gpu=None, max_cost=None, spot=None, limit=200):
     """Catalog rows that fit, cheapest first (unknown prices last)."""
+    for what, value in (("provider", provider), ("region", region)):
+        if value is not None and "\x00" in value:
+            raise BadRequest(f"a {what} name holds no NUL character")
     q = select(Flavor)
     for column, value in ((Flavor.provider, provider), (Flavor.region, region), (Flavor.spot, spot)):
         if value is not None:

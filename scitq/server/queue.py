@@ -12,13 +12,16 @@ from scitq.status import REMAINING, BatchStatus, TaskStatus
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
 MAX_TASKS_PER_REQUEST = 100_000
 # Not digits alone: "2024" in a URL or a filter would read as an id.
-BATCH_NAME = re.compile(r"^(?!\d+$)[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}$")
+BATCH_NAME = re.compile(r"(?!\d+\Z)[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}")    # fullmatch
+# A docker image reference (registry[:port]/name[:tag][@digest]): nothing a shell or the
+# engine's command line would read otherwise (no space, quote, $ or ;, no leading -).
+IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 DEFAULT_BATCH = "default"
 STATUSES = [s.value for s in TaskStatus]
 
 
 def check_batch_name(name):
-    if not isinstance(name, str) or not BATCH_NAME.match(name):
+    if not isinstance(name, str) or not BATCH_NAME.fullmatch(name):
         raise BadRequest(f"invalid batch name {str(name)[:80]!r}: 1-128 characters, letters, "
                          "digits and ._+@:=- (no '/' nor spaces), starting with a letter or digit, "
                          "not digits alone")
@@ -155,6 +158,10 @@ def check_task(spec, where="task"):
         "resources": _uris(spec, "resources", where),
         "output": _text(spec, "output", where, 4096),
     }
+    if fields["container"] is not None and (not IMAGE.fullmatch(fields["container"])
+                                             or ".." in fields["container"]):
+        raise BadRequest(f"{where}: container {fields['container'][:80]!r} is not an image "
+                         "reference (such as alpine, or registry:5000/team/tool:1.2@sha256:...)")
     if fields["container_options"] and not fields["container"]:
         raise BadRequest(f"{where}: 'container_options' need a 'container'")
     if fields["container_options"]:
@@ -381,6 +388,8 @@ def list_tasks(s, batch=None, status=None, name=None, after=None, limit=100):
             if st not in STATUSES:
                 raise BadRequest(f"unknown status {st!r}: one of {', '.join(STATUSES)}")
         q = q.where(Task.status.in_(wanted))
+    if name and "\x00" in name:
+        raise BadRequest("a task name holds no NUL character")
     if name:
         pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
         q = q.where(Task.name.like(pattern, escape="\\"))

@@ -1,6 +1,7 @@
 """What workers tell the server: registration, heartbeats, and execution reports."""
 import base64
 import binascii
+import math
 import re
 
 from sqlalchemy import func, select
@@ -16,6 +17,9 @@ from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 MAX_CONCURRENCY = 1024
 ENDED = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 SETTABLE_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRAINING)
+# What the API's pattern says (no '/', no space, not digits alone), checked whole: a JSON
+# Schema pattern's $ lets a final line break through, and control characters are no space.
+WORKER_NAME = re.compile(r"(?!\d+\Z)[^/\s\x00-\x1f\x7f]{1,128}")
 
 
 def get_worker(s, worker_id):
@@ -44,6 +48,12 @@ def register(s, info):
     held goes back to the queue before the new one gets anything."""
     check_settings(info)
     name = info["name"]
+    if not isinstance(name, str) or not WORKER_NAME.fullmatch(name):
+        raise BadRequest(f"invalid worker name {str(name)[:80]!r}: 1-128 characters, no '/', "
+                         "space or control character, not digits alone (those name ids)")
+    for key in ("hostname", "version"):
+        if "\x00" in (info.get(key) or ""):
+            raise BadRequest(f"{key} holds a NUL character")
     worker = s.scalar(select(Worker).where(Worker.name == name))
     if worker is None:
         worker = Worker(name=name)
@@ -119,7 +129,8 @@ def heartbeat(s, worker, stats):
     worker.last_seen = utcnow()
     for key in ("load", "memory", "disk"):
         value = stats.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # JSON from Python may say NaN or Infinity: not a load, and no JSON to answer with.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             setattr(worker, key, float(value))
     if worker.status == WorkerStatus.LOST.value:
         # It was only slow: its executions were given back already, but it may work again.
@@ -187,7 +198,7 @@ def apply_reports(s, worker, reports, outputs):
 FREEING = ("succeeded", "failed", "released")
 
 
-REASON = re.compile(r"^[a-z_]{1,32}$")
+REASON = re.compile(r"[a-z_]{1,32}")         # matched whole
 FINAL = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 
 
@@ -233,7 +244,7 @@ def _ended(s, ex, task, rep, status, outputs, now):
     if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
         raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
     reason = rep.get("reason")
-    if reason is not None and (not isinstance(reason, str) or not REASON.match(reason)):
+    if reason is not None and (not isinstance(reason, str) or not REASON.fullmatch(reason)):
         raise BadRequest(f"execution {ex.id}: reason must be a short word (a-z and _)")
     cached_from = rep.get("cached_from")
     if cached_from is not None:
@@ -248,7 +259,8 @@ def _ended(s, ex, task, rep, status, outputs, now):
         outputs.append(ex.id, stream, offset, data)
     ex.return_code = rc if isinstance(rc, int) else None
     ex.status = status
-    ex.error = (rep.get("error") or None) and str(rep["error"])[:1024]
+    # A worker's own words (a process's message): kept, but PostgreSQL stores no NUL.
+    ex.error = (rep.get("error") or None) and str(rep["error"]).replace("\x00", "\\0")[:1024]
     if status == ExecutionStatus.FAILED.value and reason is None:
         reason = "exit_code" if isinstance(rc, int) and rc > 0 else "signal" if isinstance(rc, int) else "error"
     ex.reason = reason

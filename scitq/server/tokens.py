@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from scitq.server.db import record
-from scitq.server.models import Execution, Token, Worker, utcnow
+from scitq.server.models import MAX_ID, Execution, Token, Worker, utcnow
 from scitq.status import Role
 
 PREFIX = "scitq_"          # scitq.log.SECRET matches what follows it, to redact tokens
@@ -34,7 +34,7 @@ def digest(token):
 
 def create_token(s, name, role, worker_id=None):
     """A new token: returns (row, the token itself, to be shown once)."""
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise BadRequest(f"invalid token name {str(name)[:80]!r}: 1-128 letters, digits and ._@:+-")
     if role not in [r.value for r in Role]:
         raise BadRequest(f"unknown role {role!r}: one of {', '.join(r.value for r in Role)}")
@@ -57,8 +57,10 @@ def list_tokens(s, revoked=False):
 
 def revoke(s, ref):
     """Revoke a token by id or name (every live token of that name)."""
-    if isinstance(ref, int) or str(ref).isdigit():
-        rows = [r for r in [s.get(Token, int(ref))] if r is not None]
+    if isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit()):
+        rows = [r for r in [s.get(Token, int(ref)) if int(ref) <= MAX_ID else None] if r is not None]
+    elif "\x00" in ref:        # no name holds one (PostgreSQL cannot even compare it)
+        rows = []
     else:
         rows = s.scalars(select(Token).where(Token.name == ref, Token.revoked_at.is_(None))).all()
     if not rows:

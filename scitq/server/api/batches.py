@@ -2,11 +2,12 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server import lifecycle, queue
-from scitq.server.api import NullableInteger, state
+from scitq.server.api import ERROR_FIELDS, NullableInteger, state
 from scitq.status import BatchStatus
 
 ns = Namespace("batches", description="Named groups of tasks and their progress")
 
+error = ns.model("Error", ERROR_FIELDS)
 counts = ns.model("BatchCounts", {s: fields.Integer for s in queue.STATUSES + ["remaining", "total"]})
 
 
@@ -20,6 +21,7 @@ batch_in = ns.model("BatchIn", {
     "concurrency": NullableInteger(min=1, description="cap on its tasks running at once")})
 batch_edit = ns.model("BatchSettings", {
     "concurrency": NullableInteger(min=1, description="cap on its tasks running at once (null: none)")})
+deleted = ns.model("BatchDeleted", {"deleted": fields.String(description="the batch as named")})
 stop_args = reqparse.RequestParser()
 stop_args.add_argument("requeue", type=inputs.boolean, default=False,
                        help="put the killed tasks back to pending (else they fail)")
@@ -36,6 +38,8 @@ class Batches(Resource):
         with state().db.read() as s:
             return queue.list_batches(s)
 
+    @ns.response(400, "Invalid name or concurrency", error)
+    @ns.response(409, "A batch of that name exists", error)
     @ns.expect(batch_in, validate=True)
     @ns.marshal_with(batch, code=201)
     def post(self):
@@ -47,12 +51,14 @@ class Batches(Resource):
 
 @ns.route("/<ref>")
 @ns.param("ref", "batch id or name")
+@ns.response(404, "No such batch", error)
 class OneBatch(Resource):
     @ns.marshal_with(batch)
     def get(self, ref):
         with state().db.read() as s:
             return queue.batch_summary(s, queue.get_batch(s, ref))
 
+    @ns.response(400, "Invalid settings", error)
     @ns.expect(batch_edit, validate=True)
     @ns.marshal_with(batch)
     def put(self, ref):
@@ -64,6 +70,8 @@ class OneBatch(Resource):
         st.dispatcher.wake()
         return out
 
+    @ns.response(200, "Deleted", deleted)
+    @ns.response(409, "Some of its tasks are assigned or running", error)
     def delete(self, ref):
         """Delete the batch, its tasks and their outputs (refused while tasks run)."""
         st = state()
@@ -86,7 +94,9 @@ def _steer(ref, change):
 
 
 @ns.route("/<ref>/pause")
+@ns.response(404, "No such batch", error)
 class PauseBatch(Resource):
+    @ns.response(400, "Invalid argument", error)
     @ns.expect(pause_args)
     @ns.marshal_with(batch)
     def post(self, ref):
@@ -101,6 +111,7 @@ class PauseBatch(Resource):
 
 
 @ns.route("/<ref>/resume")
+@ns.response(404, "No such batch", error)
 class ResumeBatch(Resource):
     @ns.marshal_with(batch)
     def post(self, ref):
@@ -112,7 +123,9 @@ class ResumeBatch(Resource):
 
 
 @ns.route("/<ref>/stop")
+@ns.response(404, "No such batch", error)
 class StopBatch(Resource):
+    @ns.response(400, "Invalid argument", error)
     @ns.expect(stop_args)
     @ns.marshal_with(batch)
     def post(self, ref):

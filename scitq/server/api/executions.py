@@ -4,7 +4,8 @@ from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy import select
 
 from scitq.errors import Conflict, NotFound, TooLarge
-from scitq.server.api import ID, natural_id, state
+from scitq.server.api import (ERROR_FIELDS, ID, NullableInteger, NullableNested, NullableString,
+                              natural_id, state)
 from scitq.server.models import Execution, Task
 from scitq.status import ExecutionStatus
 
@@ -12,22 +13,30 @@ ns = Namespace("executions", description="Attempts of tasks on workers, and thei
 
 MAX_CHUNK = 16 << 20     # bytes of output a worker may send in one request
 
+error = ns.model("Error", ERROR_FIELDS)
 execution = ns.model("Execution", {
-    "id": fields.Integer, "task_id": fields.Integer, "worker_id": fields.Integer,
-    "worker": fields.String, "status": fields.String, "pid": fields.Integer,
-    "return_code": fields.Integer, "reason": fields.String, "error": fields.String,
-    "paused": fields.Boolean, "cached_from": fields.Integer,
+    "id": fields.Integer, "task_id": fields.Integer,
+    "worker_id": NullableInteger(description="null once the worker is deleted"),
+    "worker": NullableString(description="the worker's name, kept when it is deleted"),
+    "status": fields.String, "pid": NullableInteger, "return_code": NullableInteger,
+    "reason": NullableString(description="why it failed: exit_code, timeout, killed, lost..."),
+    "error": NullableString, "paused": fields.Boolean,
+    "cached_from": NullableInteger(description="the execution whose result it reused"),
     "stdout_bytes": fields.Integer, "stderr_bytes": fields.Integer,
-    "assigned_at": fields.String, "started_at": fields.String, "ended_at": fields.String,
+    "assigned_at": fields.String, "started_at": NullableString, "ended_at": NullableString,
 })
+# The lengths too: a validator in Python lets the pattern's $ match before a final line break.
 cache_in = ns.model("CacheKey", {"key": fields.String(required=True, pattern=r"^[0-9a-f]{64}$",
+                                                   min_length=64, max_length=64,
                                                    description="sha256 of command, container "
                                                                "and input contents")})
 cache_hit = ns.model("CacheHit", {"execution_id": fields.Integer, "task_id": fields.Integer,
-                                  "output": fields.String})
-cache_out = ns.model("CacheAnswer", {"hit": fields.Nested(cache_hit, allow_null=True)})
+                                  "output": NullableString})
+cache_out = ns.model("CacheAnswer", {"hit": NullableNested(cache_hit, description="null: none")})
+appended = ns.model("OutputAppended", {"execution_id": fields.Integer, "stream": fields.String,
+                                       "size": fields.Integer(description="bytes stored now")})
 page = ns.model("ExecutionPage", {"items": fields.List(fields.Nested(execution)),
-                                  "next": fields.Integer})
+                                  "next": NullableInteger(description="null: the last page")})
 
 list_args = reqparse.RequestParser()
 list_args.add_argument("task_id", type=natural_id)
@@ -64,6 +73,7 @@ def output_response(ex, args):
 
 @ns.route("")
 class Executions(Resource):
+    @ns.response(400, "Invalid filter", error)
     @ns.expect(list_args)
     @ns.marshal_with(page)
     def get(self):
@@ -80,6 +90,7 @@ class Executions(Resource):
 
 
 @ns.route(f"/<{ID}:execution_id>")
+@ns.response(404, "No such execution", error)
 class OneExecution(Resource):
     @ns.marshal_with(execution)
     def get(self, execution_id):
@@ -88,14 +99,20 @@ class OneExecution(Resource):
 
 
 @ns.route(f"/<{ID}:execution_id>/output")
+@ns.response(400, "Invalid stream, offset or limit", error)
+@ns.response(404, "No such execution", error)
 class ExecutionOutput(Resource):
+    @ns.response(200, "Bytes of the stream from offset (X-Scitq-Size: its size now)")
     @ns.expect(output_args)
-    @ns.produces(["application/octet-stream"])
+    @ns.produces(["application/octet-stream", "application/json"])
     def get(self, execution_id):
         """Output from a byte offset: call again from offset + length to follow it (tail -f)."""
         with state().db.read() as s:
             return output_response(get_execution(s, execution_id), output_args.parse_args())
 
+    @ns.response(200, "Stored", appended)
+    @ns.response(409, "A gap before the chunk, or the execution is lost", error)
+    @ns.response(413, "A chunk too large", error)
     @ns.expect(append_args)
     def post(self, execution_id):
         """Append a chunk (the raw request body) at `offset`: for the execution's worker.
@@ -119,6 +136,9 @@ class ExecutionOutput(Resource):
 
 @ns.route(f"/<{ID}:execution_id>/cache")
 class ExecutionCache(Resource):
+    @ns.response(400, "Invalid key", error)
+    @ns.response(404, "No such execution", error)
+    @ns.response(409, "The execution has ended", error)
     @ns.expect(cache_in, validate=True)
     @ns.marshal_with(cache_out)
     def post(self, execution_id):

@@ -5,18 +5,20 @@ from sqlalchemy import select
 
 from scitq.errors import BadRequest
 from scitq.server import jobs as jobs_
-from scitq.server.api import ID, natural_id, state
+from scitq.server.api import ERROR_FIELDS, ID, NullableInteger, NullableString, natural_id, state
 from scitq.server.deploys import ENGINES, deploy_params
 from scitq.server.models import Job
 from scitq.status import JobStatus
 
 ns = Namespace("jobs", description="Deploys and teardowns of worker hosts, retried by policy")
 
+error = ns.model("Error", ERROR_FIELDS)
 job = ns.model("Job", {
     "id": fields.Integer, "kind": fields.String, "target": fields.String, "status": fields.String,
     "params": fields.Raw, "attempts": fields.Integer, "max_attempts": fields.Integer,
-    "error": fields.String, "created_at": fields.String, "next_try_at": fields.String,
-    "started_at": fields.String, "ended_at": fields.String,
+    "error": NullableString(description="why its last attempt failed"),
+    "created_at": fields.String, "next_try_at": fields.String,
+    "started_at": NullableString, "ended_at": NullableString,
 })
 hosts = fields.List(fields.String(max_length=253), required=True, min_items=1, max_items=1000)
 deploy_in = ns.model("DeployIn", {
@@ -38,7 +40,8 @@ teardown_in = ns.model("TeardownIn", {
     "engine": fields.String(enum=list(ENGINES), description="default: the server's --deploy-engine"),
     "max_attempts": fields.Integer(min=1, max=20, default=3),
 })
-page = ns.model("JobPage", {"items": fields.List(fields.Nested(job)), "next": fields.Integer})
+page = ns.model("JobPage", {"items": fields.List(fields.Nested(job)),
+                            "next": NullableInteger(description="null: the last page")})
 
 list_args = reqparse.RequestParser()
 list_args.add_argument("status", choices=[s.value for s in JobStatus])
@@ -61,6 +64,7 @@ def _create(kind, params, hosts, max_attempts):
 
 @ns.route("")
 class Jobs(Resource):
+    @ns.response(400, "Invalid filter", error)
     @ns.expect(list_args)
     @ns.marshal_with(page)
     def get(self):
@@ -78,6 +82,7 @@ class Jobs(Resource):
 
 @ns.route("/deploy")
 class Deploy(Resource):
+    @ns.response(400, "Invalid hosts or settings (no job is made)", error)
     @ns.expect(deploy_in, validate=True)
     @ns.marshal_list_with(job, code=201)
     def post(self):
@@ -91,6 +96,7 @@ class Deploy(Resource):
 
 @ns.route("/teardown")
 class Teardown(Resource):
+    @ns.response(400, "Invalid hosts or settings (no job is made)", error)
     @ns.expect(teardown_in, validate=True)
     @ns.marshal_list_with(job, code=201)
     def post(self):
@@ -102,6 +108,7 @@ class Teardown(Resource):
 
 
 @ns.route(f"/<{ID}:job_id>")
+@ns.response(404, "No such job", error)
 class OneJob(Resource):
     @ns.marshal_with(job)
     def get(self, job_id):
@@ -110,6 +117,8 @@ class OneJob(Resource):
 
 
 @ns.route(f"/<{ID}:job_id>/retry")
+@ns.response(404, "No such job", error)
+@ns.response(409, "The job has not failed", error)
 class RetryJob(Resource):
     @ns.marshal_with(job)
     def post(self, job_id):
@@ -123,8 +132,11 @@ class RetryJob(Resource):
 
 @ns.route(f"/<{ID}:job_id>/log")
 class JobLog(Resource):
+    @ns.response(200, "The log from offset (X-Scitq-Size: its size now)")
+    @ns.response(400, "Invalid offset or limit", error)
+    @ns.response(404, "No such job", error)
     @ns.expect(log_args)
-    @ns.produces(["text/plain"])
+    @ns.produces(["text/plain", "application/json"])
     def get(self, job_id):
         """The job's log from a byte offset (call again from offset + length to follow it)."""
         a = log_args.parse_args()

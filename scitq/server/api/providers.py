@@ -1,27 +1,33 @@
 """Providers: the clouds (and machines) hosts come from, their flavors, quotas and instances."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
-from scitq.server.api import state
+from scitq.server.api import ERROR_FIELDS, NullableFloat, NullableString, state
+from scitq.server.models import MAX_INT
 from scitq.server.providers import query_flavors
 
 ns = Namespace("providers", description="Where hosts come from: flavors, quotas, instances")
 
+error = ns.model("Error", ERROR_FIELDS)
 provider = ns.model("Provider", {"name": fields.String, "configured": fields.Boolean,
-                                 "error": fields.String(description="why it cannot work, if so")})
+                                 "error": NullableString(description="why it cannot work, if so")})
 flavor = ns.model("Flavor", {
     "provider": fields.String, "region": fields.String, "name": fields.String,
     "cpu": fields.Integer, "ram": fields.Float(description="GiB"), "disk": fields.Float(description="GiB"),
-    "gpu": fields.Integer, "gpu_model": fields.String, "hourly_cost": fields.Float,
+    "gpu": fields.Integer, "gpu_model": NullableString,
+    "hourly_cost": NullableFloat(description="null: unknown"),
     "spot": fields.Boolean, "updated_at": fields.String,
 })
 quota = ns.model("Quota", {"region": fields.String, "resource": fields.String,
-                           "used": fields.Float, "limit": fields.Float})
+                           "used": fields.Float, "limit": NullableFloat(description="null: unlimited")})
 instance = ns.model("Instance", {
     "provider": fields.String, "id": fields.String, "name": fields.String, "region": fields.String,
-    "flavor": fields.String, "status": fields.String, "ip": fields.String,
-    "private_ip": fields.String, "user": fields.String, "tags": fields.Raw,
-    "created_at": fields.String,
+    "flavor": fields.String, "status": fields.String, "ip": NullableString,
+    "private_ip": NullableString, "user": NullableString, "tags": fields.Raw,
+    "created_at": NullableString,
 })
+refreshed = ns.model("CatalogRefreshed", {"provider": fields.String,
+                                          "flavors": fields.Integer(description="flavors read")})
+released = ns.model("InstanceDeleted", {"deleted": fields.String(description="its id")})
 create_in = ns.model("InstancesIn", {
     "flavor": fields.String(required=True, min_length=1, max_length=128),
     "region": fields.String(required=True, min_length=1, max_length=64),
@@ -33,7 +39,7 @@ create_in = ns.model("InstancesIn", {
 flavor_args = reqparse.RequestParser()
 flavor_args.add_argument("provider")
 flavor_args.add_argument("region")
-flavor_args.add_argument("min_cpu", type=inputs.natural)
+flavor_args.add_argument("min_cpu", type=inputs.int_range(0, MAX_INT))
 flavor_args.add_argument("min_ram", type=float)
 flavor_args.add_argument("min_disk", type=float)
 flavor_args.add_argument("gpu", type=inputs.boolean)
@@ -59,6 +65,7 @@ class Providers(Resource):
 
 @ns.route("/flavors")
 class Flavors(Resource):
+    @ns.response(400, "Invalid filter", error)
     @ns.expect(flavor_args)
     @ns.marshal_list_with(flavor)
     def get(self):
@@ -69,7 +76,10 @@ class Flavors(Resource):
 
 
 @ns.route("/<string:name>/regions")
+@ns.response(400, "Unknown provider, not configured here, or unusable", error)
+@ns.response(502, "The provider failed or could not be reached", error)
 class Regions(Resource):
+    @ns.response(200, "Its region names", fields.List(fields.String))
     def get(self, name):
         p = providers().get(name)
         p.check()
@@ -77,7 +87,10 @@ class Regions(Resource):
 
 
 @ns.route("/<string:name>/refresh")
+@ns.response(400, "Unknown provider, not configured here, or unusable", error)
+@ns.response(502, "The provider failed or could not be reached", error)
 class Refresh(Resource):
+    @ns.response(200, "Refreshed", refreshed)
     def post(self, name):
         """Read the provider's flavors and prices into the catalog."""
         with state().db.write() as s:
@@ -86,6 +99,8 @@ class Refresh(Resource):
 
 
 @ns.route("/<string:name>/quotas")
+@ns.response(400, "Unknown provider, not configured here, or unusable", error)
+@ns.response(502, "The provider failed or could not be reached", error)
 class Quotas(Resource):
     @ns.expect(region_arg)
     @ns.marshal_list_with(quota)
@@ -96,6 +111,8 @@ class Quotas(Resource):
 
 
 @ns.route("/<string:name>/instances")
+@ns.response(400, "Unknown provider, not configured here, or unusable", error)
+@ns.response(502, "The provider failed or could not be reached", error)
 class Instances(Resource):
     @ns.marshal_list_with(instance)
     def get(self, name):
@@ -104,6 +121,7 @@ class Instances(Resource):
         p.check()
         return [i.to_dict() for i in p.list()]
 
+    @ns.response(409, "No capacity, or a quota would be exceeded", error)
     @ns.expect(create_in, validate=True)
     @ns.marshal_list_with(instance, code=201)
     def post(self, name):
@@ -115,11 +133,15 @@ class Instances(Resource):
 
 
 @ns.route("/<string:name>/instances/<string:instance_id>")
+@ns.response(400, "Unknown provider, not configured here, or unusable", error)
+@ns.response(502, "The provider failed or could not be reached", error)
 class OneInstance(Resource):
+    @ns.response(404, "No such instance", error)
     @ns.marshal_with(instance)
     def get(self, name, instance_id):
         return providers().get(name).get(instance_id).to_dict()
 
+    @ns.response(200, "Deleted (or released)", released)
     def delete(self, name, instance_id):
         """Delete (or, for static hosts, release) an instance; deleting one gone is fine."""
         providers().get(name).delete(instance_id)

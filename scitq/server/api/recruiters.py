@@ -3,15 +3,13 @@ what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.recruit import rules
-from scitq.server.api import ID, NullableFloat, NullableInteger, NullableString, natural_id, state
+from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
+                              NullableString, natural_id, state)
 
 ns = Namespace("recruiters", description="Rules that rent hosts for a batch, and what they cost")
 instances_ns = Namespace("instances", description="Hosts scitq rented: whom they serve, what they cost")
-
-
-class NullableList(fields.List):
-    def schema(self):
-        return dict(super().schema(), type=["array", "null"])
+error = ns.model("Error", ERROR_FIELDS)
+instances_error = instances_ns.model("Error", ERROR_FIELDS)
 
 
 cost = ns.model("Cost", {
@@ -59,6 +57,9 @@ recruiter = ns.model("Recruiter", {
     "cost": fields.Nested(cost, description="what its hosts cost"),
     "remaining": fields.Integer(description="tasks of its batch not finished yet"),
 })
+deleted = ns.model("RecruiterDeleted", {
+    "deleted": fields.Integer(description="its id"),
+    "live_hosts": fields.Integer(description="its hosts still live: they serve until idle")})
 batch_cost = ns.model("BatchCost", {"batch": fields.String, **cost})
 
 list_args = reqparse.RequestParser()
@@ -76,6 +77,7 @@ def _wake():
 
 @ns.route("")
 class Recruiters(Resource):
+    @ns.response(404, "No such batch", error)
     @ns.expect(list_args)
     @ns.marshal_list_with(recruiter)
     def get(self):
@@ -84,6 +86,7 @@ class Recruiters(Resource):
         with state().db.read() as s:
             return rules.recruiter_dicts(s, rules.list_recruiters(s, batch))
 
+    @ns.response(400, "Invalid recruiter, or its provider is not configured here", error)
     @ns.expect(recruiter_in, validate=True)
     @ns.marshal_with(recruiter, code=201)
     def post(self):
@@ -99,6 +102,8 @@ class Recruiters(Resource):
 
 @ns.route("/cost")
 class BatchCost(Resource):
+    @ns.response(400, "No batch given", error)
+    @ns.response(404, "No such batch", error)
     @ns.expect(cost_args)
     @ns.marshal_with(batch_cost)
     def get(self):
@@ -108,12 +113,14 @@ class BatchCost(Resource):
 
 
 @ns.route(f"/<{ID}:recruiter_id>")
+@ns.response(404, "No such recruiter", error)
 class OneRecruiter(Resource):
     @ns.marshal_with(recruiter)
     def get(self, recruiter_id):
         with state().db.read() as s:
             return rules.recruiter_dict(s, rules.get_recruiter(s, recruiter_id))
 
+    @ns.response(200, "Deleted", deleted)
     def delete(self, recruiter_id):
         """Stop the recruiter renting; its live hosts stay and keep serving until idle."""
         with state().db.write() as s:
@@ -127,18 +134,20 @@ class OneRecruiter(Resource):
 # Not "Instance": the providers namespace has that model (a host as its cloud sees it).
 instance = instances_ns.model("RentedInstance", {
     "id": fields.Integer, "name": fields.String(description="also its worker's name"),
-    "recruiter_id": fields.Integer(description="null once its recruiter is deleted"),
-    "batch_id": fields.Integer, "provider": fields.String, "region": fields.String,
-    "flavor": fields.String, "spot": fields.Boolean, "hourly_cost": fields.Float,
-    "provider_id": fields.String(description="its id at the provider"), "ip": fields.String,
-    "status": fields.String(enum=rules.INSTANCE_STATUSES), "error": fields.String,
-    "created_at": fields.String, "deleted_at": fields.String,
+    "recruiter_id": NullableInteger(description="null once its recruiter is deleted"),
+    "batch_id": NullableInteger(description="null once its batch is deleted"),
+    "provider": fields.String, "region": fields.String,
+    "flavor": fields.String, "spot": fields.Boolean,
+    "hourly_cost": NullableFloat(description="null: unknown"),
+    "provider_id": NullableString(description="its id at the provider (null until it has one)"),
+    "ip": NullableString, "status": fields.String(enum=rules.INSTANCE_STATUSES),
+    "error": NullableString, "created_at": fields.String, "deleted_at": NullableString,
     "cost": fields.Float(description="closed cost, or what it has cost so far"),
     "age": fields.Float(description="seconds since it was asked of the provider"),
 })
 page = instances_ns.model("RentedInstancePage", {
     "items": fields.List(fields.Nested(instance)),
-    "next": fields.Integer(description="cursor of the next page")})
+    "next": NullableInteger(description="cursor of the next page (null: the last)")})
 
 instance_args = reqparse.RequestParser()
 instance_args.add_argument("status", choices=rules.INSTANCE_STATUSES + ["live"],
@@ -152,6 +161,8 @@ instance_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
 
 @instances_ns.route("")
 class Instances(Resource):
+    @instances_ns.response(400, "Invalid filter", instances_error)
+    @instances_ns.response(404, "No such batch", instances_error)
     @instances_ns.expect(instance_args)
     @instances_ns.marshal_with(page)
     def get(self):
@@ -163,6 +174,7 @@ class Instances(Resource):
 
 
 @instances_ns.route(f"/<{ID}:instance_id>")
+@instances_ns.response(404, "No such instance", instances_error)
 class OneInstance(Resource):
     @instances_ns.marshal_with(instance)
     def get(self, instance_id):

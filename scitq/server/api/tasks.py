@@ -2,10 +2,12 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server import lifecycle, queue
-from scitq.server.api import ID, IdOrName, natural_id, state
+from scitq.server.api import (ERROR_FIELDS, ID, IdOrName, NullableFloat, NullableInteger,
+                              NullableString, natural_id, state)
 from scitq.server.api.executions import execution, output_response, output_args
 
 ns = Namespace("tasks", description="What to run")
+error = ns.model("Error", ERROR_FIELDS)
 
 task_fields = {
     "command": fields.String(required=True, min_length=1, description="shell command line"),
@@ -44,24 +46,28 @@ task_edit = ns.model("TaskEdit", {k: v for k, v in task_fields.items() if k not 
     "command": fields.String(min_length=1),
     "depends_on": fields.List(fields.Integer, description="ids of the tasks it waits for")})
 # How a task runs: in the task as stored, and in the assignment a worker gets.
+# (null: not set)
 how_it_runs = {
-    "timeout": fields.Float, "staging_timeout": fields.Float,
-    "container": fields.String, "container_options": fields.String,
+    "timeout": NullableFloat, "staging_timeout": NullableFloat,
+    "container": NullableString, "container_options": NullableString,
     "inputs": fields.List(fields.String), "resources": fields.List(fields.String),
-    "output": fields.String, "use_cache": fields.Boolean,
+    "output": NullableString, "use_cache": fields.Boolean,
 }
 task = ns.model("Task", {
     "id": fields.Integer, "batch": fields.String, "batch_id": fields.Integer,
-    "name": fields.String, "command": fields.String, "shell": fields.Boolean,
-    "status": fields.String, "reason": fields.String, "attempt": fields.Integer,
-    "retries": fields.Integer, "retry_delay": fields.Float, "retry_backoff": fields.Float,
-    "not_before": fields.String, **how_it_runs,
+    "name": NullableString, "command": fields.String, "shell": fields.Boolean,
+    "status": fields.String, "reason": NullableString(description="why it failed or was canceled"),
+    "attempt": fields.Integer, "retries": fields.Integer, "retry_delay": fields.Float,
+    "retry_backoff": fields.Float,
+    "not_before": NullableString(description="a retry waits till then"), **how_it_runs,
     "created_at": fields.String, "updated_at": fields.String,
 })
 task_detail = ns.inherit("TaskDetail", task, {
     "depends_on": fields.List(fields.Integer), "executions": fields.List(fields.Nested(execution))})
 page = ns.model("TaskPage", {"items": fields.List(fields.Nested(task)),
-                             "next": fields.Integer(description="cursor of the next page")})
+                             "next": NullableInteger(description="cursor of the next page "
+                                                                 "(null: this is the last)")})
+deleted = ns.model("TaskDeleted", {"deleted": fields.Integer(description="its id")})
 created = ns.model("TasksCreated", {"ids": fields.List(fields.Integer), "count": fields.Integer})
 
 list_args = reqparse.RequestParser()
@@ -79,6 +85,8 @@ def _created(ids):
 
 @ns.route("")
 class Tasks(Resource):
+    @ns.response(400, "Invalid filter", error)
+    @ns.response(404, "No such batch", error)
     @ns.expect(list_args)
     @ns.marshal_with(page)
     def get(self):
@@ -88,6 +96,7 @@ class Tasks(Resource):
             tasks, nxt = queue.list_tasks(s, a["batch"], a["status"], a["name"], a["after"], a["limit"])
             return {"items": [t.to_dict() for t in tasks], "next": nxt}
 
+    @ns.response(400, "Invalid task", error)
     @ns.expect(task_in, validate=True)
     @ns.marshal_with(task, code=201)
     def post(self):
@@ -101,6 +110,7 @@ class Tasks(Resource):
 
 @ns.route("/bulk")
 class BulkTasks(Resource):
+    @ns.response(400, "Invalid task (none is stored)", error)
     @ns.expect(bulk_in, validate=True)
     @ns.marshal_with(created, code=201)
     def post(self):
@@ -112,6 +122,7 @@ class BulkTasks(Resource):
 
 
 @ns.route(f"/<{ID}:task_id>")
+@ns.response(404, "No such task", error)
 class OneTask(Resource):
     @ns.marshal_with(task_detail)
     def get(self, task_id):
@@ -119,6 +130,8 @@ class OneTask(Resource):
         with state().db.read() as s:
             return queue.task_detail(s, queue.get_task(s, task_id))
 
+    @ns.response(400, "Invalid change", error)
+    @ns.response(409, "The task is assigned or running", error)
     @ns.expect(task_edit, validate=True)
     @ns.marshal_with(task)
     def put(self, task_id):
@@ -126,6 +139,8 @@ class OneTask(Resource):
         with state().db.write() as s:
             return queue.update_task(s, queue.get_task(s, task_id), ns.payload).to_dict()
 
+    @ns.response(200, "Deleted", deleted)
+    @ns.response(409, "The task is assigned or running", error)
     def delete(self, task_id):
         """Delete a task that is not running, with its executions and outputs."""
         st = state()
@@ -136,6 +151,8 @@ class OneTask(Resource):
 
 
 @ns.route(f"/<{ID}:task_id>/relaunch")
+@ns.response(404, "No such task", error)
+@ns.response(409, "The task is not finished", error)
 class RelaunchTask(Resource):
     @ns.marshal_with(task)
     def post(self, task_id):
@@ -159,6 +176,8 @@ def _act(task_id, action):
 
 
 @ns.route(f"/<{ID}:task_id>/force")
+@ns.response(404, "No such task", error)
+@ns.response(409, "The task is neither waiting nor canceled", error)
 class ForceTask(Resource):
     @ns.marshal_with(task)
     def post(self, task_id):
@@ -173,6 +192,8 @@ def _signal_route(sig, doc):
             return _act(task_id, lambda s, t: lifecycle.signal_task(s, t, sig))
     Signal.post.__doc__ = doc
     Signal.__name__ = f"{sig.title()}Task"
+    ns.response(404, "No such task", error)(Signal)
+    ns.response(409, f"The task's status leaves nothing to {sig}", error)(Signal)
     ns.route(f"/<{ID}:task_id>/{sig}")(Signal)
 
 
@@ -184,8 +205,11 @@ _signal_route("resume", "Continue a paused task (SIGCONT, or docker unpause).")
 
 @ns.route(f"/<{ID}:task_id>/output")
 class TaskOutput(Resource):
+    @ns.response(200, "Bytes of the stream from offset (X-Scitq-Size: its size now)")
+    @ns.response(400, "Invalid stream, offset or limit", error)
+    @ns.response(404, "No such task, or it has not run yet", error)
     @ns.expect(output_args)
-    @ns.produces(["application/octet-stream"])
+    @ns.produces(["application/octet-stream", "application/json"])
     def get(self, task_id):
         """Output of the task's latest execution, from a byte offset (see executions)."""
         with state().db.read() as s:

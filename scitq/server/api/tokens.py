@@ -2,11 +2,12 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server import tokens
-from scitq.server.api import NullableInteger, NullableString, state
+from scitq.server.api import ERROR_FIELDS, NullableInteger, NullableString, state
 from scitq.status import Role
 
 ns = Namespace("tokens", description="API tokens and their roles (admin only)")
 
+error = ns.model("Error", ERROR_FIELDS)
 token = ns.model("Token", {
     "id": fields.Integer, "name": fields.String, "role": fields.String,
     "prefix": fields.String(description="its first characters (the token itself is never shown "
@@ -26,12 +27,14 @@ list_args.add_argument("revoked", type=inputs.boolean, default=False, help="list
 
 @ns.route("")
 class Tokens(Resource):
+    @ns.response(400, "Invalid argument", error)
     @ns.expect(list_args)
     @ns.marshal_list_with(token)
     def get(self):
         with state().db.read() as s:
             return [t.to_dict() for t in tokens.list_tokens(s, list_args.parse_args()["revoked"])]
 
+    @ns.response(400, "Invalid name or role", error)
     @ns.expect(token_in, validate=True)
     @ns.marshal_with(created, code=201)
     def post(self):
@@ -43,6 +46,7 @@ class Tokens(Resource):
 
 @ns.route("/<ref>")
 @ns.param("ref", "token id, or name (every live token of that name)")
+@ns.response(404, "No such token", error)
 class OneToken(Resource):
     @ns.marshal_list_with(token)
     def delete(self, ref):
