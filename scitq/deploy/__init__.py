@@ -11,6 +11,7 @@ packages come from the server's wheelhouse (scitq/deploy/wheelhouse.py).
 Both are idempotent: a second bootstrap of a host changes nothing and says so.
 """
 import importlib
+import re
 from dataclasses import dataclass, field
 
 from scitq.errors import BadRequest, ScitqError
@@ -18,6 +19,10 @@ from scitq.errors import BadRequest, ScitqError
 ENGINES = {"pyinfra": "scitq.deploy.pyinfra_engine", "ansible": "scitq.deploy.ansible_engine"}
 REMOTE_ROOT = "/opt/scitq"                 # venv and config on the host
 SERVICE = "scitq-worker"                   # systemd unit / supervised process name
+# What a target may be, matched whole, whoever asks (the API checks the same first): a host
+# name or an address, never an option to ssh (no leading -), and a plain user name.
+HOST = re.compile(r"(?!-)[A-Za-z0-9._:-]{1,253}")
+USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 class DeployError(ScitqError):
@@ -54,11 +59,24 @@ def engine(name):
         raise BadRequest(f"unknown deploy engine {name!r}: one of {', '.join(ENGINES)}") from None
 
 
+def check_target(target):
+    """BadRequest unless the target is a plain host, user and port: what the engines hand to
+    ssh and paramiko is then never read as an option."""
+    if not isinstance(target.host, str) or not HOST.fullmatch(target.host):
+        raise BadRequest(f"invalid host {str(target.host)[:80]!r}: a host name or an IP address")
+    if not isinstance(target.user, str) or not USER.fullmatch(target.user):
+        raise BadRequest(f"invalid SSH user {str(target.user)[:40]!r}")
+    if not isinstance(target.port, int) or isinstance(target.port, bool) or not 0 < target.port < 65536:
+        raise BadRequest(f"invalid SSH port {target.port!r}")
+
+
 def bootstrap(target, settings, engine_name="pyinfra", log=print):
     """Install and start the worker; returns True when something changed. Raises DeployError."""
+    check_target(target)
     return engine(engine_name).bootstrap(target, settings, log)
 
 
 def teardown(target, engine_name="pyinfra", log=print):
     """Stop the worker and remove everything bootstrap put on the host. Raises DeployError."""
+    check_target(target)
     return engine(engine_name).teardown(target, log)

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import scitq
-from scitq.deploy import REMOTE_ROOT, SERVICE, DeployError
+from scitq.deploy import REMOTE_ROOT, SERVICE, DeployError, check_target
 from scitq.deploy import pyinfra_engine as layout     # the layout on the host is the pyinfra engine's
 
 CONNECT_TIMEOUT = layout.CONNECT_TIMEOUT      # seconds for an SSH connection
@@ -111,6 +111,7 @@ def _ansible_runner():
 
 def _run(playbook, target, variables, log, done):
     """Run one playbook on the target; True if the recap counts a change. Raises DeployError."""
+    check_target(target)                   # its host and user go to ssh's command line
     ansible_runner = _ansible_runner()
     path = playbooks_dir() / playbook
     events = _Events(log)

@@ -31,7 +31,7 @@ from pyinfra.operations import files, pip, systemd
 from pyinfra.operations.util import any_changed
 
 import scitq
-from scitq.deploy import REMOTE_ROOT, SERVICE, DeployError
+from scitq.deploy import REMOTE_ROOT, SERVICE, DeployError, check_target
 
 CONNECT_TIMEOUT = 10         # seconds for the SSH connection
 REGISTER_TIMEOUT = 60        # seconds for the started worker to register on the server
@@ -284,6 +284,7 @@ class _Output(BaseStateCallback):
 @contextlib.contextmanager
 def _session(target, log):
     """(state, host, relay) for one host, connected; disconnected at the end, always."""
+    check_target(target)
     data = {"ssh_user": target.user, "ssh_port": target.port,
             "ssh_known_hosts_file": "/dev/null",        # hosts are new and their addresses reused:
             "ssh_strict_host_key_checking": "off",      # no host key is known, none is kept

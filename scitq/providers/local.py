@@ -60,7 +60,7 @@ FLAVORS = [  # name, cpu, ram GiB, disk GiB
 ]
 PACKAGES = ["openssh-server", "python3", "python3-venv", "systemd-sysv", "dbus", "iproute2", "procps"]
 IMAGE_RECIPE = 1            # bump when _customize() changes, so a new image is built
-HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")      # matched whole
 DEFAULTS = {
     "cache_dir": "/var/cache/scitq/local",
     "run_dir": "/run/scitq/local",
@@ -212,7 +212,7 @@ class LocalProvider(Provider):
     # --- instances --------------------------------------------------------------------
 
     def create(self, spec):
-        if not HOST_NAME.match(spec.name or ""):
+        if not isinstance(spec.name, str) or not HOST_NAME.fullmatch(spec.name):
             raise BadRequest(f"local host name {spec.name!r} must be a valid hostname (a-z, 0-9, -)")
         if spec.region not in (None, REGION):
             raise BadRequest(f"the local provider has one region, {REGION!r}, not {spec.region!r}")

@@ -8,6 +8,9 @@ from scitq.server.sshkey import ensure_keypair
 
 ENGINES = ("pyinfra", "ansible")
 URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@%+=-]{1,512}")
+# The name a deployed worker registers with: it goes into the host's settings file and the
+# engines' variables, so plain characters only (a worker may name itself more freely).
+WORKER_NAME = re.compile(r"(?!\d+\Z)[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}")
 
 
 def deploy_params(body, public_url, default_engine="pyinfra"):
@@ -22,13 +25,12 @@ def deploy_params(body, public_url, default_engine="pyinfra"):
         raise BadRequest(f"unknown deploy engine {engine!r}: one of {', '.join(ENGINES)}")
     # What the worker will register with, checked now rather than on the host at each attempt.
     from scitq.server.queue import check_batch_name
-    from scitq.server.reports import WORKER_NAME
     if body.get("batch") is not None:
         check_batch_name(body["batch"])
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not WORKER_NAME.fullmatch(name)):
-        raise BadRequest(f"invalid worker name {str(name)[:80]!r}: 1-128 characters, no '/', "
-                         "space or control character, not digits alone")
+        raise BadRequest(f"invalid worker name {str(name)[:80]!r}: 1-128 letters, digits and "
+                         "._+@:=-, starting with a letter or digit, not digits alone")
     return {"engine": engine, "user": body.get("user") or "root", "port": body.get("port") or 22,
             "server_url": server_url.rstrip("/"), "concurrency": body.get("concurrency") or 1,
             "prefetch": body.get("prefetch") or 0, "batch": body.get("batch"),
