@@ -140,7 +140,7 @@ def assert_torn_down(key, ip):
 
 
 def test_bootstrap_run_again_and_teardown(db_url, procs, provider, host, wheelhouse_url, ssh_key, nothing_left_here):
-    server = procs.server(db_url, "--host", provider.bridge_address)
+    server = procs.server(db_url, "--host", provider.bridge_address, "--insecure")
     server_url = f"http://{provider.bridge_address}:{urlsplit(server.url).port}"
     settings = WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=host.name,
                               concurrency=3, prefetch=1, token=TOKEN)
@@ -199,7 +199,7 @@ def test_same_layout_as_the_pyinfra_engine(procs, tmp_path, provider, host, whee
                                            monkeypatch, nothing_left_here):
     """Each engine finds the other's host unchanged, and tears it down; with systemd, and with
     the supervisor loop where systemd is not (the engines are told so)."""
-    server = procs.server(f"sqlite:///{tmp_path}/scitq.db", "--host", provider.bridge_address)
+    server = procs.server(f"sqlite:///{tmp_path}/scitq.db", "--host", provider.bridge_address, "--insecure")
     server_url = f"http://{provider.bridge_address}:{urlsplit(server.url).port}"
     settings = WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=host.name, concurrency=2)
     target = Target(host.ip, key=str(ssh_key))

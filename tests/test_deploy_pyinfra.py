@@ -97,7 +97,7 @@ def timed(fn, *args, **kwargs):
 
 def test_bootstrap_run_change_and_teardown(db_url, procs, provider, hosts, wheelhouse_url, ssh_key, monkeypatch):
     a, b = hosts
-    server = procs.server(db_url, "--host", provider.bridge_address)
+    server = procs.server(db_url, "--host", provider.bridge_address, "--insecure")
     server_url = f"http://{provider.bridge_address}:{urlsplit(server.url).port}"
     settings = {h.name: WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=h.name,
                                        concurrency=c, prefetch=1, token=TOKEN) for h, c in ((a, 3), (b, 2))}

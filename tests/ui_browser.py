@@ -17,7 +17,9 @@ LAPTOP = {"width": 1366, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in the main thread while it
+# is open, and later tests (asyncio.run in the worker's own tests) need it gone.
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         real_part_missing(f"{CHROMIUM} is missing (apt-get install chromium)")
