@@ -192,7 +192,8 @@ class Worker:
             ex.kill(reason="gone")
             ex.report = lambda report: None
         self.held.discard(eid)
-        self.reports = [r for r in self.reports if r.get("execution_id") != eid]
+        # Its reports still queued stay: the report loop deletes what it sent by position, and
+        # the server refuses them harmlessly (a poll also names executions that just ended).
 
     def _start_ready(self):
         while self.queue and len(self.running) < self.concurrency and not self.draining:
