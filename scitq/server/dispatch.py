@@ -72,6 +72,7 @@ class Dispatcher(Loop):
     tick = 1.0          # seconds between passes when nothing wakes it
     lease = 90.0        # seconds a worker may stay silent before its work is given back
     sweep_every = 5.0   # seconds between lease sweeps
+    min_gap = 0.1       # seconds between passes for wake-ups that may wait (see wake)
 
     def __init__(self, db, notifier, lease=None):
         super().__init__()
@@ -83,13 +84,32 @@ class Dispatcher(Loop):
         # No worker can be heard while this server is down or its database unreachable: a
         # worker's silence counts against its lease only from when it could have been heard.
         self._heard_since = time.monotonic()
+        self._last_pass = 0.0
+        self._hurry = False
+
+    def wake(self, at_once=True):
+        """Ask for a pass. at_once=False: it may wait until `min_gap` after the previous
+        pass, to serve the wake-ups of that time together (for workers that have tasks
+        queued: the reports of their ended tasks come in a stream)."""
+        if at_once:
+            self._hurry = True
+        super().wake()
 
     def step(self):
+        # Under load, wake-ups that may wait come in streams: one pass serves all those of
+        # `min_gap` seconds, so each pass assigns many tasks instead of one. A wake-up that
+        # may not wait (a submission, a worker with a slot idle) ends the wait at once.
+        deadline = self._last_pass + self.min_gap
+        while not self._hurry and (left := deadline - time.monotonic()) > 0:
+            self._wake.wait(left)   # a wake-up ends the wait early: then go on if it hurries
+            self._wake.clear()      # this pass serves the wake-ups that came meanwhile
+        self._hurry = False
         try:
             now = time.monotonic()
             if now - self._last_sweep >= self.sweep_every and now - self._heard_since >= self.lease:
                 self.sweep()
                 self._last_sweep = time.monotonic()
+            self._last_pass = time.monotonic()
             self.dispatch()
         except OperationalError:
             self._heard_since = time.monotonic()    # heartbeats cannot be written either
@@ -103,51 +123,80 @@ class Dispatcher(Loop):
                                                       {"k": DISPATCH_LOCK}):
                 return assigned     # another server process is dispatching right now
             workers = s.execute(
-                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id)
+                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id,
+                       Worker.idle_since)
                 .where(Worker.status == WorkerStatus.RUNNING.value)
                 .order_by(Worker.id)).all()
             if not workers:
                 return assigned
+            # By worker id: the index on (worker_id, status) answers without reading the
+            # history of executions, which only grows.
             active = dict(s.execute(
                 select(Execution.worker_id, func.count())
-                .where(Execution.status.in_(ACTIVE), Execution.worker_id.is_not(None))
+                .where(Execution.worker_id.in_([w.id for w in workers]), Execution.status.in_(ACTIVE))
                 .group_by(Execution.worker_id)).all())
             open_batches = select(Batch.id).where(Batch.status == BatchStatus.ACTIVE.value)
             room = self._batch_room(s)    # batches with a cap: how many more may start
-            exhausted = False   # no pending task left for workers without a batch
             now = utcnow()
-            for w in workers:
-                free = w.concurrency + w.prefetch - active.get(w.id, 0)
-                if free <= 0 or (exhausted and w.batch_id is None):
+            claims = []             # (worker, task ids), in worker order
+            exhausted = False       # no pending task left for workers without a batch
+            i = 0
+            while i < len(workers):
+                w = workers[i]
+                if w.batch_id is not None:
+                    group = [w]
+                    i += 1
+                else:   # consecutive workers without a batch claim together, in one query
+                    group = []
+                    while i < len(workers) and workers[i].batch_id is None:
+                        group.append(workers[i])
+                        i += 1
+                free = [max(g.concurrency + g.prefetch - active.get(g.id, 0), 0) for g in group]
+                if not sum(free) or (exhausted and w.batch_id is None):
                     continue
-                ids = self._claim(s, w, free, open_batches, room, now)
-                if not ids:
-                    exhausted = exhausted or w.batch_id is None
-                    continue
-                s.execute(update(Task).where(Task.id.in_(ids))
+                ids = self._claim(s, w, sum(free), open_batches, room, now,
+                                  [tid for _, taken in claims for tid in taken])
+                if w.batch_id is None and len(ids) < sum(free):
+                    exhausted = True
+                for g, n in zip(group, free):   # oldest first, to the first workers first
+                    if ids[:n]:
+                        claims.append((g, ids[:n]))
+                    ids = ids[n:]
+            if claims:
+                all_ids = [tid for _, ids in claims for tid in ids]
+                s.execute(update(Task).where(Task.id.in_(all_ids))
                           .values(status=TaskStatus.ASSIGNED.value, attempt=Task.attempt + 1,
                                   not_before=None, updated_at=now)
                           .execution_options(synchronize_session=False))
-                rows = s.execute(insert(Execution).returning(Execution.id, Execution.task_id),
+                rows = s.execute(insert(Execution).returning(Execution.id, Execution.task_id,
+                                                             sort_by_parameter_order=True),
                                  [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
                                    "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
                                    "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
-                                   "paused": False} for tid in ids]).all()
+                                   "paused": False} for w, ids in claims for tid in ids]).all()
+                names = [w.name for w, ids in claims for _ in ids]
                 s.execute(insert(Event), [
                     {"at": now, "kind": "execution.assigned", "object_type": "execution",
-                     "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
-                    for eid, tid in rows])
-                assigned[w.id] = len(ids)
-            if assigned:
-                s.execute(update(Worker).where(Worker.id.in_(assigned), Worker.idle_since.is_not(None))
-                          .values(idle_since=None).execution_options(synchronize_session=False))
+                     "object_id": eid, "detail": {"task_id": tid, "worker": name}}
+                    for (eid, tid), name in zip(rows, names)])
+                assigned = {w.id: len(ids) for w, ids in claims}
+            # Since when a worker runs nothing (recruitment tears idle hosts down): set here
+            # for the workers left with nothing, cleared for those given work.
+            busy = [w.id for w in workers if w.idle_since is not None and w.id in assigned]
+            idle = [w.id for w in workers if w.idle_since is None and w.id not in assigned
+                    and not active.get(w.id)]
+            for ids, value in ((busy, None), (idle, now)):
+                if ids:
+                    s.execute(update(Worker).where(Worker.id.in_(ids))
+                              .values(idle_since=value).execution_options(synchronize_session=False))
         if assigned:
             self.notifier.notify(*assigned)
         return assigned
 
     @staticmethod
-    def _claim(s, w, free, open_batches, room, now):
-        """Up to `free` pending task ids for worker w, oldest first, within batch caps."""
+    def _claim(s, w, free, open_batches, room, now, taken=()):
+        """Up to `free` pending task ids for worker w, oldest first, within batch caps,
+        but none of `taken` (claimed earlier in this pass, and still pending until its end)."""
         ids = []
         for _ in range(3):      # a capped batch can fill up midway: then look past it
             claim = (select(Task.id, Task.batch_id)
@@ -161,8 +210,8 @@ class Dispatcher(Loop):
                 claim = claim.where(Task.batch_id.not_in(full))
             if w.batch_id is not None:
                 claim = claim.where(Task.batch_id == w.batch_id)
-            if ids:
-                claim = claim.where(Task.id.not_in(ids))
+            if ids or taken:
+                claim = claim.where(Task.id.not_in([*taken, *ids]))
             skipped = False
             rows = s.execute(claim).all()
             for tid, bid in rows:

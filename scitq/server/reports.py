@@ -4,13 +4,14 @@ import binascii
 import math
 import re
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import joinedload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import record
 from scitq.server.dispatch import ACTIVE, give_back
-from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, Task, Worker, utcnow
+from scitq.server.models import MAX_ID, MAX_INT, Batch, Event, Execution, Task, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 
@@ -27,6 +28,16 @@ def get_worker(s, worker_id):
     if worker is None:
         raise NotFound(f"no worker {worker_id}")
     return worker
+
+
+def worker_settings(s, worker_id):
+    """What a poll needs of its worker (status, concurrency, prefetch, last_seen), without
+    loading the whole row and its batch."""
+    row = s.execute(select(Worker.status, Worker.concurrency, Worker.prefetch, Worker.last_seen)
+                    .where(Worker.id == worker_id)).first()
+    if row is None:
+        raise NotFound(f"no worker {worker_id}")
+    return row
 
 
 def check_settings(changes):
@@ -147,23 +158,23 @@ ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "she
                      "resources", "output", "use_cache")
 
 
-def pending_assignments(s, worker_id, known):
-    """Executions assigned to the worker that it has not said it holds (one query)."""
+def pending_work(s, worker_id, known):
+    """(assignments the worker does not hold yet, signals for its live executions, ids of
+    `known` that are no longer its to run), from one query: a poll makes it each time it
+    looks. `gone` is what lifecycle.gone() says, from the same rows."""
     rows = s.execute(
-        select(*ASSIGNMENT_COLUMNS)
+        select(Execution.status, Execution.signal, Execution.signal_seq, *ASSIGNMENT_COLUMNS)
         .join(Task, Execution.task_id == Task.id).join(Batch, Task.batch_id == Batch.id)
-        .where(Execution.worker_id == worker_id,
-               Execution.status == ExecutionStatus.ASSIGNED.value)
+        .where(Execution.worker_id == worker_id, Execution.status.in_(ACTIVE))
         .order_by(Execution.id))
-    return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows if row[0] not in known]
-
-
-def pending_signals(s, worker_id):
-    """Signals users asked for on the worker's live executions, not yet applied."""
-    rows = s.execute(select(Execution.id, Execution.signal, Execution.signal_seq)
-                     .where(Execution.worker_id == worker_id, Execution.signal.is_not(None),
-                            Execution.status.in_(ACTIVE)))
-    return [{"execution_id": eid, "signal": sig, "seq": seq} for eid, sig, seq in rows]
+    assignments, signals, live = [], [], set()
+    for status, sig, seq, *row in rows:
+        live.add(row[0])
+        if status == ExecutionStatus.ASSIGNED.value and row[0] not in known:
+            assignments.append(dict(zip(ASSIGNMENT_FIELDS, row)))
+        if sig is not None:
+            signals.append({"execution_id": row[0], "signal": sig, "seq": seq})
+    return assignments, signals, sorted(set(known) - live)
 
 
 def apply_reports(s, worker, reports, outputs):
@@ -171,8 +182,19 @@ def apply_reports(s, worker, reports, outputs):
 
     Reports are idempotent: a report the server already applied is acked again, so a
     worker that did not hear the answer can simply send it once more.
+
+    The whole batch is one transaction: its executions and their tasks are loaded by one
+    query, and what waits for the tasks that succeeded is released by one more at the end,
+    rather than a few round trips per report (they were most of the server's time).
     """
     acked, refused = [], []
+    ids = {r.get("execution_id") for r in reports if isinstance(r, dict)}
+    ids = [eid for eid in ids if isinstance(eid, int) and not isinstance(eid, bool) and 0 < eid <= MAX_ID]
+    # Held here for the loop: the session's identity map only keeps them weakly.
+    loaded = s.scalars(select(Execution).options(joinedload(Execution.task))
+                       .where(Execution.id.in_(ids))).all() if ids else []
+    succeeded = []
+    events = _Events(s)
     for i, rep in enumerate(reports):
         eid = rep.get("execution_id")
         try:
@@ -184,25 +206,45 @@ def apply_reports(s, worker, reports, outputs):
                 value = rep.get(key)
                 if value is not None and (not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT):
                     raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
-            _apply(s, worker, rep, outputs)
+            _apply(s, worker, rep, outputs, succeeded, events)
             acked.append(eid)
         except (BadRequest, Conflict, Forbidden, NotFound) as err:
             refused.append({"execution_id": eid, "error": err.message, "status": err.http_status})
-    if worker.idle_since is None and any(r.get("status") in FREEING for r in reports):
-        s.flush()
-        if not running_counts(s, [worker.id]).get(worker.id):
-            worker.idle_since = utcnow()
+    events.flush()
+    if succeeded:
+        lifecycle.release_dependents(s, succeeded)
+    del loaded
+    # A worker left with nothing to run gets its idle_since from the dispatch pass these
+    # reports wake (it counts every worker's executions anyway): no query per report here.
     return acked, refused
-
-
-FREEING = ("succeeded", "failed", "released")
 
 
 REASON = re.compile(r"[a-z_]{1,32}")         # matched whole
 FINAL = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 
 
-def _apply(s, worker, rep, outputs):
+class _Events:
+    """The event rows of a batch of reports, inserted by one statement rather than one
+    ORM object each, and still in order with those lifecycle functions record."""
+
+    def __init__(self, session):
+        self.s = session
+        self.rows = []
+
+    def add(self, kind, ex, **detail):
+        self.rows.append({"at": utcnow(), "kind": kind, "object_type": "execution",
+                          "object_id": ex.id, "detail": detail or None})
+
+    def flush(self):
+        """Insert now (before anything else records an event)."""
+        if self.rows:
+            if self.s.new:
+                self.s.flush()      # events recorded earlier come first
+            self.s.execute(insert(Event.__table__), self.rows)
+            self.rows = []
+
+
+def _apply(s, worker, rep, outputs, succeeded, events):
     ex = s.get(Execution, rep["execution_id"])
     if ex is None:
         raise NotFound(f"no execution {rep['execution_id']}")
@@ -210,7 +252,7 @@ def _apply(s, worker, rep, outputs):
         raise Forbidden(f"execution {ex.id} does not belong to worker {worker.name}")
     status = rep.get("status")
     if status == "signaled":
-        return _signaled(s, ex, rep)
+        return _signaled(s, ex, rep, events)
     if status == ex.status:
         return                                     # a retry of a report already applied
     if status == ExecutionStatus.RUNNING.value and ex.status in ENDED:
@@ -224,9 +266,9 @@ def _apply(s, worker, rep, outputs):
         ex.pid = rep.get("pid") if isinstance(rep.get("pid"), int) else None
         ex.started_at = now
         task.status = TaskStatus.RUNNING.value
-        record(s, "execution.running", ex, task_id=task.id, pid=ex.pid)
+        events.add("execution.running", ex, task_id=task.id, pid=ex.pid)
     elif status in FINAL:
-        _ended(s, ex, task, rep, status, outputs, now)
+        _ended(s, ex, task, rep, status, outputs, now, succeeded, events)
     elif status == ExecutionStatus.RELEASED.value:
         if ex.status != ExecutionStatus.ASSIGNED.value:
             raise Conflict(f"execution {ex.id} is {ex.status}: only an unstarted one can be released")
@@ -234,12 +276,12 @@ def _apply(s, worker, rep, outputs):
         ex.ended_at = now
         task.status = TaskStatus.PENDING.value
         task.attempt = max(task.attempt - 1, 0)
-        record(s, "execution.released", ex, task_id=task.id)
+        events.add("execution.released", ex, task_id=task.id)
     else:
         raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
 
 
-def _ended(s, ex, task, rep, status, outputs, now):
+def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
     rc = rep.get("return_code")
     if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
         raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
@@ -270,11 +312,17 @@ def _ended(s, ex, task, rep, status, outputs, now):
     ex.stdout_bytes = outputs.size(ex.id, "stdout")
     ex.stderr_bytes = outputs.size(ex.id, "stderr")
     asked, ex.signal = ex.signal, None
-    record(s, f"execution.{status}", ex, task_id=task.id, return_code=ex.return_code,
-           reason=reason, error=ex.error)
+    events.add(f"execution.{status}", ex, task_id=task.id, return_code=ex.return_code,
+               reason=reason, error=ex.error)
     if status == ExecutionStatus.SUCCEEDED.value:
-        lifecycle.succeeded(s, task)
-    elif asked == "requeue":
+        # lifecycle.succeeded, but what waits for the task is released once per batch
+        task.status = TaskStatus.SUCCEEDED.value
+        task.reason = None
+        task.not_before = None
+        succeeded.append(task.id)
+        return
+    events.flush()      # the lifecycle records events of its own, after this one
+    if asked == "requeue":
         lifecycle.requeued(s, task, "stopped with its batch and put back in the queue")
     else:
         killed = asked == "kill" or reason == "killed"
@@ -285,7 +333,7 @@ def _ended(s, ex, task, rep, status, outputs, now):
         lifecycle.failed(s, task, why, retry=not killed)
 
 
-def _signaled(s, ex, rep):
+def _signaled(s, ex, rep, events):
     """The worker applied a signal: pause and resume are done; a kill is done when the
     execution ends (its final report)."""
     sig, seq = rep.get("signal"), rep.get("seq")
@@ -295,7 +343,7 @@ def _signaled(s, ex, rep):
         ex.paused = sig == "pause"
         if ex.signal == sig and ex.signal_seq == seq:
             ex.signal = None
-        record(s, f"execution.{sig}d", ex, task_id=ex.task_id)
+        events.add(f"execution.{sig}d", ex, task_id=ex.task_id)
 
 
 def _chunk(chunk):

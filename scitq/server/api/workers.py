@@ -6,7 +6,7 @@ from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
 from scitq.errors import BadRequest
-from scitq.server import lifecycle, reports, tokens
+from scitq.server import reports, tokens
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
 from scitq.server.api.tasks import how_it_runs
@@ -86,6 +86,9 @@ report = ns.model("Report", {
 })
 reports_in = ns.model("Reports", {
     "reports": fields.List(fields.Nested(report), default=[]),
+    "queued": fields.Integer(min=0, description="executions it holds that have not started "
+                             "(while they are half its prefetch or more, the next dispatch may "
+                             "wait up to 0.1 s and serve several reports; else it is made at once)"),
     "status": fields.String(enum=["draining", "offline"],
                             description="the worker's own news: it drains, or it exits"),
 })
@@ -182,26 +185,29 @@ class Poll(Resource):
             raise BadRequest("wait must be a finite number of seconds")
         # A poll is a heartbeat only when it starts: it must end well within the lease.
         deadline = time.monotonic() + min(wait, MAX_WAIT, st.dispatcher.lease / 3)
-        with st.db.read() as s:
-            w = reports.get_worker(s, worker_id)
-            stale = reports.needs_heartbeat(w, st.dispatcher.lease)
-            hungry = len(known) < w.concurrency + w.prefetch
-        if stale:
-            with st.db.write() as s:
-                reports.heartbeat(s, reports.get_worker(s, worker_id), body.get("stats") or {})
-        if hungry:
-            st.dispatcher.wake()
         applied = {tuple(x) for x in body.get("signaled") or [] if len(x) == 2}
-        with st.db.read() as s:
-            gone = lifecycle.gone(s, worker_id, known)
+        first, gone = True, None
         while True:
             seen = st.notifier.version(worker_id)
+            # One read (and one connection) per look: the worker's settings, what was
+            # assigned to it, the signals for it and what it holds that is no longer its own.
             with st.db.read() as s:
-                w = reports.get_worker(s, worker_id)
+                w = reports.worker_settings(s, worker_id)
+                stale = first and reports.needs_heartbeat(w, st.dispatcher.lease)
                 settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
-                lost = w.status == WorkerStatus.LOST.value
-                new = reports.pending_assignments(s, worker_id, known) if not lost else []
-                signals = reports.pending_signals(s, worker_id) if not lost else []
+                if not stale:
+                    new, signals, left = reports.pending_work(s, worker_id, known)
+                    if w.status == WorkerStatus.LOST.value:
+                        new, signals = [], []
+            first = False
+            if stale:       # a few times per lease (it may bring a lost worker back): then look again
+                with st.db.write() as s:
+                    reports.heartbeat(s, reports.get_worker(s, worker_id), body.get("stats") or {})
+                continue
+            if gone is None:        # the first look
+                gone = left         # what it holds and is no longer its own: told once
+                if len(known) + len(new) < w.concurrency + w.prefetch:
+                    st.dispatcher.wake(at_once=not known)   # it could hold more
             changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
             news = any((x["execution_id"], x["seq"]) not in applied for x in signals)
             remaining = deadline - time.monotonic()
@@ -222,10 +228,16 @@ class Reports(Resource):
         body = ns.payload or {}
         with st.db.write() as s:
             w = reports.get_worker(s, worker_id)
-            reports.heartbeat(s, w, {})
+            # Reports come back-to-back under load: last_seen is written a few times per
+            # lease, not once per request (polls keep it fresh too).
+            if reports.needs_heartbeat(w, st.dispatcher.lease):
+                reports.heartbeat(s, w, {})
             acked, refused = reports.apply_reports(s, w, body.get("reports") or [], st.outputs)
             if body.get("status"):
                 reports.worker_news(s, w, body["status"])
         if acked or body.get("status"):
-            st.dispatcher.wake()
+            # A worker with tasks queued (half its prefetch at least) keeps its slots busy:
+            # its next tasks may wait for a pass that serves several reports at once.
+            queued = body.get("queued") or 0
+            st.dispatcher.wake(at_once=not queued or queued * 2 < w.prefetch)
         return {"acked": acked, "refused": refused}
