@@ -42,15 +42,18 @@ class OutputPump:
 
     async def run(self):
         self._eof = asyncio.Event()
-        ticker = asyncio.create_task(self._tick())
+        ticker = None       # started by the first bytes: a silent stream costs no timer task
         try:
             while chunk := await self.reader.read(self.read_bytes):
                 self.buf += chunk
                 if len(self.buf) >= self.flush_bytes:
                     await self.flush()
+                elif ticker is None:
+                    ticker = asyncio.create_task(self._tick())
         finally:
             self._eof.set()
-            await ticker        # a send in flight finishes: cancelling it could lose its bytes
+            if ticker is not None:
+                await ticker    # a send in flight finishes: cancelling it could lose its bytes
 
     async def _tick(self):
         while not self._eof.is_set():
@@ -90,6 +93,65 @@ class OutputPump:
         return {"offset": self.offset, "data": base64.b64encode(bytes(self.buf)).decode()}
 
 
+DIRS = ("input", "output", "temp", "resource")
+
+
+class ScratchDirs:
+    """The directories of executions ($INPUT, $OUTPUT, $TEMP, $RESOURCE under one root),
+    kept for a next execution when a task leaves them empty.
+
+    Making five directories and removing them again costs several milliseconds on a
+    journaled disk (measured: 6-12 ms, more than running a short task), while checking
+    that four directories are empty costs microseconds. A task that left anything behind
+    has its whole root removed, as before; only empty, unchanged sets are reused.
+    """
+
+    keep = 64       # empty sets kept at most
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.free = []
+        self.mode = None        # of a new directory (the umask decides)
+
+    def take(self):
+        """A root holding the four empty directories."""
+        if self.free:
+            return self.free.pop()
+        root = Path(tempfile.mkdtemp(prefix="exec-", dir=self.workdir))
+        for name in DIRS:
+            (root / name).mkdir()
+        if self.mode is None:
+            self.mode = (root / DIRS[0]).stat().st_mode & 0o7777
+        return root
+
+    def give_back(self, root):
+        if len(self.free) < self.keep and self._pristine(root):
+            self.free.append(root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _pristine(self, root):
+        try:
+            with os.scandir(root) as entries:
+                names = []
+                for entry in entries:
+                    if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                        return False
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_mode & 0o7777 != self.mode or st.st_uid != os.getuid():
+                        return False
+                    names.append(entry.name)
+            if sorted(names) != sorted(DIRS):
+                return False
+            for name in DIRS:
+                with os.scandir(root / name) as entries:
+                    if next(entries, None) is not None:
+                        return False
+            return True
+        except OSError:
+            return False
+
+
 class Execution:
     """One assignment on the worker: staged as soon as it arrives (so prefetched tasks are
     ready when a slot frees), then run as a process group or a container, its $OUTPUT
@@ -99,7 +161,7 @@ class Execution:
     """
 
     def __init__(self, assignment, link, report, workdir, cpus, resources=None, docker_host=None,
-                 staging_slots=None):
+                 staging_slots=None, scratch=None):
         self.a = assignment
         self.id = assignment["execution_id"]
         self.link = link
@@ -108,8 +170,9 @@ class Execution:
         self.resources = resources
         self.docker_host = docker_host
         self.staging_slots = staging_slots or asyncio.Semaphore(4)
-        self.root = Path(tempfile.mkdtemp(prefix=f"exec-{self.id}-", dir=workdir))
-        self.dirs = {name: self.root / name for name in ("input", "output", "temp", "resource")}
+        self.scratch = scratch or ScratchDirs(workdir)
+        self.root = self.scratch.take()
+        self.dirs = {name: self.root / name for name in DIRS}
         self.proc = None            # the process group leader, for a shell task
         self.container = None       # the ContainerRun, for a docker task
         self.killed = None          # the reason it was killed for, once it was
@@ -127,8 +190,6 @@ class Execution:
         return self.staging
 
     async def _stage(self):
-        for d in self.dirs.values():
-            d.mkdir()
         if not (self.a.get("inputs") or self.a.get("resources") or self.a.get("use_cache")):
             return
         from scitq.worker import staging
@@ -185,7 +246,7 @@ class Execution:
             if final is not None:
                 self.report(final)
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            self.scratch.give_back(self.root)
 
     async def _run(self):
         ended = {"execution_id": self.id}
@@ -351,7 +412,7 @@ class Execution:
         """Given back before it ran: stop staging, forget its files."""
         if self.staging is not None:
             self.staging.cancel()
-        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)     # staging may still write into it
 
 
 def cache_key(assignment, input_dir):

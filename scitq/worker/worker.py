@@ -6,20 +6,30 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 from scitq import __version__
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, ScitqError, Unauthorized
 from scitq.worker.link import ServerLink
-from scitq.worker.process import Execution
+from scitq.worker.process import Execution, ScratchDirs
 
 log = logging.getLogger("scitq.worker")
+
+PROGRESS = ("running", "succeeded", "failed")      # reports that may wait for report_gap
 
 
 class Worker:
     poll_wait = 20.0          # seconds a poll may hang on the server (also the heartbeat)
     report_batch = 500        # reports sent in one request at most
+    # A task's start is told at most this late (seconds): a task that ends sooner has its
+    # start and its end sent in one request and applied in one transaction.
+    running_delay = 0.05
+    # Two report requests are this far apart at least (seconds) while tasks are queued here:
+    # under load the reports of many tasks go in one request and one transaction, and the
+    # server may take as long to refill the queue. An idle worker's reports go at once.
+    report_gap = 0.1
 
     staging_parallel = 4      # downloads of different tasks at once
 
@@ -40,6 +50,8 @@ class Worker:
         self.reports = []                   # reports not yet acknowledged, in order
         self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
+        self._running_timer = None          # sends held `running` reports when it fires
+        self._last_report = 0.0             # loop time of the last report request
         self._news = None                   # "draining" / "offline", sent with the next reports
         self.draining = False
         self._poll = None
@@ -53,6 +65,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain, sig.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.scratch = ScratchDirs(self.workdir)
+        watcher = _pidfd_watcher(loop)
         from scitq.worker.staging import ResourceCache
         self.resources = ResourceCache(self.workdir / "resources")
         self._staging_slots = asyncio.Semaphore(self.staging_parallel)
@@ -83,6 +97,9 @@ class Worker:
                 ex.kill()
             await self.link.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
+            if watcher is not None:
+                watcher.close()
+                asyncio.set_child_watcher(None)
 
     def drain(self, why="request"):
         """Take nothing new, give back what has not started, finish what runs, then exit."""
@@ -145,7 +162,8 @@ class Worker:
                 self._report({"execution_id": a["execution_id"], "status": "released"})
             else:
                 ex = Execution(a, self.link, self._report, self.workdir, self._cpus(),
-                               self.resources, self.docker_host, self._staging_slots)
+                               self.resources, self.docker_host, self._staging_slots,
+                               self.scratch)
                 ex.stage()
                 self.queue.append(ex)
         for sig in answer.get("signals") or []:
@@ -216,7 +234,11 @@ class Worker:
 
     def _report(self, report):
         self.reports.append(report)
-        self._reports_ready.set()
+        if report.get("status") != "running":
+            self._reports_ready.set()       # takes the held `running` reports along
+        elif self._running_timer is None:
+            self._running_timer = asyncio.get_running_loop().call_later(
+                self.running_delay, self._reports_ready.set)
 
     async def _report_loop(self):
         while True:
@@ -224,11 +246,23 @@ class Worker:
             self._reports_ready.clear()
             one_by_one = False
             while (self.reports or self._news) and self.id is not None:
+                wait = self._last_report + self.report_gap - asyncio.get_running_loop().time()
+                # Only a task's progress waits, and only while the tasks queued here (half
+                # the prefetch at least) keep the slots busy: a slot soon idle needs the
+                # server to hear at once, and so does what a user asked for (a signal
+                # applied) or a task given back.
+                if (wait > 0 and self.queue and len(self.queue) * 2 >= self.prefetch
+                        and not self._stop_now and all(r["status"] in PROGRESS for r in self.reports)):
+                    await asyncio.sleep(wait)
+                if self._running_timer is not None:
+                    self._running_timer.cancel()
+                    self._running_timer = None
                 sent = self.reports[:1 if one_by_one else self.report_batch]
                 news = self._news
-                body = {"reports": sent}
+                body = {"reports": sent, "queued": len(self.queue)}
                 if news:
                     body["status"] = news
+                self._last_report = asyncio.get_running_loop().time()
                 try:
                     answer = await self.link.call("POST", f"/workers/{self.id}/reports", json=body)
                 except NotFound:
@@ -266,6 +300,21 @@ class Worker:
         disk = shutil.disk_usage(self.workdir)
         return {"load": round(os.getloadavg()[0], 2), "memory": memory_percent(),
                 "disk": round(100 * (1 - disk.free / disk.total), 1)}
+
+
+def _pidfd_watcher(loop):
+    """Python 3.11 waits for each child process in a thread of its own; a pidfd watched by
+    the event loop costs no thread (3.12 does this by itself)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:         # a kernel older than 5.3
+        return None
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+    return watcher
 
 
 def memory_percent():
