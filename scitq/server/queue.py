@@ -1,7 +1,7 @@
 """Batches and tasks: submission, queries and the user's changes to them."""
 import re
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
@@ -277,7 +277,7 @@ def create_tasks(s, specs, batch_name=None):
                          + (" ..." if len(missing) > 10 else ""))
     if any(stored_deps) or any(local_deps):
         _initial_statuses(rows, stored_deps, local_deps, known)
-    ids = s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), rows).all()
+    ids = _insert_tasks(s, rows)
     edges = [{"task_id": ids[i], "depends_on_id": d}
              for i in range(len(rows)) for d in set(stored_deps[i]) | {ids[j] for j in local_deps[i]}]
     if edges:
@@ -285,6 +285,24 @@ def create_tasks(s, specs, batch_name=None):
     for batch in batches.values():
         mine = [i for i, r in zip(ids, rows) if r["batch_id"] == batch.id]
         record(s, "tasks.created", batch, count=len(mine), first=mine[0], last=mine[-1])
+    return ids
+
+
+def _insert_tasks(s, rows):
+    """Insert the task rows; their ids, in order.
+
+    On PostgreSQL the ids are drawn from the table's sequence first and the rows sent as one
+    executemany: an INSERT ... RETURNING of many rows is one huge statement per thousand
+    rows, which the driver parses placeholder by placeholder (most of a bulk request's
+    time, measured), while a one-row statement is parsed once and pipelined.
+    """
+    if s.get_bind().dialect.name != "postgresql":
+        return s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), rows).all()
+    ids = sorted(s.scalars(text("SELECT nextval(pg_get_serial_sequence('task', 'id')) "
+                                "FROM generate_series(1, :n)"), {"n": len(rows)}))
+    keys = set().union(*rows)       # executemany wants the same keys in every row
+    s.execute(insert(Task.__table__),
+              [{**dict.fromkeys(keys), **row, "id": tid} for row, tid in zip(rows, ids)])
     return ids
 
 
