@@ -1,0 +1,119 @@
+"""A million tasks: bulk submission, then the queries people make on a big batch.
+
+    python bench/scale.py [--tasks 1000000] [--repeat 50]
+
+A server on a throwaway PostgreSQL (tests/pgcluster.py), no worker. The tasks go in
+through the bulk API (POST /api/v1/tasks/bulk, chunks of 10,000 by
+scitq.client.Client.add_tasks); the time and tasks/s are printed. Then the batch is made
+to look 60% done (SQL: 59% succeeded, 1% failed, the rest pending; and a VACUUM ANALYZE,
+as autovacuum would do), a second batch of 10,000 tasks stands beside it, and each query
+is timed `--repeat` times through HTTP: the batch summary (GET /api/v1/batches/<ref>,
+counts by status) and task pages (GET /api/v1/tasks with batch and status filters, the
+first page and a deep cursor page). Goal: p95 < 100 ms. The server's RSS (psutil) is
+printed after the inserts and after the queries.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import pgcluster  # noqa: E402
+from procs import Procs  # noqa: E402
+
+from scitq.client import Client  # noqa: E402
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def timed(fn, repeat):
+    fn()        # the first call warms the caches; it is not counted
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def look_done(db_url, batch, n):
+    """59% succeeded, 1% failed (spread), the rest pending: a batch well under way."""
+    import psycopg
+    with psycopg.connect(db_url.replace("+psycopg", "", 1), autocommit=True) as conn:
+        first = conn.execute("SELECT min(t.id) FROM task t JOIN batch b ON b.id = t.batch_id "
+                             "WHERE b.name = %s", (batch,)).fetchone()[0]
+        done = first + int(n * 0.6)
+        conn.execute("UPDATE task SET status = CASE WHEN id %% 60 = 0 THEN 'failed' ELSE 'succeeded' END, "
+                     "attempt = 1 WHERE id >= %s AND id < %s", (first, done))
+        conn.execute("VACUUM ANALYZE task")
+        return first, done
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=50)
+    args = ap.parse_args()
+    n = args.tasks
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o755)
+        cluster = pgcluster.start(tmp / "pg")
+        procs = Procs(tmp)
+        try:
+            db_url = cluster.create_database("scale")
+            server = procs.server(db_url, "--log-level", "WARNING")
+            rss = psutil.Process(server.pid).memory_info
+            with Client(server.url, timeout=300) as c:
+                tasks = [{"command": f"process sample{i}.fq", "name": f"s{i}"} for i in range(n)]
+                t0 = time.perf_counter()
+                ids = c.add_tasks(tasks, batch="big")
+                insert_s = time.perf_counter() - t0
+                del tasks
+                c.add_tasks([{"command": "true"}] * 10_000, batch="other")
+                rss_inserted = rss().rss
+                first, done = look_done(db_url, "big", n)
+                deep = ids[int(n * 0.9)]            # a cursor 90% of the way through
+                deep_done = ids[int(n * 0.5)]       # half-way through the finished part
+                queries = [
+                    ("batch summary (counts by status)", lambda: c.batch("big")),
+                    ("tasks of the batch, first page", lambda: c.tasks(batch="big")),
+                    ("tasks of the batch, deep page", lambda: c.tasks(batch="big", after=deep)),
+                    ("failed tasks, first page", lambda: c.tasks(batch="big", status="failed")),
+                    ("failed tasks, deep page", lambda: c.tasks(batch="big", status="failed",
+                                                                after=deep_done)),
+                    ("pending tasks, first page", lambda: c.tasks(batch="big", status="pending")),
+                    ("succeeded tasks, deep page", lambda: c.tasks(batch="big", status="succeeded",
+                                                                   after=deep_done)),
+                    ("pending of another batch, first page", lambda: c.tasks(batch="other",
+                                                                             status="pending")),
+                ]
+                assert c.batch("big")["counts"]["total"] == n
+                assert len(c.tasks(batch="big", status="failed", after=deep_done)["items"]) == 100
+                results = [(name, timed(fn, args.repeat)) for name, fn in queries]
+                rss_after = rss().rss
+        finally:
+            procs.cleanup()
+            cluster.stop()
+    print(f"\n{n:,} tasks in one batch, PostgreSQL ({os.cpu_count()} cores, "
+          f"Python {sys.version.split()[0]})")
+    print(f"bulk insert: {insert_s:.1f} s, {n / insert_s:,.0f} tasks/s (chunks of 10,000)")
+    print(f"server RSS: {rss_inserted / 1e6:.0f} MB after the inserts, "
+          f"{rss_after / 1e6:.0f} MB after the queries")
+    print(f"{'query (through HTTP, ms)':<40}{'p50':>8}{'p95':>8}{'max':>8}")
+    worst = 0
+    for name, ms in results:
+        worst = max(worst, pct(ms, 95))
+        print(f"{name:<40}{pct(ms, 50):>8.1f}{pct(ms, 95):>8.1f}{max(ms):>8.1f}")
+    print(f"goal p95 < 100 ms: {'met' if worst < 100 else 'MISSED'} (worst p95 {worst:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
