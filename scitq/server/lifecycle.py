@@ -167,19 +167,6 @@ def live_execution(s, task_id):
                                             Execution.status.in_(ACTIVE)))
 
 
-def gone(s, worker_id, held):
-    """Of the executions a worker says it holds, those no longer its to run (given back when
-    it was thought lost, or its worker deleted): it must stop them, for a task never to run
-    twice at once."""
-    held = set(held)
-    if not held:
-        return []
-    live = set(s.scalars(select(Execution.id).where(Execution.worker_id == worker_id,
-                                                    Execution.id.in_(held),
-                                                    Execution.status.in_(ACTIVE))))
-    return sorted(held - live)
-
-
 def signal_execution(s, ex, sig):
     """Ask the execution's worker to apply `sig` (delivered with its next poll answer)."""
     ex.signal = sig

@@ -160,8 +160,8 @@ ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "she
 
 def pending_work(s, worker_id, known):
     """(assignments the worker does not hold yet, signals for its live executions, ids of
-    `known` that are no longer its to run), from one query: a poll makes it each time it
-    looks. `gone` is what lifecycle.gone() says, from the same rows."""
+    `known` that are no longer its to run: given back while it was silent, or just ended),
+    from one query: a poll makes it each time it looks."""
     rows = s.execute(
         select(Execution.status, Execution.signal, Execution.signal_seq, *ASSIGNMENT_COLUMNS)
         .join(Task, Execution.task_id == Task.id).join(Batch, Task.batch_id == Batch.id)
