@@ -35,17 +35,7 @@ def run(db_url, data_dir, hosts, tasks):
         for i in range(4):
             b = sim.batch(f"b{i}", tasks=tasks // 4)
             sim.recruiter(b, max_workers=hosts // 4, tasks_per_worker=tasks // hosts, idle_timeout=60)
-        creates = deletes = peak = 0
-        for _ in range(1000):
-            plan = sim.tick()
-            creates += len(plan.create)
-            deletes += len(plan.delete)
-            sim.register()
-            live = len(sim.instances())
-            peak = max(peak, live)
-            if not sim.work(per_worker=20) and live == 0:
-                break
-        return sim.ticks, creates, deletes, peak
+        return (sim.ticks, *sim.run(per_worker=20))
     finally:
         sim.close()
 

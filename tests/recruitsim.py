@@ -122,6 +122,21 @@ class Sim:
                               .execution_options(synchronize_session=False))
         return done
 
+    def run(self, per_worker=20, max_passes=1000):
+        """Pass, register, work until every task is done and every host gone; returns
+        (creates, deletes, peak live hosts)."""
+        creates = deletes = peak = 0
+        for _ in range(max_passes):
+            plan = self.tick()
+            creates += len(plan.create)
+            deletes += len(plan.delete)
+            self.register()
+            live = len(self.instances())
+            peak = max(peak, live)
+            if not self.work(per_worker=per_worker) and live == 0:
+                break
+        return creates, deletes, peak
+
     # -- time -------------------------------------------------------------------------
     def tick(self, seconds=None):
         self.clock.advance(self.rec.tick if seconds is None else seconds)

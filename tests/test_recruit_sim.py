@@ -201,17 +201,7 @@ def test_1000_hosts_for_200000_tasks_converge_without_churn(sim_of):
     batches = [sim.batch(f"b{i}", tasks=50_000) for i in range(4)]
     for b in batches:
         sim.recruiter(b, max_workers=250, tasks_per_worker=100, idle_timeout=60)
-    creates = deletes = 0
-    peak = 0
-    for n in range(200):
-        plan = sim.tick()
-        creates += len(plan.create)
-        deletes += len(plan.delete)
-        sim.register()
-        live = len(sim.instances())
-        peak = max(peak, live)
-        if not sim.work(per_worker=20) and live == 0:
-            break
+    creates, deletes, peak = sim.run(per_worker=20, max_passes=200)
     assert creates == 1000 and peak == 1000             # converged at max, never above
     assert deletes == 1000                              # each host deleted once, at the end
     assert len(clouds["fake"].created) == 1000
