@@ -36,6 +36,16 @@ def local_provider(config):
     return provider
 
 
+@contextlib.contextmanager
+def local_hosts(config):
+    """local_provider(config), whose hosts are all deleted at the end, even on failure."""
+    provider = local_provider(config)
+    try:
+        yield provider
+    finally:
+        delete_hosts(provider)
+
+
 def delete_hosts(provider):
     """Delete every host the provider made, and its state dir (made again on next use)."""
     for instance in provider.list():

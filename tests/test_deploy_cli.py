@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from hosts import delete_hosts, local_provider
+from hosts import local_hosts
 
 from procs import wait_until
 from scitq.client import Client
@@ -24,11 +24,8 @@ def scitq(url, *args, timeout=300):
 
 @pytest.fixture
 def local():
-    provider = local_provider(LOCAL)
-    try:
+    with local_hosts(LOCAL) as provider:
         yield provider
-    finally:
-        delete_hosts(provider)
 
 
 def test_provider_host_to_worker_and_back(db_url, procs, tmp_path, local):

@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 import yaml
 
-from hosts import delete_hosts, local_provider
+from hosts import local_hosts
 from procs import wait_until
 from scitq.client import Client
 
@@ -27,11 +27,8 @@ def scitq(url, *args, token):
 
 @pytest.fixture
 def local():
-    provider = local_provider(LOCAL)
-    try:
+    with local_hosts(LOCAL) as provider:
         yield provider
-    finally:
-        delete_hosts(provider)
 
 
 def netns_left():
