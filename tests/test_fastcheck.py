@@ -1,0 +1,102 @@
+"""The compiled body checks agree with jsonschema (what validate=True runs) on the models of
+the workers' hot endpoints, for valid bodies and for thousands of broken ones."""
+import copy
+import random
+
+import pytest
+from jsonschema import Draft4Validator
+
+from scitq.errors import BadRequest
+from scitq.server.api import workers
+from scitq.server.api.fastcheck import compile_model
+
+MODELS = {"reports": workers.reports_in, "poll": workers.poll_in}
+
+VALID = {
+    "reports": [
+        {"reports": []},
+        {},
+        {"reports": [{"execution_id": 1, "status": "running", "pid": 12}], "queued": 3},
+        {"reports": [{"execution_id": 2, "status": "succeeded", "return_code": 0,
+                      "stdout": {"offset": 0, "data": "aGk="}, "reason": "cached", "cached_from": 1},
+                     {"execution_id": 3, "status": "signaled", "signal": "pause", "seq": 2}],
+         "status": "draining", "more": True},
+    ],
+    "poll": [
+        {},
+        {"known": [1, 2], "wait": 0.5, "concurrency": 4, "prefetch": 8, "status": "running",
+         "stats": {"load": 0.5, "memory": 12, "disk": 40.5}, "signaled": [[1, 2]]},
+    ],
+}
+
+ODD = [None, True, False, 0, -1, 1.0, 2.5, 10 ** 20, "", "x", "running", "y" * 5000, [], [1],
+       [[1, "a"]], {}, {"offset": 0}, {"offset": -1, "data": 5}, {"offset": 1, "data": "AA=="}]
+
+
+def jsonschema_errors(model, body):
+    schemas = {name: m.__schema__ for name, m in workers.ns.models.items()}
+    validator = Draft4Validator(dict(model.__schema__, definitions=schemas))
+    return {".".join(str(p) for p in e.path) for e in validator.iter_errors(body)}
+
+
+def fast_errors(check, body):
+    try:
+        check(body)
+    except BadRequest as err:
+        assert err.message == "Input payload validation failed"
+        return set(err.detail)
+    return set()
+
+
+def mutations(body, rng):
+    """The body with one value somewhere replaced by an odd one, or one key dropped."""
+    out = copy.deepcopy(body)
+    holders = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                holders.append((node, key))
+                walk(value)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                holders.append((node, i))
+                walk(value)
+    walk(out)
+    if not holders or rng.random() < 0.1:
+        return rng.choice(ODD)
+    node, key = rng.choice(holders)
+    if isinstance(node, dict) and rng.random() < 0.2:
+        del node[key]
+    else:
+        node[key] = rng.choice(ODD)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_valid_bodies_pass(name):
+    check = compile_model(MODELS[name])
+    for body in VALID[name]:
+        assert jsonschema_errors(MODELS[name], body) == set()
+        assert check(body) is body
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_same_verdict_and_same_fields_as_jsonschema(name):
+    rng = random.Random(7)
+    model, check = MODELS[name], compile_model(MODELS[name])
+    refused = 0
+    for _ in range(3000):
+        body = mutations(rng.choice(VALID[name]), rng)
+        expected = jsonschema_errors(model, body)
+        assert fast_errors(check, body) == expected, body
+        refused += bool(expected)
+    assert refused > 1000      # the generator does break bodies
+
+
+def test_error_names_the_field():
+    check = compile_model(workers.reports_in)
+    with pytest.raises(BadRequest) as err:
+        check({"reports": [{"execution_id": 1, "status": "done"}]})
+    assert list(err.value.detail) == ["reports.0.status"]
+    assert "'done' is not one of" in err.value.detail["reports.0.status"]
