@@ -112,7 +112,7 @@ def test_poll_wakes_up_for_new_work(app, client):
     waiting = threading.Thread(target=lambda: answers.append(poll(app.test_client(), wid, wait=20)))
     start = time.monotonic()
     waiting.start()
-    time.sleep(0.3)
+    time.sleep(0.05)        # it hangs (a poll waits LEASE / 3 at most here: 0.33 s)
     (task_id,) = submit(client, "late")
     dispatch(app)
     waiting.join(10)
@@ -360,6 +360,113 @@ def test_resent_batch_of_reports_is_acked(app, client):
     batch = [rep(a["execution_id"], "running", pid=1), rep(a["execution_id"], "succeeded", return_code=0)]
     acked(client, wid, *batch)
     acked(client, wid, *batch)          # the worker did not hear the first answer
+
+
+def test_reports_with_more_bring_the_next_tasks(app, client):
+    ids = submit(client, *[f"t{i}" for i in range(8)])
+    wid = register(client, "w1", concurrency=2, prefetch=1)
+    first = assign(app, client, wid)
+    assert [a["task_id"] for a in first] == ids[:3]
+    mark = last_event(app)
+
+    answer = call(client, "POST", f"/workers/{wid}/reports", json={"more": True, "reports": [
+        rep(first[0]["execution_id"], "running", pid=1),
+        rep(first[0]["execution_id"], "succeeded", return_code=0),
+        rep(first[1]["execution_id"], "succeeded", return_code=0)]})
+    assert answer["acked"] == [first[0]["execution_id"]] * 2 + [first[1]["execution_id"]]
+    new = answer["assignments"]
+    assert [a["task_id"] for a in new] == ids[3:5]          # back to concurrency + prefetch
+    assert new == [dict(a, attempt=1) for a in new]
+    assert set(new[0]) == set(first[0])                     # what a poll gives, field for field
+    assert [task(client, t)["status"] for t in ids[:6]] == ["succeeded"] * 2 + ["assigned"] * 3 + ["pending"]
+    kinds = [(kind, oid) for kind, _, oid, _ in events(app, mark)]
+    assert kinds == [("execution.running", first[0]["execution_id"]),
+                     ("execution.succeeded", first[0]["execution_id"]),
+                     ("execution.succeeded", first[1]["execution_id"]),
+                     ("execution.assigned", new[0]["execution_id"]),
+                     ("execution.assigned", new[1]["execution_id"])]
+    # a poll sent before this answer came does not give them again, and a pass has nothing to add
+    assert poll(client, wid, known=[first[2]["execution_id"]])["assignments"] == []
+    assert dispatch(app) == {}
+
+
+def test_reports_with_more_respect_status_and_caps(app, client):
+    submit(client, "c1", "c2", "c3", batch="capped")
+    call(client, "PUT", "/batches/capped", json={"concurrency": 2})
+    wid = register(client, "w1", concurrency=4)
+    held = assign(app, client, wid)
+    assert len(held) == 2
+    # a report with more takes nothing past the batch's cap
+    answer = call(client, "POST", f"/workers/{wid}/reports",
+                  json={"more": True, "reports": [rep(held[0]["execution_id"], "running")]})
+    assert answer["assignments"] == []
+    # a paused worker takes nothing either
+    call(client, "PUT", f"/workers/{wid}", json={"status": "paused"})
+    answer = call(client, "POST", f"/workers/{wid}/reports",
+                  json={"more": True, "reports": [rep(held[1]["execution_id"], "succeeded", return_code=0)]})
+    assert answer["assignments"] == []
+    call(client, "PUT", f"/workers/{wid}", json={"status": "running"})
+    answer = call(client, "POST", f"/workers/{wid}/reports", json={"more": True, "reports": []})
+    assert [a["name"] for a in answer["assignments"]] == [None]
+    # without more, the answer is as before
+    assert send(client, wid) == {"acked": [], "refused": []}
+
+
+def test_worker_filled_by_its_reports_is_not_idle(app, client):
+    wid = register(client, "w1", concurrency=1)
+    dispatch(app)                                   # nothing to do: idle since now
+    assert call(client, "GET", "/workers/w1")["running"] == 0
+    with app.extensions["scitq"].db.read() as s:
+        from scitq.server.models import Worker
+        assert s.get(Worker, wid).idle_since is not None
+    submit(client, "x")
+    answer = call(client, "POST", f"/workers/{wid}/reports", json={"more": True, "reports": []})
+    assert len(answer["assignments"]) == 1
+    with app.extensions["scitq"].db.read() as s:
+        assert s.get(Worker, wid).idle_since is None
+
+
+def test_mixed_reports_in_one_request(app, client):
+    """Starts and successes take the fast way, failures, releases and signals the ORM's:
+    in one request, each execution ends as its own reports say."""
+    ids = submit(client, "ok", "fails", "given back", "paused", "cached")
+    call(client, "PUT", f"/tasks/{ids[1]}", json={"retries": 1})
+    wid = register(client, "w1", concurrency=5)
+    held = {a["task_id"]: a["execution_id"] for a in assign(app, client, wid)}
+    ok, fails, back, paused = (held[t] for t in ids[:4])
+    acked(client, wid, rep(held[ids[4]], "running"), rep(held[ids[4]], "succeeded", return_code=0),
+          rep(paused, "running", pid=12))
+    call(client, "POST", f"/tasks/{ids[3]}/pause")
+    seq = poll(client, wid, known=list(held.values()))["signals"][0]["seq"]
+    (cached,) = submit(client, "cached 2")
+    dispatch(app)
+    (c,) = poll(client, wid, known=list(held.values()))["assignments"]
+    mark = last_event(app)
+
+    answer = send(client, wid,
+                  rep(ok, "running", pid=10), rep(fails, "running", pid=11),
+                  rep(paused, "running", pid=12), rep(back, "released"),
+                  rep(fails, "failed", return_code=2, stderr=chunk(b"boom")),
+                  rep(paused, "signaled", signal="pause", seq=seq),
+                  rep(ok, "succeeded", return_code=0, stdout=chunk(b"fine\n")),
+                  rep(c["execution_id"], "succeeded", return_code=0, cached_from=held[ids[4]]),
+                  rep(999999, "running"), rep(ok, "running", pid=10))
+    assert answer["acked"] == [ok, fails, paused, back, fails, paused, ok, c["execution_id"], ok]
+    assert [r["status"] for r in answer["refused"]] == [404]
+    status = {t: task(client, t) for t in ids[:4] + [cached]}
+    assert [status[t]["status"] for t in ids[:4] + [cached]] == \
+        ["succeeded", "pending", "pending", "running", "succeeded"]
+    assert (status[ids[1]]["attempt"], status[ids[2]]["attempt"]) == (1, 0)
+    assert status[ids[1]]["executions"][0]["reason"] == "exit_code"
+    assert execution(client, paused)["paused"] is True
+    assert (execution(client, ok)["pid"], execution(client, ok)["stdout_bytes"]) == (10, 5)
+    assert execution(client, c["execution_id"])["cached_from"] == held[ids[4]]
+    assert output(client, ids[0]).data == b"fine\n"
+    order = [(kind, oid) for kind, otype, oid, _ in events(app, mark) if otype == "execution"]
+    for eid, kinds in ((ok, ["execution.running", "execution.succeeded"]),
+                       (fails, ["execution.running", "execution.failed"]),
+                       (back, ["execution.released"])):
+        assert [k for k, o in order if o == eid] == kinds
 
 
 def test_poll_with_nan_wait_returns(app, client):

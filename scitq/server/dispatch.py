@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DISPATCH_LOCK = 0x5C17D15  # PostgreSQL advisory lock key: one dispatch pass at a time
 ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
+TASK, EXECUTION, BATCH, EVENT = (m.__table__ for m in (Task, Execution, Batch, Event))
 
 
 class Notifier:
@@ -32,6 +33,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._conds = {}
         self._versions = {}
+        self._delivered = {}    # worker id -> execution ids given in reports answers
         self.closing = False
 
     def _cond(self, worker_id):
@@ -58,6 +60,23 @@ class Notifier:
         cond = self._cond(worker_id)
         with cond:
             return cond.wait_for(lambda: self._versions[worker_id] != seen or self.closing, timeout)
+
+    def delivered(self, worker_id, execution_ids):
+        """These executions went to the worker in a reports answer: its polls need not
+        give them again (each poll would, else, answer at once with what the worker's
+        reports just took, and go round again)."""
+        with self._lock:
+            self._delivered.setdefault(worker_id, set()).update(execution_ids)
+
+    def undelivered(self, worker_id, execution_ids, live):
+        """Those of these executions a poll still has to give; forgets the deliveries no
+        longer live."""
+        with self._lock:
+            sent = self._delivered.get(worker_id)
+            if not sent:
+                return execution_ids
+            sent &= live
+            return [eid for eid in execution_ids if eid not in sent]
 
     def close(self):
         """The server stops: every waiting poll answers now."""
@@ -117,72 +136,29 @@ class Dispatcher(Loop):
 
     def dispatch(self):
         """One pass: returns {worker_id: number of executions assigned}."""
-        assigned = {}
         with self.db.write() as s:
-            if not self.db.is_sqlite and not s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"),
-                                                      {"k": DISPATCH_LOCK}):
-                return assigned     # another server process is dispatching right now
+            # Waits while a report's inline claim (claim_for) holds the lock: that is a few
+            # milliseconds, and this takes no row before it, so nothing can wait on it.
+            if not self.db.is_sqlite:
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DISPATCH_LOCK})
+            # A worker whose reports are being applied (its row is locked) fills itself in
+            # their transaction (claim_for): this pass leaves it alone.
             workers = s.execute(
                 select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id,
                        Worker.idle_since)
                 .where(Worker.status == WorkerStatus.RUNNING.value)
-                .order_by(Worker.id)).all()
+                .order_by(Worker.id).with_for_update(skip_locked=True)).all()
             if not workers:
-                return assigned
-            # By worker id: the index on (worker_id, status) answers without reading the
-            # history of executions, which only grows.
-            active = dict(s.execute(
-                select(Execution.worker_id, func.count())
-                .where(Execution.worker_id.in_([w.id for w in workers]), Execution.status.in_(ACTIVE))
-                .group_by(Execution.worker_id)).all())
-            open_batches = select(Batch.id).where(Batch.status == BatchStatus.ACTIVE.value)
-            room = self._batch_room(s)    # batches with a cap: how many more may start
+                return {}
+            active = self._active(s, [w.id for w in workers])
             now = utcnow()
-            claims = []             # (worker, task ids), in worker order
-            exhausted = False       # no pending task left for workers without a batch
-            i = 0
-            while i < len(workers):
-                w = workers[i]
-                if w.batch_id is not None:
-                    group = [w]
-                    i += 1
-                else:   # consecutive workers without a batch claim together, in one query
-                    group = []
-                    while i < len(workers) and workers[i].batch_id is None:
-                        group.append(workers[i])
-                        i += 1
-                free = [max(g.concurrency + g.prefetch - active.get(g.id, 0), 0) for g in group]
-                if not sum(free) or (exhausted and w.batch_id is None):
-                    continue
-                ids = self._claim(s, w, sum(free), open_batches, room, now,
-                                  [tid for _, taken in claims for tid in taken])
-                if w.batch_id is None and len(ids) < sum(free):
-                    exhausted = True
-                for g, n in zip(group, free):   # oldest first, to the first workers first
-                    if ids[:n]:
-                        claims.append((g, ids[:n]))
-                    ids = ids[n:]
-            if claims:
-                all_ids = [tid for _, ids in claims for tid in ids]
-                s.execute(update(Task).where(Task.id.in_(all_ids))
-                          .values(status=TaskStatus.ASSIGNED.value, attempt=Task.attempt + 1,
-                                  not_before=None, updated_at=now)
-                          .execution_options(synchronize_session=False))
-                rows = s.execute(insert(Execution).returning(Execution.id, Execution.task_id,
-                                                             sort_by_parameter_order=True),
-                                 [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
-                                   "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
-                                   "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
-                                   "paused": False} for w, ids in claims for tid in ids]).all()
-                names = [w.name for w, ids in claims for _ in ids]
-                s.execute(insert(Event), [
-                    {"at": now, "kind": "execution.assigned", "object_type": "execution",
-                     "object_id": eid, "detail": {"task_id": tid, "worker": name}}
-                    for (eid, tid), name in zip(rows, names)])
-                assigned = {w.id: len(ids) for w, ids in claims}
+            room = self._batch_room(s.connection())
+            assigned = {wid: len(ids) for wid, ids in self._assign(s, workers, active, room, now).items()}
             # Since when a worker runs nothing (recruitment tears idle hosts down): set here
-            # for the workers left with nothing, cleared for those given work.
-            busy = [w.id for w in workers if w.idle_since is not None and w.id in assigned]
+            # for the workers left with nothing, cleared for those that run something (also
+            # given work by claim_for, which clears it too).
+            busy = [w.id for w in workers if w.idle_since is not None
+                    and (w.id in assigned or active.get(w.id))]
             idle = [w.id for w in workers if w.idle_since is None and w.id not in assigned
                     and not active.get(w.id)]
             for ids, value in ((busy, None), (idle, now)):
@@ -193,27 +169,116 @@ class Dispatcher(Loop):
             self.notifier.notify(*assigned)
         return assigned
 
+    def claim_for(self, s, worker):
+        """Fill one worker now, in the caller's transaction: a worker reporting ended tasks
+        takes its next ones in the answer, without waiting for a pass, a notification and
+        its poll. The caller holds the worker's row locked (FOR UPDATE), so no pass fills
+        it meanwhile; SKIP LOCKED keeps two claims off the same tasks.
+
+        Returns the new executions' ids, or None when a batch with a cap is active and a
+        pass holds the dispatch lock: caps are counted under that lock, and waiting for it
+        while holding rows could deadlock, so then the caller wakes the dispatcher, which
+        fills the worker as usual."""
+        if worker.status != WorkerStatus.RUNNING.value:
+            return []
+        conn = s.connection()
+        room = self._batch_room(conn)
+        if room and not self.db.is_sqlite:
+            if not conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": DISPATCH_LOCK}):
+                return None
+            room = self._batch_room(conn)       # as counted under the lock
+        now = utcnow()
+        claims = self._assign(s, [worker], self._active(s, [worker.id]), room, now)
+        if claims and worker.idle_since is not None:
+            worker.idle_since = None
+        return claims.get(worker.id, [])
+
     @staticmethod
-    def _claim(s, w, free, open_batches, room, now, taken=()):
+    def _active(s, worker_ids):
+        # By worker id: the index on (worker_id, status) answers without reading the
+        # history of executions, which only grows.
+        return dict(s.connection().execute(
+            select(EXECUTION.c.worker_id, func.count())
+            .where(EXECUTION.c.worker_id.in_(worker_ids), EXECUTION.c.status.in_(ACTIVE))
+            .group_by(EXECUTION.c.worker_id)).all())
+
+    def _assign(self, s, workers, active, room, now):
+        """Claim pending tasks for these workers (up to concurrency + prefetch each, oldest
+        first, within the `room` of capped batches) and make their executions and events.
+        Returns {worker id: [execution ids]}.
+
+        Its statements are Core ones on the tables, on the session's connection: the same
+        statements naming ORM classes cost several times more Python (a report's inline
+        claim runs them for a handful of tasks at a time)."""
+        conn = s.connection()
+        claims = []             # (worker, task ids), in worker order
+        exhausted = False       # no pending task left for workers without a batch
+        i = 0
+        while i < len(workers):
+            w = workers[i]
+            if w.batch_id is not None:
+                group = [w]
+                i += 1
+            else:   # consecutive workers without a batch claim together, in one query
+                group = []
+                while i < len(workers) and workers[i].batch_id is None:
+                    group.append(workers[i])
+                    i += 1
+            free = [max(g.concurrency + g.prefetch - active.get(g.id, 0), 0) for g in group]
+            if not sum(free) or (exhausted and w.batch_id is None):
+                continue
+            ids = self._claim(conn, w, sum(free), room, now,
+                              [tid for _, taken in claims for tid in taken])
+            if w.batch_id is None and len(ids) < sum(free):
+                exhausted = True
+            for g, n in zip(group, free):   # oldest first, to the first workers first
+                if ids[:n]:
+                    claims.append((g, ids[:n]))
+                ids = ids[n:]
+        if not claims:
+            return {}
+        all_ids = [tid for _, ids in claims for tid in ids]
+        conn.execute(update(TASK).where(TASK.c.id.in_(all_ids))
+                     .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1,
+                             not_before=None, updated_at=now))
+        rows = conn.execute(insert(EXECUTION).returning(EXECUTION.c.id, EXECUTION.c.task_id,
+                                                        sort_by_parameter_order=True),
+                            [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
+                              "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
+                              "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
+                              "paused": False} for w, ids in claims for tid in ids]).all()
+        owners = [w for w, ids in claims for _ in ids]
+        conn.execute(insert(EVENT), [
+            {"at": now, "kind": "execution.assigned", "object_type": "execution",
+             "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
+            for (eid, tid), w in zip(rows, owners)])
+        out = {}
+        for (eid, _), w in zip(rows, owners):
+            out.setdefault(w.id, []).append(eid)
+        return out
+
+    @staticmethod
+    def _claim(conn, w, free, room, now, taken=()):
         """Up to `free` pending task ids for worker w, oldest first, within batch caps,
         but none of `taken` (claimed earlier in this pass, and still pending until its end)."""
         ids = []
+        open_batches = select(BATCH.c.id).where(BATCH.c.status == BatchStatus.ACTIVE.value)
         for _ in range(3):      # a capped batch can fill up midway: then look past it
-            claim = (select(Task.id, Task.batch_id)
-                     .where(Task.status == TaskStatus.PENDING.value,
-                            Task.batch_id.in_(open_batches),
-                            or_(Task.not_before.is_(None), Task.not_before <= now))
-                     .order_by(Task.id).limit(free - len(ids))
+            claim = (select(TASK.c.id, TASK.c.batch_id)
+                     .where(TASK.c.status == TaskStatus.PENDING.value,
+                            TASK.c.batch_id.in_(open_batches),
+                            or_(TASK.c.not_before.is_(None), TASK.c.not_before <= now))
+                     .order_by(TASK.c.id).limit(free - len(ids))
                      .with_for_update(skip_locked=True))
             full = [bid for bid, n in room.items() if n <= 0]
             if full:
-                claim = claim.where(Task.batch_id.not_in(full))
+                claim = claim.where(TASK.c.batch_id.not_in(full))
             if w.batch_id is not None:
-                claim = claim.where(Task.batch_id == w.batch_id)
+                claim = claim.where(TASK.c.batch_id == w.batch_id)
             if ids or taken:
-                claim = claim.where(Task.id.not_in([*taken, *ids]))
+                claim = claim.where(TASK.c.id.not_in([*taken, *ids]))
             skipped = False
-            rows = s.execute(claim).all()
+            rows = conn.execute(claim).all()
             for tid, bid in rows:
                 if bid in room:
                     if room[bid] <= 0:
@@ -226,17 +291,18 @@ class Dispatcher(Loop):
         return ids
 
     @staticmethod
-    def _batch_room(s):
-        """{batch id: tasks it may still start} for the active batches with a cap."""
-        capped = dict(s.execute(select(Batch.id, Batch.concurrency).where(
-            Batch.concurrency.is_not(None), Batch.status == BatchStatus.ACTIVE.value)).all())
+    def _batch_room(conn):
+        """{batch id: tasks it may still start} for the active batches with a cap (they are
+        few: the common case is one query on the batch table)."""
+        capped = dict(conn.execute(select(BATCH.c.id, BATCH.c.concurrency).where(
+            BATCH.c.concurrency.is_not(None), BATCH.c.status == BatchStatus.ACTIVE.value)).all())
         if not capped:
             return {}
-        busy = dict(s.execute(
-            select(Task.batch_id, func.count()).where(
-                Task.batch_id.in_(capped),
-                Task.status.in_([TaskStatus.ASSIGNED.value, TaskStatus.RUNNING.value]))
-            .group_by(Task.batch_id)).all())
+        busy = dict(conn.execute(
+            select(TASK.c.batch_id, func.count()).where(
+                TASK.c.batch_id.in_(capped),
+                TASK.c.status.in_([TaskStatus.ASSIGNED.value, TaskStatus.RUNNING.value]))
+            .group_by(TASK.c.batch_id)).all())
         return {bid: cap - busy.get(bid, 0) for bid, cap in capped.items()}
 
     def sweep(self):

@@ -67,6 +67,10 @@ def cancel(s, task, reason):
 
 def release_dependents(s, task_ids):
     """Waiting tasks whose every dependency has now succeeded become pending."""
+    edges = TaskDependency.__table__
+    if s.connection().execute(select(edges.c.task_id).where(edges.c.depends_on_id.in_(task_ids))
+                              .limit(1)).first() is None:
+        return      # most tasks have no dependents: no ORM query (nor flush) for them
     settle(s, s.scalars(select(Task).where(Task.id.in_(_dependents(task_ids)),
                                            Task.status == TaskStatus.WAITING.value)).all())
 

@@ -4,14 +4,14 @@ import binascii
 import math
 import re
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import joinedload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import record
-from scitq.server.dispatch import ACTIVE, give_back
-from scitq.server.models import MAX_ID, MAX_INT, Batch, Event, Execution, Task, Worker, utcnow
+from scitq.server.dispatch import ACTIVE, BATCH, EVENT, EXECUTION, TASK, give_back
+from scitq.server.models import MAX_ID, MAX_INT, Execution, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 
@@ -23,8 +23,9 @@ SETTABLE_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRA
 WORKER_NAME = re.compile(r"(?!\d+\Z)[^/\s\x00-\x1f\x7f]{1,128}")
 
 
-def get_worker(s, worker_id):
-    worker = s.get(Worker, worker_id)
+def get_worker(s, worker_id, lock=False):
+    """The worker's row; `lock`: FOR UPDATE, until the transaction ends."""
+    worker = s.get(Worker, worker_id, with_for_update={"of": Worker} if lock else None)
     if worker is None:
         raise NotFound(f"no worker {worker_id}")
     return worker
@@ -149,32 +150,53 @@ def heartbeat(s, worker, stats):
         record(s, "worker.back", worker)
 
 
-ASSIGNMENT_COLUMNS = (Execution.id, Task.id, Task.name, Batch.name, Task.command, Task.shell,
-                      Task.attempt, Task.timeout, Task.staging_timeout, Task.container,
-                      Task.container_options, Task.inputs, Task.resources, Task.output,
-                      Task.use_cache)
+ASSIGNMENT_COLUMNS = tuple(
+    table.c[name] for table, name in (
+        (EXECUTION, "id"), (TASK, "id"), (TASK, "name"), (BATCH, "name"), (TASK, "command"),
+        (TASK, "shell"), (TASK, "attempt"), (TASK, "timeout"), (TASK, "staging_timeout"),
+        (TASK, "container"), (TASK, "container_options"), (TASK, "inputs"), (TASK, "resources"),
+        (TASK, "output"), (TASK, "use_cache")))
 ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt",
                      "timeout", "staging_timeout", "container", "container_options", "inputs",
                      "resources", "output", "use_cache")
 
 
 def pending_work(s, worker_id, known):
-    """(assignments the worker does not hold yet, signals for its live executions, ids of
-    `known` that are no longer its to run: given back while it was silent, or just ended),
-    from one query: a poll makes it each time it looks."""
-    rows = s.execute(
-        select(Execution.status, Execution.signal, Execution.signal_seq, *ASSIGNMENT_COLUMNS)
-        .join(Task, Execution.task_id == Task.id).join(Batch, Task.batch_id == Batch.id)
-        .where(Execution.worker_id == worker_id, Execution.status.in_(ACTIVE))
-        .order_by(Execution.id))
-    assignments, signals, live = [], [], set()
-    for status, sig, seq, *row in rows:
-        live.add(row[0])
-        if status == ExecutionStatus.ASSIGNED.value and row[0] not in known:
-            assignments.append(dict(zip(ASSIGNMENT_FIELDS, row)))
+    """(ids of the assignments the worker does not hold yet, signals for its live
+    executions, ids of `known` that are no longer its to run: given back while it was
+    silent, or deleted, the ids of its live executions), from one query (two when some
+    of `known` ended): a poll makes it each time it looks (and `assignments` for the new
+    ones)."""
+    rows = s.connection().execute(
+        select(EXECUTION.c.id, EXECUTION.c.status, EXECUTION.c.signal, EXECUTION.c.signal_seq)
+        .where(EXECUTION.c.worker_id == worker_id, EXECUTION.c.status.in_(ACTIVE))
+        .order_by(EXECUTION.c.id))
+    new, signals, live = [], [], set()
+    for eid, status, sig, seq in rows:
+        live.add(eid)
+        if status == ExecutionStatus.ASSIGNED.value and eid not in known:
+            new.append(eid)
         if sig is not None:
-            signals.append({"execution_id": row[0], "signal": sig, "seq": seq})
-    return assignments, signals, sorted(set(known) - live)
+            signals.append({"execution_id": eid, "signal": sig, "seq": seq})
+    left = set(known) - live
+    if left:        # those it ended itself (its reports crossed this poll) are not gone
+        left -= set(s.connection().execute(
+            select(EXECUTION.c.id).where(EXECUTION.c.id.in_(left), EXECUTION.c.worker_id == worker_id,
+                                         EXECUTION.c.status.in_(ENDED + (ExecutionStatus.RELEASED.value,))))
+                    .scalars())
+    return new, signals, sorted(left), live
+
+
+def assignments(s, execution_ids):
+    """What a worker needs to run these executions, in their order."""
+    if not execution_ids:
+        return []
+    rows = s.connection().execute(
+        select(*ASSIGNMENT_COLUMNS)
+        .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
+                     .join(BATCH, TASK.c.batch_id == BATCH.c.id))
+        .where(EXECUTION.c.id.in_(execution_ids)).order_by(EXECUTION.c.id))
+    return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows]
 
 
 def apply_reports(s, worker, reports, outputs):
@@ -183,16 +205,22 @@ def apply_reports(s, worker, reports, outputs):
     Reports are idempotent: a report the server already applied is acked again, so a
     worker that did not hear the answer can simply send it once more.
 
-    The whole batch is one transaction: its executions and their tasks are loaded by one
-    query, and what waits for the tasks that succeeded is released by one more at the end,
-    rather than a few round trips per report (they were most of the server's time).
+    The whole batch is one transaction. The common reports (a start, a success) take the
+    fast way: their executions and tasks are read by one query and written by one
+    statement per table, with no ORM object (loading and flushing those was most of the
+    server's time per task). Any other report (a failure, a release, a signal, a cached
+    result) goes through the ORM and the lifecycle, for all the reports of its execution.
+    What waits for the tasks that succeeded is released by one more query at the end.
     """
     acked, refused = [], []
     ids = {r.get("execution_id") for r in reports if isinstance(r, dict)}
     ids = [eid for eid in ids if isinstance(eid, int) and not isinstance(eid, bool) and 0 < eid <= MAX_ID]
+    slow = {r["execution_id"] for r in reports if isinstance(r, dict) and r.get("execution_id") in ids
+            and (r.get("status") not in FAST or r.get("cached_from") is not None)}
+    fast = _FastReports(s, worker, outputs, [eid for eid in ids if eid not in slow])
     # Held here for the loop: the session's identity map only keeps them weakly.
     loaded = s.scalars(select(Execution).options(joinedload(Execution.task))
-                       .where(Execution.id.in_(ids))).all() if ids else []
+                       .where(Execution.id.in_(slow))).all() if slow else []
     succeeded = []
     events = _Events(s)
     for i, rep in enumerate(reports):
@@ -206,17 +234,108 @@ def apply_reports(s, worker, reports, outputs):
                 value = rep.get(key)
                 if value is not None and (not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT):
                     raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
-            _apply(s, worker, rep, outputs, succeeded, events)
+            if eid in slow:
+                _apply(s, worker, rep, outputs, succeeded, events)
+            else:
+                fast.apply(rep, events)
             acked.append(eid)
         except (BadRequest, Conflict, Forbidden, NotFound) as err:
             refused.append({"execution_id": eid, "error": err.message, "status": err.http_status})
     events.flush()
+    succeeded += fast.write()
     if succeeded:
         lifecycle.release_dependents(s, succeeded)
     del loaded
     # A worker left with nothing to run gets its idle_since from the dispatch pass these
     # reports wake (it counts every worker's executions anyway): no query per report here.
     return acked, refused
+
+
+FAST = (ExecutionStatus.RUNNING.value, ExecutionStatus.SUCCEEDED.value)
+EXECUTION_WRITTEN = ("status", "pid", "return_code", "reason", "error", "signal", "paused",
+                     "started_at", "ended_at", "stdout_bytes", "stderr_bytes")
+
+
+class _FastReports:
+    """Starts and successes applied to plain rows, then written by one executemany per
+    table: the same rules as `_apply` for these two kinds of report."""
+
+    def __init__(self, s, worker, outputs, execution_ids):
+        self.s = s
+        self.worker = worker
+        self.outputs = outputs
+        self.rows = {}
+        if execution_ids:
+            columns = [EXECUTION.c[c] for c in ("id", "worker_id", "task_id", *EXECUTION_WRITTEN)]
+            for row in s.connection().execute(select(*columns).where(EXECUTION.c.id.in_(execution_ids))):
+                self.rows[row.id] = dict(row._mapping)
+        self.changed = {}       # execution id -> its row, as it is to be written
+        self.tasks = {}         # task id -> its new status
+
+    def apply(self, rep, events):
+        ex = self.rows.get(rep["execution_id"])
+        if ex is None:
+            raise NotFound(f"no execution {rep['execution_id']}")
+        if ex["worker_id"] != self.worker.id:
+            raise Forbidden(f"execution {ex['id']} does not belong to worker {self.worker.name}")
+        status = rep.get("status")
+        if status == ex["status"]:
+            return                                     # a retry of a report already applied
+        if status == ExecutionStatus.RUNNING.value and ex["status"] in ENDED:
+            return                                     # a resent start of what ended since
+        if not ExecutionStatus(ex["status"]).is_active:
+            raise Conflict(f"execution {ex['id']} is {ex['status']}: report refused")
+        now = utcnow()
+        if status == ExecutionStatus.RUNNING.value:
+            ex.update(status=status, started_at=now,
+                      pid=rep.get("pid") if isinstance(rep.get("pid"), int) else None)
+            events.add("execution.running", _Ref(ex["id"]), task_id=ex["task_id"], pid=ex["pid"])
+        else:
+            rc = rep.get("return_code")
+            if rc != 0:
+                raise BadRequest(f"execution {ex['id']}: succeeded with return code {rc}")
+            reason = _reason(ex["id"], rep)
+            chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
+            for stream, (offset, data) in chunks.items():
+                self.outputs.append(ex["id"], stream, offset, data)
+            ex.update(status=status, return_code=rc, error=_error(rep), reason=reason,
+                      started_at=ex["started_at"] or now, ended_at=now, paused=False, signal=None,
+                      stdout_bytes=self.outputs.size(ex["id"], "stdout"),
+                      stderr_bytes=self.outputs.size(ex["id"], "stderr"))
+            events.add("execution.succeeded", _Ref(ex["id"]), task_id=ex["task_id"],
+                       return_code=rc, reason=reason, error=ex["error"])
+        self.changed[ex["id"]] = ex
+        self.tasks[ex["task_id"]] = status
+
+    def write(self):
+        """Write what changed; returns the ids of the tasks that succeeded."""
+        if not self.changed:
+            return []
+        conn = self.s.connection()
+        conn.execute(update(EXECUTION).where(EXECUTION.c.id == bindparam("_id"))
+                     .values({c: bindparam(c) for c in EXECUTION_WRITTEN}),
+                     [{"_id": ex["id"], **{c: ex[c] for c in EXECUTION_WRITTEN}}
+                      for ex in self.changed.values()])
+        now = utcnow()
+        done = [tid for tid, status in self.tasks.items() if status == ExecutionStatus.SUCCEEDED.value]
+        started = [tid for tid, status in self.tasks.items() if status == ExecutionStatus.RUNNING.value]
+        if started:
+            conn.execute(update(TASK).where(TASK.c.id.in_(started))
+                         .values(status=TaskStatus.RUNNING.value, updated_at=now))
+        if done:
+            # lifecycle.succeeded, but what waits for the task is released once per batch
+            conn.execute(update(TASK).where(TASK.c.id.in_(done))
+                         .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None,
+                                 updated_at=now))
+        return done
+
+
+class _Ref:
+    """What _Events.add needs of an execution: its id."""
+    __slots__ = ("id",)
+
+    def __init__(self, id):
+        self.id = id
 
 
 REASON = re.compile(r"[a-z_]{1,32}")         # matched whole
@@ -240,7 +359,7 @@ class _Events:
         if self.rows:
             if self.s.new:
                 self.s.flush()      # events recorded earlier come first
-            self.s.execute(insert(Event.__table__), self.rows)
+            self.s.connection().execute(insert(EVENT), self.rows)
             self.rows = []
 
 
@@ -285,9 +404,7 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
     rc = rep.get("return_code")
     if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
         raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
-    reason = rep.get("reason")
-    if reason is not None and (not isinstance(reason, str) or not REASON.fullmatch(reason)):
-        raise BadRequest(f"execution {ex.id}: reason must be a short word (a-z and _)")
+    reason = _reason(ex.id, rep)
     cached_from = rep.get("cached_from")
     if cached_from is not None:
         source = s.get(Execution, cached_from) if isinstance(cached_from, int) and 0 < cached_from <= MAX_ID else None
@@ -301,8 +418,7 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         outputs.append(ex.id, stream, offset, data)
     ex.return_code = rc if isinstance(rc, int) else None
     ex.status = status
-    # A worker's own words (a process's message): kept, but PostgreSQL stores no NUL.
-    ex.error = (rep.get("error") or None) and str(rep["error"]).replace("\x00", "\\0")[:1024]
+    ex.error = _error(rep)
     if status == ExecutionStatus.FAILED.value and reason is None:
         reason = "exit_code" if isinstance(rc, int) and rc > 0 else "signal" if isinstance(rc, int) else "error"
     ex.reason = reason
@@ -331,6 +447,18 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         else:
             why = ex.error or (f"exit code {rc}" if reason == "exit_code" else reason)
         lifecycle.failed(s, task, why, retry=not killed)
+
+
+def _reason(execution_id, rep):
+    reason = rep.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not REASON.fullmatch(reason)):
+        raise BadRequest(f"execution {execution_id}: reason must be a short word (a-z and _)")
+    return reason
+
+
+def _error(rep):
+    """A worker's own words (a process's message): kept, but PostgreSQL stores no NUL."""
+    return (rep.get("error") or None) and str(rep["error"]).replace("\x00", "\\0")[:1024]
 
 
 def _signaled(s, ex, rep, events):

@@ -18,6 +18,7 @@ from scitq.worker.process import Execution, ScratchDirs
 log = logging.getLogger("scitq.worker")
 
 PROGRESS = ("running", "succeeded", "failed")      # reports that may wait for report_gap
+FINAL = ("succeeded", "failed", "released")         # reports that end an execution here
 
 
 class Worker:
@@ -50,6 +51,7 @@ class Worker:
         self.reports = []                   # reports not yet acknowledged, in order
         self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
+        self._queue_low = asyncio.Event()   # set when the queue falls under half the prefetch
         self._running_timer = None          # sends held `running` reports when it fires
         self._last_report = 0.0             # loop time of the last report request
         self._news = None                   # "draining" / "offline", sent with the next reports
@@ -134,7 +136,10 @@ class Worker:
     # -- work -----------------------------------------------------------------
 
     async def _poll_once(self):
-        body = {"known": sorted(self.held), "wait": self.poll_wait,
+        # What it holds, less what it reported ended (the server may have applied that
+        # already: it would then answer at once that they are no longer this worker's).
+        ending = {r["execution_id"] for r in self.reports if r["status"] in FINAL}
+        body = {"known": sorted(self.held - ending), "wait": self.poll_wait,
                 "concurrency": self.concurrency, "prefetch": self.prefetch,
                 "status": self.status, "stats": self.stats(),
                 "signaled": [[eid, seq] for eid, seq in self.signaled.items() if eid in self.held]}
@@ -154,7 +159,18 @@ class Worker:
         self.status = answer["status"]
         if self.status == "draining" and not self.draining:
             self.drain("server")
-        for a in answer["assignments"]:
+        self._take(answer["assignments"])
+        for sig in answer.get("signals") or []:
+            self._signal(sig)
+        for eid in answer.get("gone") or []:
+            self._forget(eid)
+        self._start_ready()
+        await asyncio.sleep(0)   # let new executions fork before the next poll goes out
+
+    def _take(self, assignments):
+        """New executions, from a poll or a reports answer (the same one may come from
+        both): staged at once, queued to start."""
+        for a in assignments:
             if a["execution_id"] in self.held:
                 continue
             self.held.add(a["execution_id"])
@@ -166,12 +182,6 @@ class Worker:
                                self.scratch)
                 ex.stage()
                 self.queue.append(ex)
-        for sig in answer.get("signals") or []:
-            self._signal(sig)
-        for eid in answer.get("gone") or []:
-            self._forget(eid)
-        self._start_ready()
-        await asyncio.sleep(0)   # let new executions fork before the next poll goes out
 
     def _cpus(self):
         return max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
@@ -219,6 +229,13 @@ class Worker:
             self.running[ex.id] = ex
             task = asyncio.create_task(ex.run())
             task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
+        if self._queue_is_low():
+            self._queue_low.set()
+
+    def _queue_is_low(self):
+        """Fewer tasks wait here than half the prefetch: the server must hear now (the
+        answer to reports brings the next tasks)."""
+        return not self.queue or len(self.queue) * 2 < self.prefetch
 
     def _finished(self, execution_id, task):
         self.running.pop(execution_id, None)
@@ -251,9 +268,14 @@ class Worker:
                 # the prefetch at least) keep the slots busy: a slot soon idle needs the
                 # server to hear at once, and so does what a user asked for (a signal
                 # applied) or a task given back.
-                if (wait > 0 and self.queue and len(self.queue) * 2 >= self.prefetch
-                        and not self._stop_now and all(r["status"] in PROGRESS for r in self.reports)):
-                    await asyncio.sleep(wait)
+                if (wait > 0 and not self._queue_is_low() and not self._stop_now
+                        and all(r["status"] in PROGRESS for r in self.reports)):
+                    # ...and no longer than that: the answer to these reports refills it
+                    self._queue_low.clear()
+                    try:
+                        await asyncio.wait_for(self._queue_low.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
                 if self._running_timer is not None:
                     self._running_timer.cancel()
                     self._running_timer = None
@@ -262,6 +284,8 @@ class Worker:
                 body = {"reports": sent, "queued": len(self.queue)}
                 if news:
                     body["status"] = news
+                elif not self.draining and self.status == "running":
+                    body["more"] = True     # the next tasks come in the answer
                 self._last_report = asyncio.get_running_loop().time()
                 try:
                     answer = await self.link.call("POST", f"/workers/{self.id}/reports", json=body)
@@ -283,9 +307,12 @@ class Worker:
                 for r in answer["refused"]:
                     log.warning("server refused report on execution %s: %s", r["execution_id"], r["error"])
                 for r in sent:
-                    if r["status"] in ("succeeded", "failed", "released"):
+                    if r["status"] in FINAL:
                         self.held.discard(r["execution_id"])
                         self.signaled.pop(r["execution_id"], None)
+                if answer.get("assignments"):
+                    self._take(answer["assignments"])
+                    self._start_ready()
 
     async def _flush_reports(self):
         """Wait until the server has every report, unless told twice to stop."""

@@ -9,6 +9,7 @@ from scitq.errors import BadRequest
 from scitq.server import reports, tokens
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
+from scitq.server.api.fastcheck import compile_model
 from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
 from scitq.server.models import MAX_INT, Worker
@@ -91,14 +92,24 @@ reports_in = ns.model("Reports", {
                              "wait up to 0.1 s and serve several reports; else it is made at once)"),
     "status": fields.String(enum=["draining", "offline"],
                             description="the worker's own news: it drains, or it exits"),
+    "more": fields.Boolean(description="fill it up in the answer: new assignments, up to its "
+                           "concurrency + prefetch (else a dispatch pass gives them to its poll)"),
 })
 refusal = ns.model("Refusal", {"execution_id": fields.Integer, "error": fields.String,
                                "status": fields.Integer})
 deleted = ns.model("WorkerDeleted", {
     "deleted": fields.Integer(description="its id"),
     "given_back": fields.Integer(description="executions it held, put back in the queue")})
-reports_out = ns.model("ReportsAnswer", {"acked": fields.List(fields.Integer),
-                                         "refused": fields.List(fields.Nested(refusal))})
+reports_out = ns.model("ReportsAnswer", {
+    "acked": fields.List(fields.Integer), "refused": fields.List(fields.Nested(refusal)),
+    "assignments": fields.List(fields.Nested(assignment), description="with more: new "
+                               "executions for it, as a poll would give them (it polls as well)")})
+
+# The two calls every worker makes all the time: their bodies are checked against the same
+# models by compiled checks (scitq.server.api.fastcheck), and their answers are built as
+# plain JSON (what the models describe), not marshalled field by field.
+check_poll = compile_model(poll_in)
+check_reports = compile_model(reports_in)
 
 
 def find_worker(s, ref):
@@ -173,12 +184,12 @@ class OneWorker(Resource):
 @ns.response(400, "Invalid poll", error)
 @ns.response(404, "No such worker", error)
 class Poll(Resource):
-    @ns.expect(poll_in, validate=True)
-    @ns.marshal_with(poll_out)
+    @ns.expect(poll_in)
+    @ns.response(200, "Success", poll_out)
     def post(self, worker_id):
         """Heartbeat, then wait up to `wait` seconds for new assignments or new settings."""
         st = state()
-        body = ns.payload or {}
+        body = check_poll(ns.payload)
         known = set(body.get("known") or [])
         wait = float(body.get("wait", 20))
         if not math.isfinite(wait):
@@ -196,9 +207,10 @@ class Poll(Resource):
                 stale = first and reports.needs_heartbeat(w, st.dispatcher.lease)
                 settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
                 if not stale:
-                    new, signals, left = reports.pending_work(s, worker_id, known)
+                    new, signals, left, live = reports.pending_work(s, worker_id, known)
                     if w.status == WorkerStatus.LOST.value:
                         new, signals = [], []
+                    new = reports.assignments(s, st.notifier.undelivered(worker_id, new, live))
             first = False
             if stale:       # a few times per lease (it may bring a lost worker back): then look again
                 with st.db.write() as s:
@@ -206,8 +218,11 @@ class Poll(Resource):
                 continue
             if gone is None:        # the first look
                 gone = left         # what it holds and is no longer its own: told once
-                if len(known) + len(new) < w.concurrency + w.prefetch:
-                    st.dispatcher.wake(at_once=not known)   # it could hold more
+                # A worker holding nothing gets a pass at once. One that holds work is
+                # refilled as its reports come (with `more`, or by the pass they wake):
+                # waking a pass for each of its polls would race its own reports.
+                if not live:
+                    st.dispatcher.wake()
             changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
             news = any((x["execution_id"], x["seq"]) not in applied for x in signals)
             remaining = deadline - time.monotonic()
@@ -220,14 +235,17 @@ class Poll(Resource):
 @ns.response(400, "Invalid reports", error)
 @ns.response(404, "No such worker", error)
 class Reports(Resource):
-    @ns.expect(reports_in, validate=True)
-    @ns.marshal_with(reports_out)
+    @ns.expect(reports_in)
+    @ns.response(200, "Success", reports_out)
     def post(self, worker_id):
-        """Execution reports (started, ended, released), applied in order, idempotent."""
+        """Execution reports (started, ended, released), applied in order, idempotent; with
+        `more`, the answer also brings the worker's next assignments."""
         st = state()
-        body = ns.payload or {}
+        body = check_reports(ns.payload)
+        claimed = None
         with st.db.write() as s:
-            w = reports.get_worker(s, worker_id)
+            # With more, its row is locked first: dispatch passes leave it to this claim.
+            w = reports.get_worker(s, worker_id, lock=bool(body.get("more")))
             # Reports come back-to-back under load: last_seen is written a few times per
             # lease, not once per request (polls keep it fresh too).
             if reports.needs_heartbeat(w, st.dispatcher.lease):
@@ -235,9 +253,17 @@ class Reports(Resource):
             acked, refused = reports.apply_reports(s, w, body.get("reports") or [], st.outputs)
             if body.get("status"):
                 reports.worker_news(s, w, body["status"])
-        if acked or body.get("status"):
+            elif body.get("more"):
+                claimed = st.dispatcher.claim_for(s, w)
+                if claimed:
+                    st.notifier.delivered(worker_id, claimed)
+                    claimed = reports.assignments(s, claimed)
+        if claimed is None and (acked or body.get("status")):
             # A worker with tasks queued (half its prefetch at least) keeps its slots busy:
             # its next tasks may wait for a pass that serves several reports at once.
             queued = body.get("queued") or 0
             st.dispatcher.wake(at_once=not queued or queued * 2 < w.prefetch)
-        return {"acked": acked, "refused": refused}
+        answer = {"acked": acked, "refused": refused}
+        if body.get("more"):
+            answer["assignments"] = claimed or []
+        return answer
