@@ -32,3 +32,46 @@ def test_postgresql_urls_as_people_type_them():
         normalize_url("mysql://u@h/db")
     with pytest.raises(BadRequest):
         normalize_url("not a url")
+
+
+def test_insert_rows_keeps_order_defaults_json_and_odd_text(db_url):
+    """The bulk path (COPY on PostgreSQL) stores what an INSERT would: Python defaults,
+    JSON, NULLs, text COPY would otherwise read as escapes, in order."""
+    from sqlalchemy import insert, select
+
+    from scitq.server.db import insert_rows
+    from scitq.server.models import Batch, Event, Task, utcnow
+
+    db = Database(db_url)
+    try:
+        db.migrate()
+        with db.write() as s:
+            batch = Batch(name="b")
+            s.add(batch)
+            s.flush()
+            odd = ["tab\there", "new\nline", "back\\slash \\N", "quote ' \" é ∑", ""]
+            insert_rows(s.connection(), Event.__table__, [
+                {"at": utcnow(), "kind": "k", "object_type": "task", "object_id": i,
+                 "detail": None if i == 0 else {"text": t, "n": [i, None]}}
+                for i, t in enumerate(odd)])
+            insert_rows(s.connection(), Task.__table__, [
+                {"batch_id": batch.id, "command": t, "inputs": [t] if t else None} for t in odd])
+            s.execute(insert(Task.__table__), [{"batch_id": batch.id, "command": "by insert"}])
+        with db.read() as s:
+            events = s.scalars(select(Event).where(Event.kind == "k").order_by(Event.id)).all()
+            assert [e.object_id for e in events] == list(range(len(odd)))
+            assert [e.detail for e in events] == [None] + [{"text": t, "n": [i, None]}
+                                                           for i, t in enumerate(odd) if i]
+            tasks = s.scalars(select(Task).order_by(Task.id)).all()
+            assert [t.command for t in tasks] == odd + ["by insert"]
+            assert [t.inputs for t in tasks[:-1]] == [[t] if t else None for t in odd]
+            reference = tasks[-1].to_dict()
+            for t in tasks[:-1]:
+                d = t.to_dict()
+                # every default an INSERT fills, COPY filled too
+                unset = {k for k, v in d.items() if v is None} - {"inputs"}
+                assert unset == {k for k, v in reference.items() if v is None} - {"inputs"}
+                assert (t.status, t.attempt, t.retries, t.shell, t.use_cache) == ("pending", 0, 0, True, False)
+                assert t.created_at is not None and t.updated_at is not None
+    finally:
+        db.dispose()

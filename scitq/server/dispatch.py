@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
-from scitq.server.db import record
+from scitq.server.db import insert_rows, record
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
@@ -248,7 +248,7 @@ class Dispatcher(Loop):
                               "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
                               "paused": False} for w, ids in claims for tid in ids]).all()
         owners = [w for w, ids in claims for _ in ids]
-        conn.execute(insert(EVENT), [
+        insert_rows(conn, EVENT, [
             {"at": now, "kind": "execution.assigned", "object_type": "execution",
              "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
             for (eid, tid), w in zip(rows, owners)])

@@ -5,7 +5,7 @@ from sqlalchemy import func, insert, select, text
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
-from scitq.server.db import lookup, record
+from scitq.server.db import insert_rows, lookup, record
 from scitq.server.models import MAX_ID, Batch, Execution, Task, TaskDependency, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
@@ -291,18 +291,18 @@ def create_tasks(s, specs, batch_name=None):
 def _insert_tasks(s, rows):
     """Insert the task rows; their ids, in order.
 
-    On PostgreSQL the ids are drawn from the table's sequence first and the rows sent as one
-    executemany: an INSERT ... RETURNING of many rows is one huge statement per thousand
-    rows, which the driver parses placeholder by placeholder (most of a bulk request's
-    time, measured), while a one-row statement is parsed once and pipelined.
+    On PostgreSQL the ids are drawn from the table's sequence first and the rows sent by
+    COPY (db.insert_rows): an INSERT ... RETURNING of many rows is one huge statement per
+    thousand rows, which the driver parses placeholder by placeholder (most of a bulk
+    request's time, measured), and even a pipelined executemany costs driver Python per row.
     """
     if s.get_bind().dialect.name != "postgresql":
         return s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), rows).all()
     ids = sorted(s.scalars(text("SELECT nextval(pg_get_serial_sequence('task', 'id')) "
                                 "FROM generate_series(1, :n)"), {"n": len(rows)}))
     keys = set().union(*rows)       # executemany wants the same keys in every row
-    s.execute(insert(Task.__table__),
-              [{**dict.fromkeys(keys), **row, "id": tid} for row, tid in zip(rows, ids)])
+    insert_rows(s.connection(), Task.__table__,
+                [{**dict.fromkeys(keys), **row, "id": tid} for row, tid in zip(rows, ids)])
     return ids
 
 

@@ -4,12 +4,12 @@ import binascii
 import math
 import re
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import joinedload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle
-from scitq.server.db import record
+from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, BATCH, EVENT, EXECUTION, TASK, give_back
 from scitq.server.models import MAX_ID, MAX_INT, Execution, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
@@ -359,7 +359,7 @@ class _Events:
         if self.rows:
             if self.s.new:
                 self.s.flush()      # events recorded earlier come first
-            self.s.connection().execute(insert(EVENT), self.rows)
+            insert_rows(self.s.connection(), EVENT, self.rows)
             self.rows = []
 
 
