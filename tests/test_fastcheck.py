@@ -7,12 +7,22 @@ import pytest
 from jsonschema import Draft4Validator
 
 from scitq.errors import BadRequest
-from scitq.server.api import workers
+from scitq.server.api import tasks, workers
 from scitq.server.api.fastcheck import compile_model
 
-MODELS = {"reports": workers.reports_in, "poll": workers.poll_in}
+MODELS = {"reports": workers.reports_in, "poll": workers.poll_in, "bulk": tasks.bulk_in}
 
 VALID = {
+    "bulk": [
+        {"tasks": [{"command": "true"}]},
+        {"batch": "b", "tasks": [
+            {"command": "x", "name": "n", "shell": False, "retries": 2, "retry_delay": 0.5,
+             "retry_backoff": 2, "timeout": 3, "staging_timeout": 1, "depends_on": [1, "a"],
+             "ref": "b", "container": "img", "container_options": "-e A=1",
+             "inputs": ["s3://x/y"], "resources": ["file:///r"], "output": "s3://o/",
+             "use_cache": True, "batch": "c"},
+            {"command": "y", "ref": "a"}]},
+    ],
     "reports": [
         {"reports": []},
         {},
@@ -34,7 +44,7 @@ ODD = [None, True, False, 0, -1, 1.0, 2.5, 10 ** 20, "", "x", "running", "y" * 5
 
 
 def jsonschema_errors(model, body):
-    schemas = {name: m.__schema__ for name, m in workers.ns.models.items()}
+    schemas = {name: m.__schema__ for ns in (workers.ns, tasks.ns) for name, m in ns.models.items()}
     validator = Draft4Validator(dict(model.__schema__, definitions=schemas))
     return {".".join(str(p) for p in e.path) for e in validator.iter_errors(body)}
 

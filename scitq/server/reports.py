@@ -4,14 +4,14 @@ import binascii
 import math
 import re
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import joinedload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, BATCH, EVENT, EXECUTION, TASK, give_back
-from scitq.server.models import MAX_ID, MAX_INT, Execution, Worker, utcnow
+from scitq.server.models import MAX_ID, MAX_INT, Execution, TaskDependency, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 
@@ -308,7 +308,8 @@ class _FastReports:
         self.tasks[ex["task_id"]] = status
 
     def write(self):
-        """Write what changed; returns the ids of the tasks that succeeded."""
+        """Write what changed; returns the ids of the tasks that succeeded and that other
+        tasks wait for."""
         if not self.changed:
             return []
         conn = self.s.connection()
@@ -322,12 +323,16 @@ class _FastReports:
         if started:
             conn.execute(update(TASK).where(TASK.c.id.in_(started))
                          .values(status=TaskStatus.RUNNING.value, updated_at=now))
-        if done:
-            # lifecycle.succeeded, but what waits for the task is released once per batch
-            conn.execute(update(TASK).where(TASK.c.id.in_(done))
-                         .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None,
-                                 updated_at=now))
-        return done
+        if not done:
+            return []
+        # lifecycle.succeeded, but what waits for the task is released once per batch, and
+        # only for the tasks that have dependents, as this same statement tells
+        edges = TaskDependency.__table__
+        rows = conn.execute(update(TASK).where(TASK.c.id.in_(done))
+                            .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None,
+                                    updated_at=now)
+                            .returning(TASK.c.id, exists().where(edges.c.depends_on_id == TASK.c.id)))
+        return [tid for tid, waited_for in rows if waited_for]
 
 
 class _Ref:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from scitq.errors import Conflict, ContainerError, StagingError
+from scitq.worker import child
 
 log = logging.getLogger("scitq.worker")
 
@@ -185,13 +186,12 @@ class Execution:
     # -- before --------------------------------------------------------------
 
     def stage(self):
-        """Start fetching inputs and resources now; run() waits for it."""
-        self.staging = asyncio.create_task(self._stage())
+        """Start fetching inputs and resources now, if it has any; run() waits for it."""
+        if self.a.get("inputs") or self.a.get("resources") or self.a.get("use_cache"):
+            self.staging = asyncio.create_task(self._stage())
         return self.staging
 
     async def _stage(self):
-        if not (self.a.get("inputs") or self.a.get("resources") or self.a.get("use_cache")):
-            return
         from scitq.worker import staging
         limit = self.a.get("staging_timeout")
         async with self.staging_slots:
@@ -238,7 +238,8 @@ class Execution:
             if self.staging is None:
                 self.stage()
             try:
-                await self.staging
+                if self.staging is not None:
+                    await self.staging
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():
                     raise
@@ -302,7 +303,11 @@ class Execution:
                 raise
             self.report({"execution_id": self.id, "status": "running"})
             streams, wait = (self.container.stdout, self.container.stderr), self.container.wait()
-        else:
+        elif child.available():
+            self.proc = child.Child(self.argv(), cwd=self.dirs["temp"], env=dict(os.environ, **self.env()))
+            self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
+            streams, wait = (self.proc.stdout, self.proc.stderr), self.proc.wait()
+        else:       # no pidfd here (a kernel older than 5.3): asyncio's own machinery
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, cwd=self.dirs["temp"],
