@@ -4,7 +4,7 @@ import json
 import threading
 from pathlib import Path
 
-from sqlalchemy import JSON, create_engine, event as sa_event, insert, select
+from sqlalchemy import JSON, create_engine, event as sa_event, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
@@ -145,3 +145,12 @@ def insert_rows(conn, table, rows):
             values = [row[n] for n in names] + fixed
             copy.write_row([json.dumps(v) if j and v is not None else v
                             for v, j in zip(values, as_json)])
+
+
+def next_ids(conn, table, n):
+    """n new ids of a PostgreSQL table's serial id, ascending: rows can then go by COPY
+    (insert_rows) and still be known by id, instead of an INSERT ... RETURNING of many
+    rows, which is a new statement text (parsed by the driver placeholder by placeholder)
+    for each number of rows."""
+    return sorted(conn.execute(text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+                                    "FROM generate_series(1, :n)"), {"n": n}).scalars())

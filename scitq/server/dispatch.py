@@ -10,11 +10,11 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import bindparam, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, record
+from scitq.server.db import insert_rows, next_ids, record
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
@@ -24,6 +24,32 @@ log = logging.getLogger(__name__)
 DISPATCH_LOCK = 0x5C17D15  # PostgreSQL advisory lock key: one dispatch pass at a time
 ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
 TASK, EXECUTION, BATCH, EVENT = (m.__table__ for m in (Task, Execution, Batch, Event))
+
+# The statements of every pass and every inline claim, built once: SQLAlchemy then neither
+# rebuilds them nor computes their cache keys again each time.
+_ids = bindparam("ids", expanding=True)
+ACTIVE_BY_WORKER = (select(EXECUTION.c.worker_id, func.count())
+                    .where(EXECUTION.c.worker_id.in_(_ids), EXECUTION.c.status.in_(ACTIVE))
+                    .group_by(EXECUTION.c.worker_id))
+CAPPED_BATCHES = select(BATCH.c.id, BATCH.c.concurrency).where(
+    BATCH.c.concurrency.is_not(None), BATCH.c.status == BatchStatus.ACTIVE.value)
+BUSY_IN_BATCHES = (select(TASK.c.batch_id, func.count())
+                   .where(TASK.c.batch_id.in_(_ids),
+                          TASK.c.status.in_([TaskStatus.ASSIGNED.value, TaskStatus.RUNNING.value]))
+                   .group_by(TASK.c.batch_id))
+# pending tasks, oldest first, of open batches not `full`, none of `taken`, at most n
+CLAIM_ANY = (select(TASK.c.id, TASK.c.batch_id)
+             .where(TASK.c.status == TaskStatus.PENDING.value,
+                    TASK.c.batch_id.in_(select(BATCH.c.id).where(BATCH.c.status == BatchStatus.ACTIVE.value)),
+                    or_(TASK.c.not_before.is_(None), TASK.c.not_before <= bindparam("now")),
+                    TASK.c.batch_id.not_in(bindparam("full", expanding=True)),
+                    TASK.c.id.not_in(bindparam("taken", expanding=True)))
+             .order_by(TASK.c.id).limit(bindparam("n"))
+             .with_for_update(skip_locked=True))
+CLAIM_BATCH = CLAIM_ANY.where(TASK.c.batch_id == bindparam("batch_id"))     # a worker of one batch
+TASKS_ASSIGNED = (update(TASK).where(TASK.c.id.in_(_ids))
+                  .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1,
+                          not_before=None, updated_at=bindparam("now")))
 
 
 class Notifier:
@@ -197,10 +223,7 @@ class Dispatcher(Loop):
     def _active(s, worker_ids):
         # By worker id: the index on (worker_id, status) answers without reading the
         # history of executions, which only grows.
-        return dict(s.connection().execute(
-            select(EXECUTION.c.worker_id, func.count())
-            .where(EXECUTION.c.worker_id.in_(worker_ids), EXECUTION.c.status.in_(ACTIVE))
-            .group_by(EXECUTION.c.worker_id)).all())
+        return dict(s.connection().execute(ACTIVE_BY_WORKER, {"ids": list(worker_ids)}).all())
 
     def _assign(self, s, workers, active, room, now):
         """Claim pending tasks for these workers (up to concurrency + prefetch each, oldest
@@ -238,15 +261,19 @@ class Dispatcher(Loop):
         if not claims:
             return {}
         all_ids = [tid for _, ids in claims for tid in ids]
-        conn.execute(update(TASK).where(TASK.c.id.in_(all_ids))
-                     .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1,
-                             not_before=None, updated_at=now))
-        rows = conn.execute(insert(EXECUTION).returning(EXECUTION.c.id, EXECUTION.c.task_id,
-                                                        sort_by_parameter_order=True),
-                            [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
-                              "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
-                              "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
-                              "paused": False} for w, ids in claims for tid in ids]).all()
+        conn.execute(TASKS_ASSIGNED, {"ids": all_ids, "now": now})
+        new = [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
+                "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
+                "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
+                "paused": False} for w, ids in claims for tid in ids]
+        if conn.dialect.name == "postgresql":
+            for row, eid in zip(new, next_ids(conn, EXECUTION, len(new))):
+                row["id"] = eid
+            insert_rows(conn, EXECUTION, new)
+            rows = [(row["id"], row["task_id"]) for row in new]
+        else:
+            rows = conn.execute(insert(EXECUTION).returning(EXECUTION.c.id, EXECUTION.c.task_id,
+                                                            sort_by_parameter_order=True), new).all()
         owners = [w for w, ids in claims for _ in ids]
         insert_rows(conn, EVENT, [
             {"at": now, "kind": "execution.assigned", "object_type": "execution",
@@ -262,23 +289,12 @@ class Dispatcher(Loop):
         """Up to `free` pending task ids for worker w, oldest first, within batch caps,
         but none of `taken` (claimed earlier in this pass, and still pending until its end)."""
         ids = []
-        open_batches = select(BATCH.c.id).where(BATCH.c.status == BatchStatus.ACTIVE.value)
         for _ in range(3):      # a capped batch can fill up midway: then look past it
-            claim = (select(TASK.c.id, TASK.c.batch_id)
-                     .where(TASK.c.status == TaskStatus.PENDING.value,
-                            TASK.c.batch_id.in_(open_batches),
-                            or_(TASK.c.not_before.is_(None), TASK.c.not_before <= now))
-                     .order_by(TASK.c.id).limit(free - len(ids))
-                     .with_for_update(skip_locked=True))
-            full = [bid for bid, n in room.items() if n <= 0]
-            if full:
-                claim = claim.where(TASK.c.batch_id.not_in(full))
-            if w.batch_id is not None:
-                claim = claim.where(TASK.c.batch_id == w.batch_id)
-            if ids or taken:
-                claim = claim.where(TASK.c.id.not_in([*taken, *ids]))
+            claim = CLAIM_ANY if w.batch_id is None else CLAIM_BATCH
+            params = {"n": free - len(ids), "now": now, "batch_id": w.batch_id,
+                      "full": [bid for bid, n in room.items() if n <= 0], "taken": [*taken, *ids]}
             skipped = False
-            rows = conn.execute(claim).all()
+            rows = conn.execute(claim, params).all()
             for tid, bid in rows:
                 if bid in room:
                     if room[bid] <= 0:
@@ -294,15 +310,10 @@ class Dispatcher(Loop):
     def _batch_room(conn):
         """{batch id: tasks it may still start} for the active batches with a cap (they are
         few: the common case is one query on the batch table)."""
-        capped = dict(conn.execute(select(BATCH.c.id, BATCH.c.concurrency).where(
-            BATCH.c.concurrency.is_not(None), BATCH.c.status == BatchStatus.ACTIVE.value)).all())
+        capped = dict(conn.execute(CAPPED_BATCHES).all())
         if not capped:
             return {}
-        busy = dict(conn.execute(
-            select(TASK.c.batch_id, func.count()).where(
-                TASK.c.batch_id.in_(capped),
-                TASK.c.status.in_([TaskStatus.ASSIGNED.value, TaskStatus.RUNNING.value]))
-            .group_by(TASK.c.batch_id)).all())
+        busy = dict(conn.execute(BUSY_IN_BATCHES, {"ids": list(capped)}).all())
         return {bid: cap - busy.get(bid, 0) for bid, cap in capped.items()}
 
     def sweep(self):

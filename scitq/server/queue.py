@@ -1,11 +1,11 @@
 """Batches and tasks: submission, queries and the user's changes to them."""
 import re
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, lookup, record
+from scitq.server.db import insert_rows, lookup, next_ids, record
 from scitq.server.models import MAX_ID, Batch, Execution, Task, TaskDependency, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
@@ -298,8 +298,7 @@ def _insert_tasks(s, rows):
     """
     if s.get_bind().dialect.name != "postgresql":
         return s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), rows).all()
-    ids = sorted(s.scalars(text("SELECT nextval(pg_get_serial_sequence('task', 'id')) "
-                                "FROM generate_series(1, :n)"), {"n": len(rows)}))
+    ids = next_ids(s.connection(), Task.__table__, len(rows))
     keys = set().union(*rows)       # executemany wants the same keys in every row
     insert_rows(s.connection(), Task.__table__,
                 [{**dict.fromkeys(keys), **row, "id": tid} for row, tid in zip(rows, ids)])

@@ -167,10 +167,7 @@ def pending_work(s, worker_id, known):
     silent, or deleted, the ids of its live executions), from one query (two when some
     of `known` ended): a poll makes it each time it looks (and `assignments` for the new
     ones)."""
-    rows = s.connection().execute(
-        select(EXECUTION.c.id, EXECUTION.c.status, EXECUTION.c.signal, EXECUTION.c.signal_seq)
-        .where(EXECUTION.c.worker_id == worker_id, EXECUTION.c.status.in_(ACTIVE))
-        .order_by(EXECUTION.c.id))
+    rows = s.connection().execute(LIVE_OF_WORKER, {"worker_id": worker_id})
     new, signals, live = [], [], set()
     for eid, status, sig, seq in rows:
         live.add(eid)
@@ -180,9 +177,7 @@ def pending_work(s, worker_id, known):
             signals.append({"execution_id": eid, "signal": sig, "seq": seq})
     left = set(known) - live
     if left:        # those it ended itself (its reports crossed this poll) are not gone
-        left -= set(s.connection().execute(
-            select(EXECUTION.c.id).where(EXECUTION.c.id.in_(left), EXECUTION.c.worker_id == worker_id,
-                                         EXECUTION.c.status.in_(ENDED + (ExecutionStatus.RELEASED.value,))))
+        left -= set(s.connection().execute(ENDED_BY_WORKER, {"ids": list(left), "worker_id": worker_id})
                     .scalars())
     return new, signals, sorted(left), live
 
@@ -191,12 +186,36 @@ def assignments(s, execution_ids):
     """What a worker needs to run these executions, in their order."""
     if not execution_ids:
         return []
-    rows = s.connection().execute(
-        select(*ASSIGNMENT_COLUMNS)
-        .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
-                     .join(BATCH, TASK.c.batch_id == BATCH.c.id))
-        .where(EXECUTION.c.id.in_(execution_ids)).order_by(EXECUTION.c.id))
+    rows = s.connection().execute(ASSIGNMENTS, {"ids": list(execution_ids)})
     return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows]
+
+
+# The statements of polls and reports, built once: SQLAlchemy then neither rebuilds them
+# nor computes their cache keys again for each request (that was a tenth of a report's time).
+_ids = bindparam("ids", expanding=True)
+LIVE_OF_WORKER = (select(EXECUTION.c.id, EXECUTION.c.status, EXECUTION.c.signal, EXECUTION.c.signal_seq)
+                  .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
+                  .order_by(EXECUTION.c.id))
+ENDED_BY_WORKER = select(EXECUTION.c.id).where(
+    EXECUTION.c.id.in_(_ids), EXECUTION.c.worker_id == bindparam("worker_id"),
+    EXECUTION.c.status.in_(ENDED + (ExecutionStatus.RELEASED.value,)))
+ASSIGNMENTS = (select(*ASSIGNMENT_COLUMNS)
+               .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
+                            .join(BATCH, TASK.c.batch_id == BATCH.c.id))
+               .where(EXECUTION.c.id.in_(_ids)).order_by(EXECUTION.c.id))
+EXECUTION_WRITTEN = ("status", "pid", "return_code", "reason", "error", "signal", "paused",
+                     "started_at", "ended_at", "stdout_bytes", "stderr_bytes")
+REPORTED = select(*(EXECUTION.c[c] for c in ("id", "worker_id", "task_id", *EXECUTION_WRITTEN))
+                  ).where(EXECUTION.c.id.in_(_ids))
+WRITE_EXECUTION = (update(EXECUTION).where(EXECUTION.c.id == bindparam("_id"))
+                   .values({c: bindparam(c) for c in EXECUTION_WRITTEN}))
+TASKS_STARTED = (update(TASK).where(TASK.c.id.in_(_ids))
+                 .values(status=TaskStatus.RUNNING.value, updated_at=bindparam("now")))
+TASKS_SUCCEEDED = (update(TASK).where(TASK.c.id.in_(_ids))
+                   .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None,
+                           updated_at=bindparam("now"))
+                   .returning(TASK.c.id, exists().where(
+                       TaskDependency.__table__.c.depends_on_id == TASK.c.id)))
 
 
 def apply_reports(s, worker, reports, outputs):
@@ -252,8 +271,6 @@ def apply_reports(s, worker, reports, outputs):
 
 
 FAST = (ExecutionStatus.RUNNING.value, ExecutionStatus.SUCCEEDED.value)
-EXECUTION_WRITTEN = ("status", "pid", "return_code", "reason", "error", "signal", "paused",
-                     "started_at", "ended_at", "stdout_bytes", "stderr_bytes")
 
 
 class _FastReports:
@@ -266,8 +283,7 @@ class _FastReports:
         self.outputs = outputs
         self.rows = {}
         if execution_ids:
-            columns = [EXECUTION.c[c] for c in ("id", "worker_id", "task_id", *EXECUTION_WRITTEN)]
-            for row in s.connection().execute(select(*columns).where(EXECUTION.c.id.in_(execution_ids))):
+            for row in s.connection().execute(REPORTED, {"ids": execution_ids}):
                 self.rows[row.id] = dict(row._mapping)
         self.changed = {}       # execution id -> its row, as it is to be written
         self.tasks = {}         # task id -> its new status
@@ -313,25 +329,18 @@ class _FastReports:
         if not self.changed:
             return []
         conn = self.s.connection()
-        conn.execute(update(EXECUTION).where(EXECUTION.c.id == bindparam("_id"))
-                     .values({c: bindparam(c) for c in EXECUTION_WRITTEN}),
-                     [{"_id": ex["id"], **{c: ex[c] for c in EXECUTION_WRITTEN}}
-                      for ex in self.changed.values()])
+        conn.execute(WRITE_EXECUTION, [{"_id": ex["id"], **{c: ex[c] for c in EXECUTION_WRITTEN}}
+                                       for ex in self.changed.values()])
         now = utcnow()
         done = [tid for tid, status in self.tasks.items() if status == ExecutionStatus.SUCCEEDED.value]
         started = [tid for tid, status in self.tasks.items() if status == ExecutionStatus.RUNNING.value]
         if started:
-            conn.execute(update(TASK).where(TASK.c.id.in_(started))
-                         .values(status=TaskStatus.RUNNING.value, updated_at=now))
+            conn.execute(TASKS_STARTED, {"ids": started, "now": now})
         if not done:
             return []
         # lifecycle.succeeded, but what waits for the task is released once per batch, and
         # only for the tasks that have dependents, as this same statement tells
-        edges = TaskDependency.__table__
-        rows = conn.execute(update(TASK).where(TASK.c.id.in_(done))
-                            .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None,
-                                    updated_at=now)
-                            .returning(TASK.c.id, exists().where(edges.c.depends_on_id == TASK.c.id)))
+        rows = conn.execute(TASKS_SUCCEEDED, {"ids": done, "now": now})
         return [tid for tid, waited_for in rows if waited_for]
 
 

@@ -165,9 +165,10 @@ def _object(required, properties):
         for key in required:
             if key not in value:
                 _fail(errors, path, f"{key!r} is a required property")
-        for key, sub in properties.items():
-            if key in value:
-                sub(value[key], f"{path}.{key}" if path else key, errors)
+        for key, item in value.items():         # a body holds few of the properties
+            sub = properties.get(key)
+            if sub is not None:
+                sub(item, f"{path}.{key}" if path else key, errors)
     return check
 
 
