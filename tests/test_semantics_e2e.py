@@ -106,7 +106,8 @@ def test_kill_pause_and_resume_a_running_task(live, procs, tmp_path):
     assert ticks.stat().st_size == size                      # frozen
     live.resume_task(paused)
     wait_until(lambda: ticks.stat().st_size > size, 10, what="ticking again")
-    assert live.task(paused)["executions"][0]["paused"] is False
+    # the worker reports the resume just after it continued the process
+    wait_until(lambda: live.task(paused)["executions"][0]["paused"] is False, 10, what="resume reported")
 
     live.kill_task(doomed)
     t = ended(live, doomed, timeout=10)

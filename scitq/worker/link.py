@@ -6,6 +6,7 @@ import random
 import httpx
 
 from scitq.errors import from_status
+from scitq.worker import http11
 
 log = logging.getLogger("scitq.worker")
 
@@ -21,10 +22,14 @@ class ServerLink:
     def __init__(self, url, token=None, poll_wait=20.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self.http = httpx.AsyncClient(
-            base_url=self.url + "/api/v1", headers=headers,
-            timeout=httpx.Timeout(30.0, read=poll_wait + 30.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        if http11.usable(self.url):     # plain http, no proxy: the lean client (scitq.worker.http11)
+            self.http = http11.Client(self.url + "/api/v1", headers=headers,
+                                    connect_timeout=30.0, read_timeout=poll_wait + 30.0)
+        else:
+            self.http = httpx.AsyncClient(
+                base_url=self.url + "/api/v1", headers=headers,
+                timeout=httpx.Timeout(30.0, read=poll_wait + 30.0),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
 
     async def close(self):
         await self.http.aclose()
@@ -39,7 +44,7 @@ class ServerLink:
                 if resp.status_code < 500:
                     break
                 problem = f"HTTP {resp.status_code}"
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, http11.TransportError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if not retry:
                 raise ConnectionError(problem)
