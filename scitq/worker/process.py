@@ -113,6 +113,15 @@ class ScratchDirs:
         self.workdir = Path(workdir)
         self.free = []
         self.mode = None        # of a new directory (the umask decides)
+        self._names = {}        # root -> {dir: path as text}, for the sets in use or kept
+
+    def names(self, root):
+        """{"input": "/…/input", …}: the directories of a set as text (for the environment;
+        made once per set, not per task)."""
+        names = self._names.get(root)
+        if names is None:
+            names = self._names[root] = {name: str(root / name) for name in DIRS}
+        return names
 
     def take(self):
         """A root holding the four empty directories."""
@@ -129,7 +138,11 @@ class ScratchDirs:
         if len(self.free) < self.keep and self._pristine(root):
             self.free.append(root)
         else:
-            shutil.rmtree(root, ignore_errors=True)
+            self.remove(root)
+
+    def remove(self, root):
+        self._names.pop(root, None)
+        shutil.rmtree(root, ignore_errors=True)
 
     def _pristine(self, root):
         try:
@@ -225,7 +238,7 @@ class Execution:
         return shlex.split(self.a["command"])
 
     def env(self, inside_container=False):
-        d = {k: str(v) for k, v in self.dirs.items()}
+        d = self.scratch.names(self.root)
         if inside_container:
             d = {"input": "/input", "output": "/output", "temp": "/tmp", "resource": "/resource"}
         return {"CPU": str(self.cpus), "INPUT": d["input"], "OUTPUT": d["output"],
@@ -417,7 +430,7 @@ class Execution:
         """Given back before it ran: stop staging, forget its files."""
         if self.staging is not None:
             self.staging.cancel()
-        shutil.rmtree(self.root, ignore_errors=True)     # staging may still write into it
+        self.scratch.remove(self.root)      # staging may still write into it
 
 
 def cache_key(assignment, input_dir):
