@@ -4,6 +4,10 @@ One dispatcher thread per server. It wakes when a task is added, an execution en
 worker asks or changes, and otherwise once a `tick`. Each pass fills every running worker
 up to concurrency + prefetch, oldest task first; claims use FOR UPDATE SKIP LOCKED on
 PostgreSQL so a second dispatcher (another server process) never takes the same task.
+
+Under load a worker fills itself: its reports ask for `more`, and `claim_for` claims its
+next tasks in the reports' own transaction, so the answer brings them (no pass, no
+notification, no poll in between). Passes serve idle workers and everything else.
 """
 import logging
 import threading
