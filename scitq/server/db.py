@@ -154,3 +154,15 @@ def next_ids(conn, table, n):
     for each number of rows."""
     return sorted(conn.execute(text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
                                     "FROM generate_series(1, :n)"), {"n": n}).scalars())
+
+
+def insert_with_ids(conn, table, rows):
+    """Insert rows (dicts with the same keys) and return their new ids, in order. On
+    PostgreSQL the ids are drawn from the sequence first and the rows go by COPY
+    (insert_rows); elsewhere by an INSERT ... RETURNING."""
+    if conn.dialect.name != "postgresql":
+        return list(conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                                 rows).scalars())
+    ids = next_ids(conn, table, len(rows))
+    insert_rows(conn, table, [{**row, "id": i} for row, i in zip(rows, ids)])
+    return ids

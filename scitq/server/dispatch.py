@@ -14,11 +14,11 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, insert, or_, select, text, update
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, next_ids, record
+from scitq.server.db import insert_rows, insert_with_ids, record
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
@@ -270,14 +270,7 @@ class Dispatcher(Loop):
                 "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
                 "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
                 "paused": False} for w, ids in claims for tid in ids]
-        if conn.dialect.name == "postgresql":
-            for row, eid in zip(new, next_ids(conn, EXECUTION, len(new))):
-                row["id"] = eid
-            insert_rows(conn, EXECUTION, new)
-            rows = [(row["id"], row["task_id"]) for row in new]
-        else:
-            rows = conn.execute(insert(EXECUTION).returning(EXECUTION.c.id, EXECUTION.c.task_id,
-                                                            sort_by_parameter_order=True), new).all()
+        rows = list(zip(insert_with_ids(conn, EXECUTION, new), (row["task_id"] for row in new)))
         owners = [w for w, ids in claims for _ in ids]
         insert_rows(conn, EVENT, [
             {"at": now, "kind": "execution.assigned", "object_type": "execution",

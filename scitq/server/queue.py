@@ -5,7 +5,7 @@ from sqlalchemy import func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, lookup, next_ids, record
+from scitq.server.db import insert_with_ids, lookup, record
 from scitq.server.models import MAX_ID, Batch, Execution, Task, TaskDependency, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
@@ -292,17 +292,12 @@ def _insert_tasks(s, rows):
     """Insert the task rows; their ids, in order.
 
     On PostgreSQL the ids are drawn from the table's sequence first and the rows sent by
-    COPY (db.insert_rows): an INSERT ... RETURNING of many rows is one huge statement per
+    COPY (db.insert_with_ids): an INSERT ... RETURNING of many rows is one huge statement per
     thousand rows, which the driver parses placeholder by placeholder (most of a bulk
     request's time, measured), and even a pipelined executemany costs driver Python per row.
     """
-    if s.get_bind().dialect.name != "postgresql":
-        return s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), rows).all()
-    ids = next_ids(s.connection(), Task.__table__, len(rows))
-    keys = set().union(*rows)       # executemany wants the same keys in every row
-    insert_rows(s.connection(), Task.__table__,
-                [{**dict.fromkeys(keys), **row, "id": tid} for row, tid in zip(rows, ids)])
-    return ids
+    keys = set().union(*rows)       # the same keys in every row (a reason is set on some)
+    return insert_with_ids(s.connection(), Task.__table__, [{**dict.fromkeys(keys), **row} for row in rows])
 
 
 def _initial_statuses(rows, stored_deps, local_deps, known):

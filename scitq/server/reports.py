@@ -305,7 +305,7 @@ class _FastReports:
         if status == ExecutionStatus.RUNNING.value:
             ex.update(status=status, started_at=now,
                       pid=rep.get("pid") if isinstance(rep.get("pid"), int) else None)
-            events.add("execution.running", _Ref(ex["id"]), task_id=ex["task_id"], pid=ex["pid"])
+            events.add("execution.running", ex["id"], task_id=ex["task_id"], pid=ex["pid"])
         else:
             rc = rep.get("return_code")
             if rc != 0:
@@ -318,7 +318,7 @@ class _FastReports:
                       started_at=ex["started_at"] or now, ended_at=now, paused=False, signal=None,
                       stdout_bytes=self.outputs.size(ex["id"], "stdout"),
                       stderr_bytes=self.outputs.size(ex["id"], "stderr"))
-            events.add("execution.succeeded", _Ref(ex["id"]), task_id=ex["task_id"],
+            events.add("execution.succeeded", ex["id"], task_id=ex["task_id"],
                        return_code=rc, reason=reason, error=ex["error"])
         self.changed[ex["id"]] = ex
         self.tasks[ex["task_id"]] = status
@@ -344,14 +344,6 @@ class _FastReports:
         return [tid for tid, waited_for in rows if waited_for]
 
 
-class _Ref:
-    """What _Events.add needs of an execution: its id."""
-    __slots__ = ("id",)
-
-    def __init__(self, id):
-        self.id = id
-
-
 REASON = re.compile(r"[a-z_]{1,32}")         # matched whole
 FINAL = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 
@@ -364,9 +356,9 @@ class _Events:
         self.s = session
         self.rows = []
 
-    def add(self, kind, ex, **detail):
+    def add(self, kind, execution_id, **detail):
         self.rows.append({"at": utcnow(), "kind": kind, "object_type": "execution",
-                          "object_id": ex.id, "detail": detail or None})
+                          "object_id": execution_id, "detail": detail or None})
 
     def flush(self):
         """Insert now (before anything else records an event)."""
@@ -399,7 +391,7 @@ def _apply(s, worker, rep, outputs, succeeded, events):
         ex.pid = rep.get("pid") if isinstance(rep.get("pid"), int) else None
         ex.started_at = now
         task.status = TaskStatus.RUNNING.value
-        events.add("execution.running", ex, task_id=task.id, pid=ex.pid)
+        events.add("execution.running", ex.id, task_id=task.id, pid=ex.pid)
     elif status in FINAL:
         _ended(s, ex, task, rep, status, outputs, now, succeeded, events)
     elif status == ExecutionStatus.RELEASED.value:
@@ -409,7 +401,7 @@ def _apply(s, worker, rep, outputs, succeeded, events):
         ex.ended_at = now
         task.status = TaskStatus.PENDING.value
         task.attempt = max(task.attempt - 1, 0)
-        events.add("execution.released", ex, task_id=task.id)
+        events.add("execution.released", ex.id, task_id=task.id)
     else:
         raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
 
@@ -442,7 +434,7 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
     ex.stdout_bytes = outputs.size(ex.id, "stdout")
     ex.stderr_bytes = outputs.size(ex.id, "stderr")
     asked, ex.signal = ex.signal, None
-    events.add(f"execution.{status}", ex, task_id=task.id, return_code=ex.return_code,
+    events.add(f"execution.{status}", ex.id, task_id=task.id, return_code=ex.return_code,
                reason=reason, error=ex.error)
     if status == ExecutionStatus.SUCCEEDED.value:
         # lifecycle.succeeded, but what waits for the task is released once per batch
@@ -485,7 +477,7 @@ def _signaled(s, ex, rep, events):
         ex.paused = sig == "pause"
         if ex.signal == sig and ex.signal_seq == seq:
             ex.signal = None
-        events.add(f"execution.{sig}d", ex, task_id=ex.task_id)
+        events.add(f"execution.{sig}d", ex.id, task_id=ex.task_id)
 
 
 def _chunk(chunk):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scitq import __version__
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, ScitqError, Unauthorized
+from scitq.worker import child
 from scitq.worker.link import ServerLink
 from scitq.worker.process import Execution, ScratchDirs
 
@@ -333,11 +334,7 @@ class Worker:
 def _pidfd_watcher(loop):
     """Python 3.11 waits for each child process in a thread of its own; a pidfd watched by
     the event loop costs no thread (3.12 does this by itself)."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return None
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:         # a kernel older than 5.3
+    if sys.version_info >= (3, 12) or not child.available():
         return None
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(loop)
