@@ -40,13 +40,19 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/scitq.db"
         return
-    server = request.getfixturevalue("pg_cluster")
+    yield request.getfixturevalue("pg_db")
+
+
+@pytest.fixture
+def pg_db(pg_cluster):
+    """An empty database on the session's PostgreSQL, dropped afterwards (a test that starts
+    processes on it requests it before `procs`, so that they end before it is dropped)."""
     name = f"scitq_test_{uuid.uuid4().hex[:16]}"
-    url = server.create_database(name)
+    url = pg_cluster.create_database(name)
     try:
         yield url
     finally:
-        server.drop_database(name)
+        pg_cluster.drop_database(name)
 
 
 # --- The app in-process, through Flask's test client --------------------------

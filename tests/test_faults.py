@@ -40,18 +40,6 @@ FINAL = ("succeeded", "failed", "lost", "released")
 # --- fixtures ------------------------------------------------------------------
 
 @pytest.fixture
-def pg_db(pg_cluster):
-    """An empty database on the session's PostgreSQL (requested before `procs`, so that
-    the processes end before it is dropped)."""
-    name = f"scitq_faults_{uuid.uuid4().hex[:12]}"
-    url = pg_cluster.create_database(name)
-    try:
-        yield url
-    finally:
-        pg_cluster.drop_database(name)
-
-
-@pytest.fixture
 def own_pg():
     """A PostgreSQL cluster of this test alone, that it may stop and start."""
     base = tempfile.mkdtemp(prefix="scitq-faults-pg-")
