@@ -1,11 +1,12 @@
 """A task's process for the event loop, without asyncio's subprocess machinery.
 
 `asyncio.create_subprocess_exec` builds a subprocess transport, two pipe transports with
-their protocols, two stream readers and a child watcher around each process: for a task
-that runs a few milliseconds that was a third of the worker's Python per task (profiled
-on the throughput bench). `Child` starts the same process group with `subprocess.Popen`,
-reads its pipes by non-blocking `os.read` on the running loop, and learns of its exit
-through a pidfd (Linux 5.3): the same behaviour for less than half the Python.
+their protocols, two stream readers and a child watcher around each process, and the
+worker then ran a task for each stream and one for the exit: for a task that runs a few
+milliseconds that machinery was most of the worker's Python per task (profiled on the
+throughput bench). `Child` starts the same process group with `subprocess.Popen`, and
+`Child.run` reads both pipes by non-blocking `os.read` and learns of the exit through a
+pidfd (Linux 5.3), all in the one coroutine that awaits it.
 """
 import asyncio
 import os
@@ -25,40 +26,18 @@ def available():
     return _PIDFD
 
 
-class PipeReader:
-    """The read end of a child's pipe: `await read(n)` as asyncio.StreamReader.read does
-    (b"" at the end of the stream, and the descriptor is closed then)."""
-
-    def __init__(self, fd):
-        os.set_blocking(fd, False)
-        self.fd = fd
-
-    async def read(self, n):
-        while self.fd is not None:
-            try:
-                data = os.read(self.fd, n)
-            except BlockingIOError:
-                await _readable(self.fd)
-                continue
-            if not data:
-                self.close()
-            return data
-        return b""
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 class Child:
-    """A process (its own session, so its own process group) with its stdout and stderr
-    as PipeReaders. `pid`, `returncode` and `await wait()` as asyncio's Process has them."""
+    """A process in its own session (so its own process group), its stdout and stderr on
+    pipes. `pid` and `returncode` as asyncio's Process has them."""
+
+    read_bytes = 1 << 16        # one read from a pipe
 
     def __init__(self, argv, cwd, env):
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
+            os.set_blocking(out_r, False)       # ours only: the child's ends block
+            os.set_blocking(err_r, False)
             self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                                           cwd=cwd, env=env, start_new_session=True)
         except BaseException:
@@ -71,29 +50,61 @@ class Child:
         self.pid = self.popen.pid
         self.returncode = None
         # A pidfd of a child that has already exited still works: it stays a zombie (and
-        # its pid ours) until waited for below.
+        # its pid ours) until waited for in run().
         self._pidfd = os.pidfd_open(self.pid)
-        self.stdout = PipeReader(out_r)
-        self.stderr = PipeReader(err_r)
+        self._pipes = [out_r, err_r]
 
-    async def wait(self):
-        if self.returncode is None:
-            await _readable(self._pidfd)
-            _, status = os.waitpid(self.pid, 0)
-            os.close(self._pidfd)
+    async def run(self, sinks):
+        """Give what the child writes on stdout and stderr to `sinks[0]` and `sinks[1]`
+        (`await sink.feed(data)`, then `await sink.close()` at the end of its stream), then
+        wait for its exit; returns the exit code (-N for a signal, as Popen has it)."""
+        streams = dict(zip(self._pipes, sinks))
+        try:
+            while streams:
+                idle = True
+                for fd, sink in list(streams.items()):
+                    try:
+                        data = os.read(fd, self.read_bytes)
+                    except BlockingIOError:
+                        continue
+                    idle = False
+                    if data:
+                        await sink.feed(data)
+                    else:
+                        del streams[fd]
+                        self._close(fd)
+                        await sink.close()
+                if idle:
+                    await _readable(*streams)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            while pid == 0:      # the pipes close a moment before the process is a zombie
+                await _readable(self._pidfd)
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
             self.returncode = self.popen.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+            return self.returncode
+        finally:
+            for fd in list(self._pipes):
+                self._close(fd)
+            if self._pidfd is not None:       # (cancelled: Popen reaps it later)
+                os.close(self._pidfd)
+                self._pidfd = None
+
+    def _close(self, fd):
+        self._pipes.remove(fd)
+        os.close(fd)
 
 
-async def _readable(fd):
-    """Until fd is readable (the loop's selector tells)."""
+async def _readable(*fds):
+    """Until one of fds is readable (the loop's selector tells)."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    loop.add_reader(fd, _set, ready)
+    for fd in fds:
+        loop.add_reader(fd, _set, ready)
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        for fd in fds:
+            loop.remove_reader(fd)
 
 
 def _set(future):

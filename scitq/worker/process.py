@@ -20,7 +20,8 @@ log = logging.getLogger("scitq.worker")
 
 
 class OutputPump:
-    """Reads one stream of the child and sends it to the server in chunks, by offset.
+    """One stream of the child (fed to it, or read from an asyncio `reader`), sent to the
+    server in chunks, by offset.
 
     Memory stays bounded: when `flush_bytes` are waiting, reading stops until they are
     sent, so a child printing faster than the network simply blocks on its pipe.
@@ -31,7 +32,7 @@ class OutputPump:
     flush_interval = 0.5        # seconds output may wait in the worker before it is sent
     inline_bytes = 64 << 10     # the last bytes ride with the end report when this small
 
-    def __init__(self, link, execution_id, stream, reader):
+    def __init__(self, link, execution_id, stream, reader=None):
         self.link = link
         self.execution_id = execution_id
         self.stream = stream
@@ -40,21 +41,29 @@ class OutputPump:
         self.offset = 0            # bytes the server has acknowledged
         self.lock = asyncio.Lock()
         self.refused = False       # the server refuses this output (execution lost)
+        self._eof = asyncio.Event()
+        self._ticker = None
 
     async def run(self):
-        self._eof = asyncio.Event()
-        ticker = None       # started by the first bytes: a silent stream costs no timer task
+        """Pump `reader` (an asyncio.StreamReader) to its end."""
         try:
             while chunk := await self.reader.read(self.read_bytes):
-                self.buf += chunk
-                if len(self.buf) >= self.flush_bytes:
-                    await self.flush()
-                elif ticker is None:
-                    ticker = asyncio.create_task(self._tick())
+                await self.feed(chunk)
         finally:
-            self._eof.set()
-            if ticker is not None:
-                await ticker    # a send in flight finishes: cancelling it could lose its bytes
+            await self.close()
+
+    async def feed(self, chunk):
+        self.buf += chunk
+        if len(self.buf) >= self.flush_bytes:
+            await self.flush()
+        elif self._ticker is None:  # started by the first bytes: a silent stream costs no timer task
+            self._ticker = asyncio.create_task(self._tick())
+
+    async def close(self):
+        """The stream ended: a send in flight finishes (cancelling it could lose its bytes)."""
+        self._eof.set()
+        if self._ticker is not None:
+            await self._ticker
 
     async def _tick(self):
         while not self._eof.is_set():
@@ -186,15 +195,21 @@ class Execution:
         self.staging_slots = staging_slots or asyncio.Semaphore(4)
         self.scratch = scratch or ScratchDirs(workdir)
         self.root = self.scratch.take()
-        self.dirs = {name: self.root / name for name in DIRS}
         self.proc = None            # the process group leader, for a shell task
         self.container = None       # the ContainerRun, for a docker task
         self.killed = None          # the reason it was killed for, once it was
+        self.timed_out = False
+        self._timer = None          # the timeout's next look
         self.paused_since = None    # monotonic time of the pause in force
         self.paused_total = 0.0
         self.cache_hit = None
         self.staging_error = None
         self.staging = None         # the staging task, started by stage()
+
+    @property
+    def dirs(self):
+        """$INPUT, $OUTPUT, $TEMP and $RESOURCE as Paths (the hot path takes scratch.names)."""
+        return {name: Path(path) for name, path in self.scratch.names(self.root).items()}
 
     # -- before --------------------------------------------------------------
 
@@ -273,16 +288,15 @@ class Execution:
         if self.cache_hit:
             return await self._reuse(ended)
         try:
-            pumps, waiter = await self._launch()
+            pumps, ending = await self._launch()
         except (OSError, ValueError, ContainerError) as exc:
             self.report({"execution_id": self.id, "status": "running"})
             reason = "docker" if isinstance(exc, ContainerError) else "error"
             why = str(exc) if isinstance(exc, ContainerError) else f"cannot start the command: {exc}"
             return {**ended, "status": "failed", "reason": reason, "error": why[:1000]}
-        timed_out = await self._wait(pumps, waiter)
-        rc = waiter.result()
+        rc = await self._wait(ending)
         final = {**ended, "return_code": rc, "status": "succeeded" if rc == 0 else "failed"}
-        if timed_out:
+        if self.timed_out:
             final.update(status="failed", reason="timeout",
                          error=f"timeout: still running after {self.a['timeout']:g}s; killed")
         elif self.killed:
@@ -299,7 +313,9 @@ class Execution:
         return final
 
     async def _launch(self):
-        """Start the process or container; returns its output pumps and its exit waiter."""
+        """Start the process or container; returns its output pumps and the coroutine that
+        pumps its output and returns its exit code."""
+        pumps = [OutputPump(self.link, self.id, name) for name in ("stdout", "stderr")]
         if self.a.get("container"):
             from scitq.worker.container import ContainerRun
             d = self.dirs
@@ -315,43 +331,43 @@ class Execution:
                 await self.container.remove()
                 raise
             self.report({"execution_id": self.id, "status": "running"})
-            streams, wait = (self.container.stdout, self.container.stderr), self.container.wait()
-        elif child.available():
-            self.proc = child.Child(self.argv(), cwd=self.dirs["temp"], env={**base_environment(), **self.env()})
+            return pumps, _pumped(pumps, (self.container.stdout, self.container.stderr),
+                                  self.container.wait())
+        names = self.scratch.names(self.root)
+        if child.available():
+            self.proc = child.Child(self.argv(), cwd=names["temp"], env=task_environment(self.env()))
             self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
-            streams, wait = (self.proc.stdout, self.proc.stderr), self.proc.wait()
-        else:       # no pidfd here (a kernel older than 5.3): asyncio's own machinery
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=self.dirs["temp"],
-                env=dict(os.environ, **self.env()), start_new_session=True)
-            self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
-            streams, wait = (self.proc.stdout, self.proc.stderr), self.proc.wait()
-        pumps = [OutputPump(self.link, self.id, name, stream)
-                 for name, stream in zip(("stdout", "stderr"), streams)]
-        return pumps, asyncio.ensure_future(wait)
+            return pumps, self.proc.run(pumps)
+        # no pidfd here (a kernel older than 5.3): asyncio's own machinery
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=names["temp"],
+            env=dict(os.environ, **self.env()), start_new_session=True)
+        self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
+        return pumps, _pumped(pumps, (self.proc.stdout, self.proc.stderr), self.proc.wait())
 
-    async def _wait(self, pumps, waiter):
-        """Wait for the end, killing the run at its timeout (time spent paused does not
-        count). Returns True when it was killed for its timeout."""
-        pumping = asyncio.gather(*(p.run() for p in pumps))
-        limit = self.a.get("timeout")
-        started = time.monotonic()
-        timed_out = False
+    async def _wait(self, ending):
+        """Await `ending`, killing the run at its timeout (time spent paused does not
+        count); returns the exit code."""
+        if self.a.get("timeout"):
+            self._deadline(time.monotonic())
         try:
-            while limit and not waiter.done():
-                left = limit - self.ran_for(started)
-                if left <= 0 and self.paused_since is None:
-                    timed_out = True
-                    self.kill(reason=None)
-                    break
-                await asyncio.wait({waiter}, timeout=max(left, 0.05))
-            await pumping
-            await waiter
+            return await ending
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             if self.container is not None:
                 await self.container.remove()
-        return timed_out
+
+    def _deadline(self, started):
+        """Kill the run if its time is up, else look again when it would be."""
+        left = self.a["timeout"] - self.ran_for(started)
+        if left <= 0 and self.paused_since is None:
+            self.timed_out = True
+            self._timer = None
+            self.kill(reason=None)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(max(left, 0.05), self._deadline, started)
 
     def ran_for(self, started):
         paused = self.paused_total + (time.monotonic() - self.paused_since if self.paused_since else 0)
@@ -433,16 +449,28 @@ class Execution:
         self.scratch.remove(self.root)      # staging may still write into it
 
 
+async def _pumped(pumps, readers, wait):
+    """Pump each reader into its pump while awaiting `wait`; returns what `wait` returns."""
+    for pump, reader in zip(pumps, readers):
+        pump.reader = reader
+    *_, rc = await asyncio.gather(*(p.run() for p in pumps), wait)
+    return rc
+
+
 _BASE_ENV = None
 
 
-def base_environment():
-    """The worker's environment, copied once: reading os.environ decodes every variable
-    (8% of the worker's Python per no-op task when it was copied for each)."""
+def task_environment(variables):
+    """The worker's environment with a task's `variables`, as bytes (Popen takes them so,
+    and encodes text for each process). The worker's own is read and encoded once:
+    os.environ decodes every variable on each read."""
     global _BASE_ENV
     if _BASE_ENV is None:
-        _BASE_ENV = dict(os.environ)
-    return _BASE_ENV
+        _BASE_ENV = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    env = _BASE_ENV.copy()
+    for k, v in variables.items():
+        env[k.encode()] = os.fsencode(v)
+    return env
 
 
 def cache_key(assignment, input_dir):
