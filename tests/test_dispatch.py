@@ -469,6 +469,34 @@ def test_mixed_reports_in_one_request(app, client):
         assert [k for k, o in order if o == eid] == kinds
 
 
+def test_an_end_with_a_pid_brings_its_start(app, client):
+    """A task that ended before its start was sent: the worker folds the start into the end
+    (its pid), and the server records both, start first, by either way (a success takes the
+    fast one, a failure the ORM's); a refused end records no start either."""
+    ids = submit(client, "quick", "quick failure", "bad", "no pid")
+    wid = register(client, "w1", concurrency=4)
+    held = {a["task_id"]: a["execution_id"] for a in assign(app, client, wid)}
+    ok, fails, bad, plain = (held[t] for t in ids)
+    mark = last_event(app)
+    answer = send(client, wid, rep(ok, "succeeded", return_code=0, pid=21),
+                  rep(fails, "failed", return_code=3, pid=22),
+                  rep(bad, "succeeded", return_code=1, pid=23),
+                  rep(plain, "failed", return_code=1, reason="killed", error="killed before it started"))
+    assert answer["acked"] == [ok, fails, plain]
+    assert [r["execution_id"] for r in answer["refused"]] == [bad]
+    for eid, pid, status in ((ok, 21, "succeeded"), (fails, 22, "failed"), (bad, None, "assigned")):
+        ex = execution(client, eid)
+        assert (ex["pid"], ex["status"]) == (pid, status)
+        assert (ex["started_at"] is not None) == (pid is not None)
+    assert task(client, ids[0])["status"] == "succeeded"
+    order = [(kind, oid, detail) for kind, otype, oid, detail in events(app, mark) if otype == "execution"]
+    for eid, kinds in ((ok, ["execution.running", "execution.succeeded"]),
+                       (fails, ["execution.running", "execution.failed"]),
+                       (bad, []), (plain, ["execution.failed"])):
+        assert [k for k, o, _ in order if o == eid] == kinds
+    assert [d["pid"] for k, o, d in order if k == "execution.running"] == [21, 22]
+
+
 def test_poll_with_nan_wait_returns(app, client):
     wid = register(client, "w1")
     answers = []

@@ -303,15 +303,15 @@ class _FastReports:
             raise Conflict(f"execution {ex['id']} is {ex['status']}: report refused")
         now = utcnow()
         if status == ExecutionStatus.RUNNING.value:
-            ex.update(status=status, started_at=now,
-                      pid=rep.get("pid") if isinstance(rep.get("pid"), int) else None)
-            events.add("execution.running", ex["id"], task_id=ex["task_id"], pid=ex["pid"])
+            self._started(ex, rep, now, events)
         else:
             rc = rep.get("return_code")
             if rc != 0:
                 raise BadRequest(f"execution {ex['id']}: succeeded with return code {rc}")
             reason = _reason(ex["id"], rep)
             chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
+            if _brings_its_start(ex["status"], rep):
+                self._started(ex, rep, now, events)
             for stream, (offset, data) in chunks.items():
                 self.outputs.append(ex["id"], stream, offset, data)
             ex.update(status=status, return_code=rc, error=_error(rep), reason=reason,
@@ -322,6 +322,12 @@ class _FastReports:
                        return_code=rc, reason=reason, error=ex["error"])
         self.changed[ex["id"]] = ex
         self.tasks[ex["task_id"]] = status
+
+    @staticmethod
+    def _started(ex, rep, now, events):
+        ex.update(status=ExecutionStatus.RUNNING.value, started_at=now,
+                  pid=rep.get("pid") if isinstance(rep.get("pid"), int) else None)
+        events.add("execution.running", ex["id"], task_id=ex["task_id"], pid=ex["pid"])
 
     def write(self):
         """Write what changed; returns the ids of the tasks that succeeded and that other
@@ -387,11 +393,7 @@ def _apply(s, worker, rep, outputs, succeeded, events):
     task = ex.task
     now = utcnow()
     if status == ExecutionStatus.RUNNING.value:
-        ex.status = status
-        ex.pid = rep.get("pid") if isinstance(rep.get("pid"), int) else None
-        ex.started_at = now
-        task.status = TaskStatus.RUNNING.value
-        events.add("execution.running", ex.id, task_id=task.id, pid=ex.pid)
+        _started(ex, task, rep, now, events)
     elif status in FINAL:
         _ended(s, ex, task, rep, status, outputs, now, succeeded, events)
     elif status == ExecutionStatus.RELEASED.value:
@@ -404,6 +406,14 @@ def _apply(s, worker, rep, outputs, succeeded, events):
         events.add("execution.released", ex.id, task_id=task.id)
     else:
         raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
+
+
+def _started(ex, task, rep, now, events):
+    ex.status = ExecutionStatus.RUNNING.value
+    ex.pid = rep.get("pid") if isinstance(rep.get("pid"), int) else None
+    ex.started_at = now
+    task.status = TaskStatus.RUNNING.value
+    events.add("execution.running", ex.id, task_id=task.id, pid=ex.pid)
 
 
 def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
@@ -420,6 +430,8 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         ex.cached_from = source.id
         reason = "cached"
     chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
+    if _brings_its_start(ex.status, rep):
+        _started(ex, task, rep, now, events)
     for stream, (offset, data) in chunks.items():
         outputs.append(ex.id, stream, offset, data)
     ex.return_code = rc if isinstance(rc, int) else None
@@ -453,6 +465,13 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         else:
             why = ex.error or (f"exit code {rc}" if reason == "exit_code" else reason)
         lifecycle.failed(s, task, why, retry=not killed)
+
+
+def _brings_its_start(current, rep):
+    """An end reported with a pid for an execution not yet known to run: the worker folded
+    its start into it (the task ended before its start was sent), so the start is recorded
+    first, as if reported alone."""
+    return current == ExecutionStatus.ASSIGNED.value and isinstance(rep.get("pid"), int)
 
 
 def _reason(execution_id, rep):

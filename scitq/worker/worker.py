@@ -51,6 +51,7 @@ class Worker:
         self.running = {}                   # execution id -> Execution
         self.held = set()                   # ids accepted and not yet finally acknowledged
         self.reports = []                   # reports not yet acknowledged, in order
+        self._unsent_starts = {}            # execution id -> its `running` report, not yet sent
         self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
         self._queue_low = asyncio.Event()   # set when the queue falls under half the prefetch
@@ -252,12 +253,31 @@ class Worker:
     # -- reports --------------------------------------------------------------
 
     def _report(self, report):
+        status = report.get("status")
+        start = self._unsent_starts.pop(report["execution_id"], None)
+        if status == "running":
+            self._unsent_starts[report["execution_id"]] = report
+        elif start is not None and status in ("succeeded", "failed") and "pid" in start:
+            # Ended before its start went out: one report says both (the server records
+            # the start first), in the start's place.
+            pid = start["pid"]
+            start.clear()
+            start.update(report, pid=pid)
+            self._reports_ready.set()
+            return
         self.reports.append(report)
-        if report.get("status") != "running":
+        if status != "running":
             self._reports_ready.set()       # takes the held `running` reports along
         elif self._running_timer is None:
             self._running_timer = asyncio.get_running_loop().call_later(
                 self.running_delay, self._reports_ready.set)
+
+    def _outgoing(self, n):
+        """The next n reports, to be sent: no end is folded into them any more."""
+        sent = self.reports[:n]
+        for r in sent:
+            self._unsent_starts.pop(r["execution_id"], None)
+        return sent
 
     async def _report_loop(self):
         while True:
@@ -281,7 +301,7 @@ class Worker:
                 if self._running_timer is not None:
                     self._running_timer.cancel()
                     self._running_timer = None
-                sent = self.reports[:1 if one_by_one else self.report_batch]
+                sent = self._outgoing(1 if one_by_one else self.report_batch)
                 news = self._news
                 body = {"reports": sent, "queued": len(self.queue)}
                 if news:

@@ -77,7 +77,9 @@ report = ns.model("Report", {
     "execution_id": fields.Integer(required=True),
     "status": fields.String(required=True, enum=["running", "succeeded", "failed", "released",
                                                  "signaled"]),
-    "pid": fields.Integer, "return_code": fields.Integer, "error": fields.String(max_length=4096),
+    "pid": fields.Integer(description="the process started: with status running, or with the end "
+                          "of an execution not yet reported running (its start is recorded first)"),
+    "return_code": fields.Integer, "error": fields.String(max_length=4096),
     "reason": fields.String(max_length=32, description="why it failed: timeout, killed, staging..."),
     "signal": fields.String(enum=["kill", "pause", "resume", "requeue"],
                             description="with status signaled: the signal applied"),
