@@ -41,3 +41,29 @@ def test_only_so_many_sets_are_kept(tmp_path):
         scratch.give_back(root)
     assert len(scratch.free) == 2
     assert sum(root.exists() for root in roots) == 2
+
+
+def test_a_prefetched_task_holds_no_set_until_it_starts(tmp_path):
+    """Only the tasks staged or running hold directories: a worker prefetching hundreds of
+    tasks makes no more sets than it runs at once (sets beyond `keep` are made and removed
+    again for each task)."""
+    import asyncio
+
+    from scitq.worker.process import Execution
+
+    async def scenario():
+        scratch = ScratchDirs(tmp_path)
+        reports = []
+        waiting = [Execution({"execution_id": i, "task_id": i, "command": 'test -d "$TEMP"'}, None,
+                             reports.append, tmp_path, 1, scratch=scratch) for i in range(100)]
+        for ex in waiting:
+            ex.stage()      # nothing to stage
+        held = os.listdir(tmp_path)
+        for ex in waiting[:3]:
+            await ex.run()
+        waiting[3].discard()
+        return held, reports, scratch
+    held, reports, scratch = asyncio.run(scenario())
+    assert held == []
+    assert [r["return_code"] for r in reports if r["status"] == "succeeded"] == [0, 0, 0]
+    assert len(os.listdir(tmp_path)) == len(scratch.free) == 1       # one set, reused

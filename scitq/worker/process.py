@@ -194,7 +194,7 @@ class Execution:
         self.docker_host = docker_host
         self.staging_slots = staging_slots or asyncio.Semaphore(4)
         self.scratch = scratch or ScratchDirs(workdir)
-        self.root = self.scratch.take()
+        self._root = None           # its directories, taken when staged or started
         self.proc = None            # the process group leader, for a shell task
         self.container = None       # the ContainerRun, for a docker task
         self.killed = None          # the reason it was killed for, once it was
@@ -205,6 +205,15 @@ class Execution:
         self.cache_hit = None
         self.staging_error = None
         self.staging = None         # the staging task, started by stage()
+
+    @property
+    def root(self):
+        """Its directories' root, taken at first need: a prefetched task without inputs
+        holds none while it waits (a deep prefetch would, else, make and remove sets past
+        those ScratchDirs keeps)."""
+        if self._root is None:
+            self._root = self.scratch.take()
+        return self._root
 
     @property
     def dirs(self):
@@ -275,7 +284,8 @@ class Execution:
             if final is not None:
                 self.report(final)
         finally:
-            self.scratch.give_back(self.root)
+            if self._root is not None:
+                self.scratch.give_back(self._root)
 
     async def _run(self):
         ended = {"execution_id": self.id}
@@ -446,7 +456,8 @@ class Execution:
         """Given back before it ran: stop staging, forget its files."""
         if self.staging is not None:
             self.staging.cancel()
-        self.scratch.remove(self.root)      # staging may still write into it
+        if self._root is not None:
+            self.scratch.remove(self._root)     # staging may still write into it
 
 
 async def _pumped(pumps, readers, wait):
