@@ -1,21 +1,24 @@
 """No-op task throughput: scitq on PostgreSQL against Celery 5 + Redis and the machine's limit.
 
-    python bench/throughput.py [--tasks 5000] [--prefetch 16,32] [--only limit,celery,scitq]
+    python bench/throughput.py [--tasks 5000] [--prefetch 16,128] [--only limit,celery,scitq]
                                [--profile DIR]
 
 Each system runs the same work with the same total concurrency of 8: N shell tasks
 `/bin/sh -c true`, each its own subprocess.
 
 - scitq: a server on a throwaway PostgreSQL (tests/pgcluster.py) and 2 workers of
-  concurrency 4 (real processes, tests/procs.py), run once per --prefetch: 16 is what a
-  Celery worker of concurrency 4 reserves by default besides the tasks it runs (prefetch
-  multiplier 4), 32 a deeper queue. The N tasks go in with one bulk call;
+  concurrency 4 (real processes, tests/procs.py), run once per --prefetch (the tasks a
+  worker holds besides those it runs): 16 is what a Celery worker of concurrency 4
+  reserves by default (prefetch multiplier 4), 128 the queue a worker of short tasks
+  wants (each report request then carries more of them). The N tasks go in with one bulk call;
   the time runs from that call to the last task succeeded. Afterwards the database is
   counted: every task, every execution and the events of each execution must be there
   (the full history is kept while going fast).
 - celery: Debian's redis-server started here on a free loopback port (no persistence),
   2 `celery worker` processes with the prefork pool and concurrency 4; each task calls
-  subprocess.run on the same command. A group of N is sent and its results awaited.
+  subprocess.run on the same command. A group of N is sent and its results awaited. It
+  runs once per --prefetch too, reserving as many tasks (prefetch multiplier = prefetch /
+  4), and each scitq run is compared with the Celery run of its own prefetch.
 - limit: a bare Python loop, 8 threads each running subprocess.run: what this machine can
   do at all, with no queue in between.
 
@@ -51,7 +54,8 @@ def make_celery(url):
     from celery import Celery
     app = Celery("throughput", broker=url, backend=url)
     app.conf.update(result_expires=600, worker_hijack_root_logger=False,
-                    broker_connection_retry_on_startup=True)
+                    broker_connection_retry_on_startup=True,
+                    worker_prefetch_multiplier=int(os.environ.get("BENCH_CELERY_MULTIPLIER", 4)))
 
     @app.task(name="throughput.run")
     def run():
@@ -120,7 +124,7 @@ def _children_cpu():
 
 # --- Celery -------------------------------------------------------------------
 
-def run_celery(n, tmp):
+def run_celery(n, tmp, prefetch):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     procs = []
@@ -130,7 +134,8 @@ def run_celery(n, tmp):
                                   "--loglevel", "warning"],
                                  stdout=open(tmp / "redis.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(redis)
-        env = dict(os.environ, BENCH_REDIS_URL=url)
+        env = dict(os.environ, BENCH_REDIS_URL=url,
+                   BENCH_CELERY_MULTIPLIER=str(max(1, prefetch // (CONCURRENCY // WORKERS))))
         for i in range(WORKERS):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "throughput", "worker", "--pool", "prefork",
@@ -253,7 +258,8 @@ def main():
     global profile_seconds
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=5000)
-    ap.add_argument("--prefetch", default="16,32", help="scitq workers' prefetch: one run each")
+    ap.add_argument("--prefetch", default="16,128",
+                    help="tasks a worker holds besides those it runs: one scitq and one Celery run each")
     ap.add_argument("--only", default="limit,celery,scitq", help="which systems, comma-separated")
     ap.add_argument("--profile", metavar="DIR",
                     help="py-spy record the scitq server and first worker into DIR/profile-*.txt")
@@ -262,34 +268,35 @@ def main():
     profile_seconds = args.profile_seconds
     only = args.only.split(",")
     prefetches = [int(x) for x in args.prefetch.split(",")]
-    runs = [("limit", "limit: 8 threads, subprocess.run", lambda d: run_limit(args.tasks)),
-            ("celery", f"celery 5 + redis, {WORKERS}x prefork {CONCURRENCY // WORKERS}",
-             lambda d: run_celery(args.tasks, d))]
-    runs += [("scitq", f"scitq + postgresql, {WORKERS}x c{CONCURRENCY // WORKERS} p{p}",
+    runs = [("limit", None, "limit: 8 threads, subprocess.run", lambda d: run_limit(args.tasks))]
+    runs += [("celery", p, f"celery 5 + redis, {WORKERS}x prefork {CONCURRENCY // WORKERS} p{p}",
+              lambda d, p=p: run_celery(args.tasks, d, p)) for p in prefetches]
+    runs += [("scitq", p, f"scitq + postgresql, {WORKERS}x c{CONCURRENCY // WORKERS} p{p}",
               lambda d, p=p: run_scitq(args.tasks, d, p, args.profile)) for p in prefetches]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.chmod(tmp, 0o755)
-        for i, (name, label, fn) in enumerate(runs):
+        for i, (name, prefetch, label, fn) in enumerate(runs):
             if name in only:
                 d = tmp / str(i)
                 d.mkdir()
                 os.chmod(d, 0o755)
                 print(f"{label}...", file=sys.stderr, flush=True)
-                rows.append((name, label, *fn(d)))
+                rows.append((name, prefetch, label, *fn(d)))
     print(f"\n{args.tasks} tasks `sh -c true`, total concurrency {CONCURRENCY} "
           f"({os.cpu_count()} cores, Python {sys.version.split()[0]})")
-    print(f"{'system':<34}{'seconds':>9}{'tasks/s':>10}{'CPU ms/task':>13}  notes")
+    print(f"{'system':<38}{'seconds':>9}{'tasks/s':>10}{'CPU ms/task':>13}  notes")
     rate = {}
-    for name, label, elapsed, cpu, note in rows:
-        rate[label] = args.tasks / elapsed
-        print(f"{label:<34}{elapsed:>9.1f}{rate[label]:>10.0f}{cpu / args.tasks * 1000:>13.2f}  {note}")
-    others = {name: rate[label] for name, label, *_ in rows if name != "scitq"}
-    for name, label, *_ in rows:
-        for other, goal in (("celery", 1.5), ("limit", 0.5)):
-            if name == "scitq" and other in others:
-                ratio = rate[label] / others[other]
+    for name, prefetch, label, elapsed, cpu, note in rows:
+        rate[name, prefetch] = args.tasks / elapsed
+        print(f"{label:<38}{elapsed:>9.1f}{rate[name, prefetch]:>10.0f}{cpu / args.tasks * 1000:>13.2f}  {note}")
+    for name, prefetch, label, *_ in rows:
+        if name != "scitq":
+            continue
+        for other, key, goal in (("celery", ("celery", prefetch), 1.5), ("limit", ("limit", None), 0.5)):
+            if key in rate:
+                ratio = rate[name, prefetch] / rate[key]
                 print(f"{label.split(', ')[-1]}: scitq/{other} {ratio:.2f} "
                       f"(goal >= {goal}: {'met' if ratio >= goal else 'MISSED'})")
 
