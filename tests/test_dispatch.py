@@ -542,3 +542,33 @@ def test_a_poll_names_what_was_given_away_while_the_worker_was_silent(app, clien
     answer = poll(client, slow, known=[a["execution_id"]])
     assert answer["gone"] == [a["execution_id"]]
     assert poll(client, slow, known=[])["gone"] == []
+
+
+def test_a_big_submission_is_claimed_without_reading_it_all(app, client):
+    """After a big submission the pass brings PostgreSQL's statistics up to date first:
+    with stale ones it planned each claim as "read every pending task, sort, keep n"."""
+    from datetime import datetime, timezone
+
+    from scitq.server.dispatch import CLAIM_ANY
+    dispatcher = app.extensions["scitq"].dispatcher
+    db = app.extensions["scitq"].db
+    submit(client, "first")
+    for _ in range(2):
+        call(client, "POST", "/tasks/bulk", expect=201,
+             json={"tasks": [{"command": "true"}] * 5000, "batch": "big"})
+    if db.is_sqlite:        # no statistics unless asked for: nothing to refresh
+        assert dispatcher.fresh_statistics() is False
+        return
+    assert dispatcher.fresh_statistics() is True
+    assert dispatcher.fresh_statistics() is False       # until as many again come
+    claim = CLAIM_ANY.compile(db.engine).construct_expanded_state(
+        {"n": 16, "now": datetime.now(timezone.utc), "full": [-1], "taken": [-1]})
+    with db.engine.connect() as conn:
+        ((plan,),) = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + claim.statement,
+                                          claim.parameters).one()
+
+    def rows_read(node):
+        yield node["Actual Rows"] * node["Actual Loops"]
+        for child in node.get("Plans", []):
+            yield from rows_read(child)
+    assert max(rows_read(plan["Plan"])) <= 100, plan

@@ -135,6 +135,9 @@ class Dispatcher(Loop):
         self._heard_since = time.monotonic()
         self._last_pass = 0.0
         self._hurry = False
+        self._new_tasks = 0          # submitted since the task table's statistics were made
+        self._task_rows = 0.0        # the table's size as those statistics say
+        self._stats_lock = threading.Lock()
 
     def wake(self, at_once=True):
         """Ask for a pass. at_once=False: it may wait until `min_gap` after the previous
@@ -159,10 +162,44 @@ class Dispatcher(Loop):
                 self.sweep()
                 self._last_sweep = time.monotonic()
             self._last_pass = time.monotonic()
+            self.fresh_statistics()
             self.dispatch()
         except OperationalError:
             self._heard_since = time.monotonic()    # heartbeats cannot be written either
             raise
+
+    analyze_at = 1000       # tasks submitted, at least, that make the statistics stale
+    analyze_share = 0.1     # ...and this share of the table
+
+    def tasks_added(self, n):
+        """n tasks were submitted (the pass this wakes brings the statistics up to date)."""
+        with self._stats_lock:
+            self._new_tasks += n
+
+    def fresh_statistics(self):
+        """ANALYZE the task table when many tasks came since its statistics were made.
+
+        PostgreSQL plans each claim from those statistics. Believing few tasks pending while
+        many are, it reads every pending task of the open batches and sorts them, for each
+        claim of a handful (measured: 7 ms a claim with 20,000 pending, 0.04 ms after
+        ANALYZE, which then walks the index in id order). Autovacuum analyzes only at its
+        next round, up to a minute later: a big submission would be served by the slow plan
+        until then. Returns whether it analyzed."""
+        with self._stats_lock:
+            new = self._new_tasks
+            if self.db.is_sqlite or new < max(self.analyze_at, self.analyze_share * self._task_rows):
+                return False
+            self._new_tasks = 0
+        try:
+            with self.db.write() as s:
+                s.execute(text("SET LOCAL lock_timeout = '2s'"))   # never hold passes up long
+                s.execute(text("ANALYZE task"))
+                self._task_rows = s.scalar(text("SELECT reltuples FROM pg_class WHERE oid = 'task'::regclass"))
+        except OperationalError as exc:     # autovacuum holds the table: at the next pass
+            log.info("ANALYZE task: %s", exc.orig or exc)
+            self.tasks_added(new)
+            return False
+        return True
 
     def dispatch(self):
         """One pass: returns {worker_id: number of executions assigned}."""

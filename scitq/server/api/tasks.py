@@ -81,7 +81,9 @@ list_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
 
 
 def _created(ids):
-    state().dispatcher.wake()
+    dispatcher = state().dispatcher
+    dispatcher.tasks_added(len(ids))
+    dispatcher.wake()
     return {"ids": ids, "count": len(ids)}, 201
 
 
