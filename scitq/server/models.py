@@ -2,7 +2,7 @@
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer,
-                        String, Text, TypeDecorator, UniqueConstraint)
+                        String, Text, TypeDecorator, UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from scitq.status import BatchStatus, ExecutionStatus, HostStatus, TaskStatus, WorkerStatus
@@ -61,8 +61,12 @@ class Batch(Base):
 class Task(Base):
     __tablename__ = "task"
     __table_args__ = (
-        Index("ix_task_status_id", "status", "id"),          # dispatch: oldest pending first
+        Index("ix_task_status_id", "status", "id"),          # pages of tasks by status
         Index("ix_task_batch_status", "batch_id", "status"),  # per-batch counts
+        # dispatch: oldest pending first. Only pending tasks are in it, so PostgreSQL takes it
+        # for claims whatever its statistics say, and never walks the tasks already done.
+        Index("ix_task_pending", "id", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
