@@ -1,6 +1,6 @@
 """No-op task throughput: scitq on PostgreSQL against Celery 5 + Redis and the machine's limit.
 
-    python bench/throughput.py [--tasks 5000] [--prefetch 16,128] [--only limit,celery,scitq]
+    python bench/throughput.py [--tasks 10000] [--prefetch 16,128] [--only limit,celery,scitq]
                                [--profile DIR]
 
 Each system runs the same work with the same total concurrency of 8: N shell tasks
@@ -268,7 +268,7 @@ def history(db_url, n):
 def main():
     global profile_seconds
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", type=int, default=5000)
+    ap.add_argument("--tasks", type=int, default=10000)
     ap.add_argument("--prefetch", default="16,128",
                     help="tasks a worker holds besides those it runs: one scitq and one Celery run each")
     ap.add_argument("--only", default="limit,celery,scitq", help="which systems, comma-separated")
