@@ -560,13 +560,19 @@ def test_a_big_submission_is_claimed_without_reading_it_all(app, client):
     for _ in range(2):
         call(client, "POST", "/tasks/bulk", expect=201,
              json={"tasks": [{"command": "true"}] * 5000, "batch": "big"})
+    claim = CLAIM_ANY.compile(db.engine).construct_expanded_state(
+        {"n": 16, "now": datetime.now(timezone.utc), "full": [-1], "taken": [-1]})
     if db.is_sqlite:        # no statistics unless asked for: nothing to refresh
         assert dispatcher.fresh_statistics() is False
+        with db.engine.connect() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + claim.statement,
+                                        tuple(claim.parameters[k] for k in claim.positiontup)).all()
+        steps = [row[-1] for row in plan]       # an index walk in id order: no sort
+        assert any(step.startswith("SEARCH task USING INDEX") for step in steps), steps
+        assert not any("TEMP B-TREE" in step for step in steps), steps
         return
     assert dispatcher.fresh_statistics() is True
     assert dispatcher.fresh_statistics() is False       # until as many again come
-    claim = CLAIM_ANY.compile(db.engine).construct_expanded_state(
-        {"n": 16, "now": datetime.now(timezone.utc), "full": [-1], "taken": [-1]})
 
     def rows_read():
         with db.engine.connect() as conn:
