@@ -108,6 +108,7 @@ class Tasks(Resource):
         with state().db.write() as s:
             (tid,) = queue.create_tasks(s, [ns.payload])
             out = queue.get_task(s, tid).to_dict()
+        state().dispatcher.tasks_added(1)       # a thousand single ones count as a bulk one
         state().dispatcher.wake()
         return out, 201
 
