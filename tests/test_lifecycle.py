@@ -107,6 +107,37 @@ def test_a_diamond_runs_in_dependency_order(app, client):
     assert all(status(client, t) == "succeeded" for t in (a, b, c, d))
 
 
+def test_a_root_releases_its_many_dependents_at_once(app, client):
+    """A fan-out: the root's end makes its 300 dependents pending in the same request, each
+    with its task.ready event, but not the one that also waits for another task. The same
+    through the ORM's lifecycle (its status set on the object, not yet flushed)."""
+    from apicalls import events, last_event
+
+    from scitq.server import lifecycle
+    from scitq.server.models import Task
+    ids = bulk(client, [{"ref": "root", "command": "index"}, {"ref": "other", "command": "other"}]
+               + [{"command": f"align {i}", "depends_on": ["root"]} for i in range(300)]
+               + [{"command": "merge", "depends_on": ["root", "other"]}], batch="fan")["ids"]
+    root, other, fanned, merge = ids[0], ids[1], ids[2:-1], ids[-1]
+    wid = register(client, "w", concurrency=1)
+    mark = last_event(app)
+    (x,) = start(app, client, wid)
+    assert x["task_id"] == root
+    finish(client, wid, x)
+    counts = call(client, "GET", "/batches/fan")["counts"]
+    assert (counts["pending"], counts["waiting"]) == (301, 1)           # 300 and `other`
+    ready = [oid for kind, _, oid, _ in events(app, mark) if kind == "task.ready"]
+    assert ready == fanned and status(client, merge) == "waiting"
+
+    db = app.extensions["scitq"].db
+    with db.write() as s:
+        held = s.get(Task, merge)                   # held by the session: refreshed after
+        lifecycle.succeeded(s, s.get(Task, other))
+        assert held.status == "pending"
+    assert status(client, merge) == "pending"
+    assert [oid for kind, _, oid, _ in events(app, mark) if kind == "task.ready"][-1] == merge
+
+
 def test_a_failed_root_cancels_the_rest_and_force_runs_one(app, client):
     a, b, c, d = diamond(client)
     wid = register(client, "w", concurrency=4)

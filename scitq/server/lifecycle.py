@@ -7,11 +7,11 @@ whose dependency failed for good (or that a user killed before they ran).
 """
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 
 from scitq.errors import BadRequest, Conflict
-from scitq.server.db import record
-from scitq.server.models import Execution, Task, TaskDependency, utcnow
+from scitq.server.db import insert_rows, record
+from scitq.server.models import Event, Execution, Task, TaskDependency, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus
 
 SIGNALS = ("kill", "pause", "resume")
@@ -70,22 +70,52 @@ def release_dependents(s, task_ids):
     edges = TaskDependency.__table__
     if s.connection().execute(select(edges.c.task_id).where(edges.c.depends_on_id.in_(task_ids))
                               .limit(1)).first() is None:
-        return      # most tasks have no dependents: no ORM query (nor flush) for them
-    settle(s, s.scalars(select(Task).where(Task.id.in_(_dependents(task_ids)),
-                                           Task.status == TaskStatus.WAITING.value)).all())
+        return      # most tasks have no dependents: no flush, no update for them
+    _make_ready(s, READY_DEPENDENTS, task_ids)
 
 
 def settle(s, tasks):
-    for task in tasks:
-        if task.status != TaskStatus.WAITING.value:
-            continue
-        unmet = s.scalar(select(Task.id).join(TaskDependency, TaskDependency.depends_on_id == Task.id)
-                         .where(TaskDependency.task_id == task.id,
-                                Task.status != TaskStatus.SUCCEEDED.value).limit(1))
-        if unmet is None:
-            task.status = TaskStatus.PENDING.value
-            task.reason = None
-            record(s, "task.ready", task)
+    """Those of these waiting tasks whose every dependency has succeeded become pending."""
+    ids = [t.id for t in tasks if t.status == TaskStatus.WAITING.value]
+    if ids:
+        _make_ready(s, READY, ids)
+
+
+def _ready(candidates):
+    """UPDATE the waiting tasks among `candidates` (a query of ids) that wait for nothing
+    unfinished any more to pending, RETURNING their ids."""
+    task, edge = Task.__table__, TaskDependency.__table__.alias("unmet_edge")
+    dep = Task.__table__.alias("unmet_dep")
+    unmet = (select(edge.c.task_id).join(dep, dep.c.id == edge.c.depends_on_id)
+             .where(edge.c.task_id == task.c.id, dep.c.status != TaskStatus.SUCCEEDED.value))
+    return (update(task).where(task.c.id.in_(candidates), task.c.status == TaskStatus.WAITING.value,
+                               ~unmet.exists())
+            .values(status=TaskStatus.PENDING.value, reason=None, updated_at=bindparam("now"))
+            .returning(task.c.id))
+
+
+_ids = bindparam("ids", expanding=True)
+READY = _ready(select(Task.__table__.c.id).where(Task.__table__.c.id.in_(_ids)))
+READY_DEPENDENTS = _ready(select(TaskDependency.__table__.c.task_id)
+                          .where(TaskDependency.__table__.c.depends_on_id.in_(_ids)))
+
+
+def _make_ready(s, statement, ids):
+    """One UPDATE and one insert of events for all the tasks made ready: a task with 5,000
+    dependents released them one ORM object and one query each, in the request that
+    reported its end (4.6 s)."""
+    s.flush()       # statuses this session changed count (Core statements do not autoflush)
+    now = utcnow()
+    conn = s.connection()
+    ready = sorted(conn.execute(statement, {"ids": list(ids), "now": now}).scalars())
+    if not ready:
+        return
+    held = set(ready)
+    for obj in list(s.identity_map.values()):   # what the session holds of them is stale
+        if isinstance(obj, Task) and obj.id in held:
+            s.expire(obj)
+    insert_rows(conn, Event.__table__, [{"at": now, "kind": "task.ready", "object_type": "task",
+                                         "object_id": tid, "detail": None} for tid in ready])
 
 
 def cancel_dependents(s, task_ids, reason):
