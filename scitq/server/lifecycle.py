@@ -67,9 +67,7 @@ def cancel(s, task, reason):
 
 def release_dependents(s, task_ids):
     """Waiting tasks whose every dependency has now succeeded become pending."""
-    edges = TaskDependency.__table__
-    if s.connection().execute(select(edges.c.task_id).where(edges.c.depends_on_id.in_(task_ids))
-                              .limit(1)).first() is None:
+    if s.connection().execute(_dependents(task_ids).limit(1)).first() is None:
         return      # most tasks have no dependents: no flush, no update for them
     _make_ready(s, READY_DEPENDENTS, task_ids)
 
@@ -82,7 +80,7 @@ def settle(s, tasks):
 
 
 def _ready(candidates):
-    """UPDATE the waiting tasks among `candidates` (a query of ids) that wait for nothing
+    """UPDATE the waiting tasks among `candidates` (ids, or a query of them) that wait for nothing
     unfinished any more to pending, RETURNING their ids."""
     task, edge = Task.__table__, TaskDependency.__table__.alias("unmet_edge")
     dep = Task.__table__.alias("unmet_dep")
@@ -95,9 +93,8 @@ def _ready(candidates):
 
 
 _ids = bindparam("ids", expanding=True)
-READY = _ready(select(Task.__table__.c.id).where(Task.__table__.c.id.in_(_ids)))
-READY_DEPENDENTS = _ready(select(TaskDependency.__table__.c.task_id)
-                          .where(TaskDependency.__table__.c.depends_on_id.in_(_ids)))
+READY = _ready(_ids)
+READY_DEPENDENTS = _ready(_dependents(_ids))
 
 
 def _make_ready(s, statement, ids):

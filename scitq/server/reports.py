@@ -325,8 +325,7 @@ class _FastReports:
 
     @staticmethod
     def _started(ex, rep, now, events):
-        ex.update(status=ExecutionStatus.RUNNING.value, started_at=now,
-                  pid=rep.get("pid") if isinstance(rep.get("pid"), int) else None)
+        ex.update(status=ExecutionStatus.RUNNING.value, started_at=now, pid=_pid(rep))
         events.add("execution.running", ex["id"], task_id=ex["task_id"], pid=ex["pid"])
 
     def write(self):
@@ -410,7 +409,7 @@ def _apply(s, worker, rep, outputs, succeeded, events):
 
 def _started(ex, task, rep, now, events):
     ex.status = ExecutionStatus.RUNNING.value
-    ex.pid = rep.get("pid") if isinstance(rep.get("pid"), int) else None
+    ex.pid = _pid(rep)
     ex.started_at = now
     task.status = TaskStatus.RUNNING.value
     events.add("execution.running", ex.id, task_id=task.id, pid=ex.pid)
@@ -467,11 +466,16 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         lifecycle.failed(s, task, why, retry=not killed)
 
 
+def _pid(rep):
+    pid = rep.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
 def _brings_its_start(current, rep):
     """An end reported with a pid for an execution not yet known to run: the worker folded
     its start into it (the task ended before its start was sent), so the start is recorded
     first, as if reported alone."""
-    return current == ExecutionStatus.ASSIGNED.value and isinstance(rep.get("pid"), int)
+    return current == ExecutionStatus.ASSIGNED.value and _pid(rep) is not None
 
 
 def _reason(execution_id, rep):

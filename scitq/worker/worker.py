@@ -6,13 +6,11 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
 from scitq import __version__
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, ScitqError, Unauthorized
-from scitq.worker import child
 from scitq.worker.link import ServerLink
 from scitq.worker.process import Execution, ScratchDirs
 
@@ -71,7 +69,6 @@ class Worker:
             loop.add_signal_handler(sig, self.drain, sig.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.scratch = ScratchDirs(self.workdir)
-        watcher = _pidfd_watcher(loop)
         from scitq.worker.staging import ResourceCache
         self.resources = ResourceCache(self.workdir / "resources")
         self._staging_slots = asyncio.Semaphore(self.staging_parallel)
@@ -102,9 +99,6 @@ class Worker:
                 ex.kill()
             await self.link.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
-            if watcher is not None:
-                watcher.close()
-                asyncio.set_child_watcher(None)
 
     def drain(self, why="request"):
         """Take nothing new, give back what has not started, finish what runs, then exit."""
@@ -349,17 +343,6 @@ class Worker:
         disk = shutil.disk_usage(self.workdir)
         return {"load": round(os.getloadavg()[0], 2), "memory": memory_percent(),
                 "disk": round(100 * (1 - disk.free / disk.total), 1)}
-
-
-def _pidfd_watcher(loop):
-    """Python 3.11 waits for each child process in a thread of its own; a pidfd watched by
-    the event loop costs no thread (3.12 does this by itself)."""
-    if sys.version_info >= (3, 12) or not child.available():
-        return None
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-    return watcher
 
 
 def memory_percent():
