@@ -265,11 +265,22 @@ def history(db_url, n):
             f"{events} execution events")
 
 
+def _prefetches(text):
+    """--prefetch: integers from 0, comma-separated (argparse says so in one line, exit 2)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = [-1]
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: integers from 0, comma-separated")
+    return values
+
+
 def main():
     global profile_seconds
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=10000)
-    ap.add_argument("--prefetch", default="16,128",
+    ap.add_argument("--prefetch", default="16,128", type=_prefetches,
                     help="tasks a worker holds besides those it runs: one scitq and one Celery run each")
     ap.add_argument("--only", default="limit,celery,scitq", help="which systems, comma-separated")
     ap.add_argument("--profile", metavar="DIR",
@@ -278,7 +289,7 @@ def main():
     args = ap.parse_args()
     profile_seconds = args.profile_seconds
     only = args.only.split(",")
-    prefetches = [int(x) for x in args.prefetch.split(",")]
+    prefetches = args.prefetch
     runs = [("limit", None, "limit: 8 threads, subprocess.run", lambda d: run_limit(args.tasks))]
     runs += [("celery", p, f"celery 5 + redis, {WORKERS}x prefork {CONCURRENCY // WORKERS} p{p}",
               lambda d, p=p: run_celery(args.tasks, d, p)) for p in prefetches]
