@@ -5,11 +5,11 @@
 
 The server is `scitq server --auth` with its defaults otherwise (a fleet is never served
 without auth), on a throwaway PostgreSQL. The workers are scitq's own `Worker` objects, each
-with a worker token of its own, run many to a process by `--sim` child processes of this
-script: they register, long-poll, report, size their prefetch and take the next tasks from
-the answers to their reports exactly as a deployed worker does. Only the task itself is
-simulated: an execution sleeps for the `sleep N` of its command instead of forking it (4,000
-real processes would measure the fork, not the server).
+with a worker token of its own, run many to a process by tests/fleetsim.py: they register,
+long-poll, report, size their prefetch and take the next tasks from the answers to their
+reports exactly as a deployed worker does. Only the task itself is simulated: an execution
+sleeps for the `sleep N` of its command instead of forking it (4,000 real processes would
+measure the fork, not the server).
 
 Each task is `sleep D`, D drawn uniformly in [min, max] s (fixed seed); the ideal rate is
 workers x concurrency / mean(D). After `--warmup` s (every slot busy, the first tasks
@@ -21,11 +21,9 @@ to retry, probe failures), workers lost, tasks seen with two live executions, an
 server's peak RSS, threads and descriptors. Every call goes to 127.0.0.1.
 """
 import argparse
-import asyncio
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -41,88 +39,6 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else float("nan")
-
-
-# -- the simulated fleet: a child process running many real Worker objects -------------------
-
-SLEEP = re.compile(r"^sleep ([0-9.]+)$")
-
-
-def sim_main(url, tokens_file, concurrency, workdir):
-    import logging
-
-    from scitq.worker import worker as worker_module
-
-    class SleepExecution:
-        """An execution whose process is simulated: it sleeps for the task's `sleep N`."""
-
-        def __init__(self, assignment, link, report, *_args):
-            self.a, self.id, self.report = assignment, assignment["execution_id"], report
-            self.killed = None
-            self._sleep = None
-
-        def stage(self):
-            return None
-
-        def discard(self):
-            pass
-
-        async def run(self):
-            m = SLEEP.match(self.a["command"].strip())
-            self.report({"execution_id": self.id, "status": "running", "pid": os.getpid()})
-            self._sleep = asyncio.ensure_future(asyncio.sleep(float(m.group(1)) if m else 0))
-            try:
-                await self._sleep
-                self.report({"execution_id": self.id, "status": "succeeded", "return_code": 0})
-            except asyncio.CancelledError:
-                if self.killed is None:
-                    raise
-                self.report({"execution_id": self.id, "status": "failed", "reason": "killed",
-                             "error": "killed on request"})
-
-        def kill(self, reason="killed"):
-            self.killed = reason
-            if self._sleep is not None:
-                self._sleep.cancel()
-
-        def pause(self):
-            pass
-
-        def resume(self):
-            pass
-
-    worker_module.Execution = SleepExecution
-    retries = {"n": 0}
-
-    class Count(logging.Handler):
-        def emit(self, record):
-            if "retrying" in record.getMessage() or record.levelno >= logging.ERROR:
-                retries["n"] += 1
-                if retries["n"] <= 5:
-                    sys.stderr.write(f"sim: {record.getMessage()[:300]}\n")
-
-    logging.getLogger("scitq.worker").addHandler(Count())
-    logging.getLogger("scitq.worker").setLevel(logging.WARNING)
-    logging.getLogger("scitq.worker").propagate = False
-    names_tokens = json.loads(Path(tokens_file).read_text())
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        workers = []
-        for name, token in names_tokens:
-            w = worker_module.Worker(url, name=name, concurrency=concurrency, token=token,
-                                     workdir=workdir)
-            workers.append(w)
-        runs = []
-        for w in workers:           # registrations spread over a few seconds, as hosts boot
-            runs.append(asyncio.create_task(w.run()))
-            await asyncio.sleep(0.005)
-        for sig in (signal.SIGTERM, signal.SIGINT):     # one drain for all (each run set its own)
-            loop.add_signal_handler(sig, lambda: [w.drain("SIGTERM") for w in workers])
-        await asyncio.gather(*runs)
-
-    asyncio.run(main())
-    print(json.dumps({"retries": retries["n"]}), flush=True)
 
 
 # -- the bench ------------------------------------------------------------------------------
@@ -217,14 +133,15 @@ def run_fleet(cluster, n, args, tmp):
                 tf.write_text(json.dumps(pairs))
                 log = open(procs.tmp / f"sim{k}.log", "w")
                 sims.append((subprocess.Popen(
-                    [sys.executable, __file__, "--sim", server.url, str(tf), str(args.concurrency),
-                     str(procs.tmp / "work")], stdout=subprocess.PIPE, stderr=log, text=True), log))
+                    [sys.executable, str(HERE.parent / "tests" / "fleetsim.py"), server.url, str(tf),
+                     str(args.concurrency), str(procs.tmp / "work")], stdout=subprocess.PIPE, stderr=log,
+                    text=True), log))
             rng = random.Random(n)
             ideal = n * args.concurrency / ((args.min + args.max) / 2)
             total = int(ideal * (args.warmup + args.window) * 1.3) + n * args.concurrency * 2
             c.add_tasks([{"command": f"sleep {rng.uniform(args.min, args.max):.2f}"} for _ in range(total)],
                         batch="fleet")
-            wait_until(lambda: len(c.workers()) >= n, 120 + n / 10, interval=1, what=f"{n} workers")
+            wait_until(lambda: len(c.workers()) >= n, 120 + n / 10, interval=2, what=f"{n} workers")
             sampler = Sampler(server.pid)
             sampler.start()
             time.sleep(args.warmup)
@@ -268,8 +185,6 @@ def run_fleet(cluster, n, args, tmp):
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--sim":
-        return sim_main(*sys.argv[2:4], int(sys.argv[4]), sys.argv[5])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[50, 200, 1000])
     ap.add_argument("--concurrency", type=int, default=4)

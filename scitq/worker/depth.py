@@ -25,11 +25,14 @@ class Depth:
     def answered(self, seconds):
         self.round_trip = _mean(self.round_trip, max(seconds, 0.0))
 
-    def wanted(self, concurrency, gap):
-        """The depth for these measures: 0 until a task has ended."""
+    def wanted(self, concurrency, gap, running_for=0.0):
+        """The depth for these measures: 0 until a task has ended. `running_for`: how long
+        the oldest running task has run; tasks longer than the mean so far (a batch of long
+        tasks after short ones) count at that length at least."""
         if self.duration is None:
             return 0
-        need = 2 * concurrency / self.duration * ((self.round_trip or 0.0) + gap)
+        duration = max(self.duration, running_for)
+        need = 2 * concurrency / duration * ((self.round_trip or 0.0) + gap)
         return min((s for s in STEPS if s >= min(need, MAX) - 0.5), default=MAX)
 
 

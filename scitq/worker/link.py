@@ -39,17 +39,20 @@ class ServerLink:
         as long as `retry` holds; a 4xx raises the matching scitq error at once."""
         delay = self.retry_min
         while True:
+            asked = 0.0     # seconds the server asked to wait (Retry-After of a 503)
             try:
                 resp = await self.http.request(method, path, **kwargs)
                 if resp.status_code < 500:
                     break
                 problem = f"HTTP {resp.status_code}"
+                asked = retry_after(resp.headers)
             except (httpx.TransportError, http11.TransportError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if not retry:
                 raise ConnectionError(problem)
-            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
-            await asyncio.sleep(delay * (0.75 + random.random() / 2))
+            pause = max(delay * (0.75 + random.random() / 2), asked)
+            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, pause)
+            await asyncio.sleep(pause)
             delay = min(delay * 2, self.retry_max)
         if resp.status_code >= 400:
             try:
@@ -59,3 +62,12 @@ class ServerLink:
             raise from_status(resp.status_code, body.get("error") or resp.reason_phrase,
                               body.get("detail"))
         return resp.json()
+
+
+def retry_after(headers):
+    """A Retry-After in seconds (bounded by ServerLink.retry_max), 0 when absent or a date."""
+    try:
+        seconds = float(headers.get("retry-after") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(seconds, ServerLink.retry_max) if seconds > 0 else 0.0     # also NaN: 0

@@ -34,6 +34,10 @@ class Worker:
     report_gap = 0.1
 
     staging_parallel = 4      # downloads of different tasks at once
+    # Queued tasks beyond the depth its tasks now need go back to the server when the oldest
+    # of them has waited this long (seconds): after short tasks the queue was deep, and long
+    # tasks taken at that depth would wait here while other workers have slots free.
+    trim_after = 0.5
 
     def __init__(self, server, name=None, concurrency=1, prefetch=None, batch=None,
                  workdir=None, token=None, docker_host=None):
@@ -60,6 +64,8 @@ class Worker:
         self._running_timer = None          # sends held `running` reports when it fires
         self._last_report = 0.0             # loop time of the last report request
         self._news = None                   # "draining" / "offline", sent with the next reports
+        self._told_depth = None             # the depth the server heard last
+        self._last_freed = 0.0              # loop time a slot last freed (or first filled)
         self.draining = False
         self._poll = None
         self._stop_now = False
@@ -67,7 +73,13 @@ class Worker:
     @property
     def depth(self):
         """Tasks held beyond those running: the pinned prefetch, else the measured need."""
-        return self.prefetch if self.prefetch is not None else self._auto_depth
+        if self.prefetch is not None:
+            return self.prefetch
+        if not self.running and not self.queue:
+            # Idle, its measures are of tasks that are over: it starts again no deeper than
+            # its concurrency (its next tasks may be long) and grows from what they take.
+            return min(self._auto_depth, self.concurrency)
+        return self._auto_depth
 
     # -- life cycle ---------------------------------------------------------
 
@@ -82,6 +94,7 @@ class Worker:
         self.resources = ResourceCache(self.workdir / "resources")
         self._staging_slots = asyncio.Semaphore(self.staging_parallel)
         reporter = asyncio.create_task(self._report_loop())
+        trimmer = asyncio.create_task(self._trim_loop())
         try:
             try:
                 await self._register()
@@ -104,6 +117,7 @@ class Worker:
             return 0
         finally:
             reporter.cancel()
+            trimmer.cancel()
             for ex in self.running.values():
                 ex.kill()
             await self.link.close()
@@ -131,7 +145,7 @@ class Worker:
 
     async def _register(self):
         info = {"name": self.name, "hostname": socket.gethostname(), "concurrency": self.concurrency,
-                "prefetch": self.prefetch, "depth": self.depth, "cpus": CPUS,
+                "prefetch": self.prefetch, "depth": self._tell_depth(), "cpus": CPUS,
                 "version": __version__}
         if self.batch:
             info["batch"] = self.batch
@@ -147,7 +161,7 @@ class Worker:
         # already: it would then answer at once that they are no longer this worker's).
         ending = {r["execution_id"] for r in self.reports if r["status"] in FINAL}
         body = {"known": sorted(self.held - ending), "wait": self.poll_wait,
-                "concurrency": self.concurrency, "prefetch": self.prefetch, "depth": self.depth,
+                "concurrency": self.concurrency, "prefetch": self.prefetch, "depth": self._tell_depth(),
                 "status": self.status, "stats": self.stats(),
                 "signaled": [[eid, seq] for eid, seq in self.signaled.items() if eid in self.held]}
         self._poll = asyncio.create_task(self.link.call("POST", f"/workers/{self.id}/poll", json=body))
@@ -188,6 +202,7 @@ class Worker:
                                self.resources, self.docker_host, self._staging_slots,
                                self.scratch)
                 ex.stage()
+                ex.queued_at = asyncio.get_running_loop().time()
                 self.queue.append(ex)
 
     def _cpus(self):
@@ -233,12 +248,50 @@ class Worker:
     def _start_ready(self):
         while self.queue and len(self.running) < self.concurrency and not self.draining:
             ex = self.queue.popleft()
+            if not self.running:
+                self._last_freed = asyncio.get_running_loop().time()
             self.running[ex.id] = ex
             self._started_at[ex.id] = asyncio.get_running_loop().time()
             task = asyncio.create_task(ex.run())
             task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
         if self._queue_is_low():
             self._queue_low.set()
+
+    def _tell_depth(self):
+        self._told_depth = self.depth
+        return self._told_depth
+
+    def _stalled(self, now):
+        """Seconds since a slot last freed while every slot is busy and tasks wait (else 0)."""
+        if self.queue and len(self.running) >= self.concurrency:
+            return now - self._last_freed
+        return 0.0
+
+    def _wanted_depth(self):
+        now = asyncio.get_running_loop().time()
+        running_for = now - min(self._started_at.values(), default=now)
+        # No slot freed for that long: with ends spread over the slots, a task lasts about
+        # `concurrency` times as long, at least.
+        running_for = max(running_for, self.concurrency * self._stalled(now))
+        return self.sizer.wanted(self.concurrency, self.report_gap, running_for)
+
+    async def _trim_loop(self):
+        """Give back the queued tasks the measured need no longer covers (sized prefetch
+        only): the newest go first, and the server hands them to a worker with room."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.trim_after / 2)
+            if self.prefetch is not None or self.draining or not self.queue:
+                continue
+            self._auto_depth = self._wanted_depth()
+            if len(self.queue) <= self._auto_depth or self._stalled(loop.time()) < self.trim_after:
+                continue
+            log.info("queue of %d beyond the %d its tasks need: giving %d back", len(self.queue),
+                     self._auto_depth, len(self.queue) - self._auto_depth)
+            while len(self.queue) > self._auto_depth:
+                ex = self.queue.pop()
+                ex.discard()
+                self._report({"execution_id": ex.id, "status": "released"})
 
     def _queue_is_low(self):
         """Fewer tasks wait here than half the prefetch: the server must hear now (the
@@ -248,9 +301,12 @@ class Worker:
     def _finished(self, execution_id, task):
         self.running.pop(execution_id, None)
         started = self._started_at.pop(execution_id, None)
+        self._last_freed = asyncio.get_running_loop().time()
         if started is not None and not task.cancelled():
-            self.sizer.task_ended(asyncio.get_running_loop().time() - started)
-            self._auto_depth = self.sizer.wanted(self.concurrency, self.report_gap)
+            self.sizer.task_ended(self._last_freed - started)
+            self._auto_depth = self._wanted_depth()
+        if self.depth != self._told_depth and self.id is not None:
+            self._reports_ready.set()       # the server must hear it (an idle worker's own)
         if not task.cancelled() and task.exception() is not None:
             log.error("execution %s crashed in the worker: %r", execution_id, task.exception())
             self._report({"execution_id": execution_id, "status": "failed",
@@ -293,7 +349,7 @@ class Worker:
             await self._reports_ready.wait()
             self._reports_ready.clear()
             one_by_one = False
-            while (self.reports or self._news) and self.id is not None:
+            while (self.reports or self._news or self.depth != self._told_depth) and self.id is not None:
                 wait = self._last_report + self.report_gap - asyncio.get_running_loop().time()
                 # Only a task's progress waits, and only while the tasks queued here (half
                 # the prefetch at least) keep the slots busy: a slot soon idle needs the
@@ -312,7 +368,8 @@ class Worker:
                     self._running_timer = None
                 sent = self._outgoing(1 if one_by_one else self.report_batch)
                 news = self._news
-                body = {"reports": sent, "queued": len(self.queue), "depth": self.depth}
+                self._told_depth = self.depth
+                body = {"reports": sent, "queued": len(self.queue), "depth": self._told_depth}
                 if news:
                     body["status"] = news
                 elif not self.draining and self.status == "running":

@@ -78,10 +78,23 @@ class ScitqApi(Api):
             code = e.code or 500
             body = {"error": data.get("message") or e.description or e.name,
                     "detail": _clip(data.get("errors"))}
+        elif _unavailable(e):
+            # Every database connection busy (an overload) or the database unreachable: the
+            # caller retries later; a worker's calls back off and try again.
+            log.warning("%s: %s: answered 503", _where(), str(e).splitlines()[0][:200])
+            response = self.make_response({"error": "the server is overloaded or its database "
+                                           "unreachable: retry later", "detail": type(e).__name__}, 503)
+            response.headers["Retry-After"] = "5"
+            return response
         else:
             log.exception("unexpected error on %s", _where())
             code, body = 500, {"error": "internal server error", "detail": type(e).__name__}
         return self.make_response(body, code)
+
+
+def _unavailable(e):
+    from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
+    return isinstance(e, PoolTimeout) or (isinstance(e, OperationalError) and e.connection_invalidated)
 
 
 def _clip(detail):

@@ -1,5 +1,6 @@
 """Workers: registration, the long poll that hands them work, their reports, and settings."""
 import math
+import threading
 import time
 
 from flask_restx import Namespace, Resource, fields
@@ -28,6 +29,10 @@ PREFETCH = ("tasks it takes beyond its concurrency, ready to start; null (the de
             "worker sizes that from its tasks' durations and its round trips, and says `depth`")
 DEPTH = fields.Integer(min=0, max=reports.MAX_CONCURRENCY, description="with prefetch null: "
                        "how many tasks beyond its concurrency the worker wants now")
+# Worker calls (registrations, reports, a poll's looks) running at once, at most; the others
+# wait parked. Hundreds of workers reporting together would, else, each take the CPU in turn
+# between two steps of a user's read, which then waited a second.
+WORKER_CALLS = threading.BoundedSemaphore(8)
 error = ns.model("Error", ERROR_FIELDS)
 worker = ns.model("Worker", {
     "id": fields.Integer, "name": fields.String, "hostname": NullableString,
@@ -149,7 +154,7 @@ class Workers(Resource):
     def post(self):
         """Register a worker process (a restarted one gives back what it held)."""
         who = principal()
-        with state().db.write() as s:
+        with WORKER_CALLS, state().db.write() as s:
             tokens.bind_worker(s, who, ns.payload["name"])
             w = reports.register(s, ns.payload)
             tokens.bound(s, who, w.id)
@@ -216,7 +221,7 @@ class Poll(Resource):
             seen = st.notifier.version(worker_id)
             # One read (and one connection) per look: the worker's settings, what was
             # assigned to it, the signals for it and what it holds that is no longer its own.
-            with st.db.read() as s:
+            with WORKER_CALLS, st.db.read() as s:
                 w = reports.worker_settings(s, worker_id)
                 stale = first and (reports.needs_heartbeat(w, st.dispatcher.lease)
                                    or reports.new_depth(w, body.get("depth")) is not None)
@@ -228,7 +233,7 @@ class Poll(Resource):
                     new = reports.assignments(s, st.notifier.undelivered(worker_id, new, live))
             first = False
             if stale:       # a few times per lease (it may bring a lost worker back): then look again
-                with st.db.write() as s:
+                with WORKER_CALLS, st.db.write() as s:
                     w = reports.get_worker(s, worker_id)
                     reports.heartbeat(s, w, body.get("stats") or {})
                     reports.keep_depth(w, body.get("depth"))
@@ -265,7 +270,7 @@ class Reports(Resource):
         st = state()
         body = check_reports(ns.payload)
         claimed = None
-        with st.db.write() as s:
+        with WORKER_CALLS, st.db.write() as s:
             # With more, its row is locked first: dispatch passes leave it to this claim.
             w = reports.get_worker(s, worker_id, lock=bool(body.get("more")))
             # Reports come back-to-back under load: last_seen is written a few times per
