@@ -270,6 +270,9 @@ class Dispatcher(Loop):
         fills the worker as usual."""
         if worker.status != WorkerStatus.RUNNING.value:
             return []
+        active = self._active(s, [worker.id])
+        if active.get(worker.id, 0) >= worker.concurrency + ahead(worker):
+            return []       # full (a start reported, the next task queued): nothing to count
         conn = s.connection()
         room = self._batch_room(conn)
         if room and not self.db.is_sqlite:
@@ -277,7 +280,7 @@ class Dispatcher(Loop):
                 return None
             room = self._batch_room(conn)       # as counted under the lock
         now = utcnow()
-        claims = self._assign(s, [worker], self._active(s, [worker.id]), room, now)
+        claims = self._assign(s, [worker], active, room, now)
         if claims and worker.idle_since is not None:
             worker.idle_since = None
         return claims.get(worker.id, [])

@@ -24,6 +24,10 @@ log = logging.getLogger("scitq.server")
 IDLE_TIMEOUT = 300.0        # seconds a kept-alive connection may stay silent between requests
 RESERVE_FDS = 256           # descriptors kept for the database, output files and jobs
 RETRY_AFTER = 5             # seconds a refused client is asked to wait
+# Connections the kernel holds before accept() (capped by net.core.somaxconn): a fleet that
+# boots or reconnects together overflowed gevent's 128, and its connects waited for SYN
+# retransmits (1, 3, 7 s...) until they timed out.
+BACKLOG = 4096
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\n"
            b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
 REFUSAL_BODY = b'{"error": "the server is at its connection limit: retry later", "detail": null}'
@@ -169,7 +173,7 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
     fd_limit = raise_open_files_limit()
     state = app.extensions["scitq"]
     server = _server_classes()((host, port), app, max_connections or default_max_connections(fd_limit),
-                               **({"ssl_context": ssl_context} if ssl_context else {}))
+                               backlog=BACKLOG, **({"ssl_context": ssl_context} if ssl_context else {}))
     server.init_socket()
     scheme = "https" if ssl_context else "http"
     bound = server.socket.getsockname()[1]
