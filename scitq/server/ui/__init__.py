@@ -7,7 +7,7 @@ script with the user's token (`Authorization: Bearer`, from the session) when th
 With auth on, the pages themselves are open (they hold no data, and the login page must be
 reachable); the data is behind the API's check and the same check on this blueprint's JSON.
 """
-from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, session,
+from flask import (Blueprint, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
 from scitq.errors import Forbidden, ScitqError
@@ -43,7 +43,7 @@ def create_blueprint():
     def check_token():
         """The UI's JSON answers to the tokens the API answers to (users and admins)."""
         if request.endpoint in JSON_ENDPOINTS and _state().auth:
-            _principal(request.headers.get("Authorization"))
+            g.principal = _principal(request.headers.get("Authorization"))
 
     @bp.context_processor
     def page_context():
