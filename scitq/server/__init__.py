@@ -34,6 +34,7 @@ class ServerState:
     port: int | None = None     # the port it listens on, once it does
     auth: bool = False          # every API call needs a token (scitq.server.tokens)
     metrics: object = None      # scitq.server.metrics.Metrics: what /metrics tells
+    rollups: object = None      # scitq.server.rollups.Rollups: the charts' per-minute rows
     metrics_auth: bool = False  # /metrics needs a user's or an admin's token
     new_admin_token: str | None = None   # made at this start (auth on, no admin yet): print it
 
@@ -126,8 +127,9 @@ def create_app(config=None):
         jobs=JobRunner(db, job_logs, handlers, backoff=app.config.get("JOB_BACKOFF")),
         job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"),
         deploy_engine=app.config.get("DEPLOY_ENGINE") or "pyinfra", auth=auth)
-    from scitq.server import access_log, metrics
+    from scitq.server import access_log, metrics, rollups
     state.metrics = metrics.Metrics(db)
+    state.rollups = rollups.Rollups(db)
     state.metrics_auth = auth if app.config.get("METRICS_AUTH") is None else bool(app.config["METRICS_AUTH"])
     state.dispatcher.observe = state.metrics.dispatch_seconds.observe
     access_log.install(app, state.metrics)

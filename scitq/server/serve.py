@@ -26,6 +26,7 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
     state.dispatcher.start()
     state.jobs.start()
     state.reconciler.start()
+    state.rollups.start()
     stopping = threading.Event()
 
     def close():
@@ -57,6 +58,7 @@ def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=
             raise
     finally:
         state.reconciler.stop()
+        state.rollups.stop()
         state.dispatcher.stop()
         state.jobs.stop()
         state.db.dispose()
