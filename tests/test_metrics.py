@@ -175,3 +175,15 @@ def test_access_log_names_the_principal_never_the_token(db_url, tmp_path, caplog
         assert all(token not in r.getMessage() and "secret" not in r.getMessage() for r in lines)
     finally:
         app.extensions["scitq"].db.dispose()
+
+
+def test_the_cli_flags_reach_the_server(db_url, procs):
+    """`scitq server --auth --no-metrics-auth`: /metrics open, the API still behind its token;
+    a --log-format it does not know is a usage error (exit 2), not a traceback."""
+    server = procs.server(db_url, "--auth", "--no-metrics-auth")
+    assert "scitq_tasks" in scrape(server.url)
+    assert httpx.get(server.url + "/api/v1/batches", timeout=30).status_code == 401
+    bad = procs.spawn(["server", "--db", db_url, "--log-format", "xml"], "bad.log")
+    assert bad.wait(30) == 2
+    text = bad.log_path.read_text()
+    assert "Traceback" not in text and "'xml' is not one of 'text', 'json'" in text

@@ -168,3 +168,13 @@ def test_the_workflow_example_is_one_workflow_of_three_steps(workflow_run, page,
     ex(page.locator("#stream")).to_have_value("stderr")
     ex(page.locator("#output")).to_contain_text("broken pipe here")
     shots(page, "failed-task")
+
+
+def test_a_deleted_batch_takes_its_rollups_along(app, client):
+    batch_id, worker_id = backdate(app, "gone", per_minute=2, minutes=2)
+    app.extensions["scitq"].rollups.roll()
+    assert sum(client.get("/ui/api/charts?batch=gone").get_json()["succeeded"]) == 2
+    assert client.delete("/api/v1/batches/gone").status_code == 200
+    with app.extensions["scitq"].db.read() as s:
+        assert s.scalar(select(MinuteRollup.batch_id).where(MinuteRollup.batch_id == batch_id)) is None
+    assert client.get(f"/ui/api/worker-activity?ids={worker_id}").get_json()[str(worker_id)]["succeeded"] == 0

@@ -22,7 +22,7 @@ from scitq.server.ui import dashboard as dash
 from scitq.status import ExecutionStatus, TaskStatus
 
 TICK = 10.0                     # seconds between passes
-LAG = timedelta(minutes=2)      # minutes counted again at each pass
+LAG = timedelta(minutes=1)      # counted again at each pass: the minute before the last one
 ALL = 0                         # the batch_id / worker_id of the rows over every batch / worker
 GONE = -1                       # the worker_id of executions whose worker was deleted
 ROLLUP_LOCK = 0x5C17_0008       # pg_advisory_xact_lock key: one pass at a time
