@@ -106,6 +106,14 @@ def test_the_charts_draw_a_batch_that_ran_three_minutes(app, page, shots):
         for other in ("chart-slots", "chart-cost"):
             assert page.evaluate(f"document.getElementById('{other}').uplot.data[0].length") == 3
         shots(page, "charts")
+        # Times: "3m ago" today, the date and time for an older one.
+        recent, same_day = page.evaluate("""() => {
+            const d = new Date(Date.now() - 180e3);
+            return [scitq.ago(d.toISOString()), d.toDateString() === new Date().toDateString()];
+        }""")
+        assert recent == "3m00s ago" or not same_day, recent      # (just after midnight: a date)
+        older = page.evaluate("scitq.ago(new Date(Date.now() - 3 * 86400e3).toISOString())")
+        assert "ago" not in older and re.search(r"\d{4}", older), older
 
 
 @pytest.fixture
