@@ -3,21 +3,10 @@ bearer scheme, and its docs page used in real Chromium: Authorize with a token, 
 out" on the batch list answers 200."""
 import re
 
-import pytest
 from openapi_spec_validator import OpenAPIV2SpecValidator
 
-from test_ui import expect, serving
+from test_ui import auth_app, expect, serving  # noqa: F401  (auth_app: a fixture)
 from ui_browser import browser, page, shots  # noqa: F401  (fixtures)
-
-
-@pytest.fixture
-def auth_app(db_url, tmp_path):
-    from scitq.server import create_app, tokens
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "AUTH": True})
-    with app.extensions["scitq"].db.write() as s:
-        app.user_token = tokens.create_token(s, "alice", "user")[1]
-    yield app
-    app.extensions["scitq"].db.dispose()
 
 
 def test_the_document_is_valid_swagger_2_with_a_bearer_scheme(client):

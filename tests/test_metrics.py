@@ -13,6 +13,7 @@ from procs import wait_until
 from scitq.client import Client
 from scitq.server import metrics
 from scitq.server.models import Execution, Task
+from test_ui import auth_app  # noqa: F401  (a fixture)
 
 TASKS = 30          # every fifth fails
 
@@ -54,7 +55,7 @@ def db_counts(db_url):
     return tasks, executions, started
 
 
-def test_metrics_during_and_after_a_batch_match_the_database(db_url, procs, monkeypatch):
+def test_metrics_during_and_after_a_batch_match_the_database(db_url, procs):
     server = procs.server(db_url, "--log-format", "json")
     url = server.url
     procs.worker(url, "m1", 4)
@@ -156,25 +157,19 @@ def test_healthz_and_readyz(app, client):
         db.Session.configure(bind=good)
 
 
-def test_access_log_names_the_principal_never_the_token(db_url, tmp_path, caplog):
-    from scitq.server import create_app, tokens
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "AUTH": True})
-    try:
-        with app.extensions["scitq"].db.write() as s:
-            token = tokens.create_token(s, "alice", "user")[1]
-        client = app.test_client()
-        with caplog.at_level(logging.INFO, logger="scitq.access"):
-            assert client.get("/api/v1/batches?secret=1",
-                              headers={"Authorization": f"Bearer {token}"}).status_code == 200
-            assert client.get("/api/v1/batches").status_code == 401
-        lines = [r for r in caplog.records if r.name == "scitq.access"]
-        assert [(r.method, r.path, r.status, r.principal) for r in lines] == [
-            ("GET", "/api/v1/batches", 200, "alice"), ("GET", "/api/v1/batches", 401, "-")]
-        assert lines[0].getMessage().startswith("GET /api/v1/batches 200 ")
-        assert lines[0].getMessage().endswith(" ms alice")
-        assert all(token not in r.getMessage() and "secret" not in r.getMessage() for r in lines)
-    finally:
-        app.extensions["scitq"].db.dispose()
+def test_access_log_names_the_principal_never_the_token(auth_app, caplog):
+    token = auth_app.user_token          # alice's
+    client = auth_app.test_client()
+    with caplog.at_level(logging.INFO, logger="scitq.access"):
+        assert client.get("/api/v1/batches?secret=1",
+                          headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/api/v1/batches").status_code == 401
+    lines = [r for r in caplog.records if r.name == "scitq.access"]
+    assert [(r.method, r.path, r.status, r.principal) for r in lines] == [
+        ("GET", "/api/v1/batches", 200, "alice"), ("GET", "/api/v1/batches", 401, "-")]
+    assert lines[0].getMessage().startswith("GET /api/v1/batches 200 ")
+    assert lines[0].getMessage().endswith(" ms alice")
+    assert all(token not in r.getMessage() and "secret" not in r.getMessage() for r in lines)
 
 
 def test_the_cli_flags_reach_the_server(db_url, procs):
