@@ -14,7 +14,7 @@ from sqlalchemy import select
 from procs import wait_until
 from scitq.server import queue, rollups
 from scitq.server.models import Execution, MinuteRollup, Task, Worker, utcnow
-from test_ui import batch_row, expect, serving, worker_row
+from test_ui import auth_app, batch_row, expect, serving, worker_row  # noqa: F401  (auth_app: a fixture)
 from ui_browser import browser, page, shots  # noqa: F401  (fixtures)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mapreduce.py"
@@ -186,3 +186,13 @@ def test_a_deleted_batch_takes_its_rollups_along(app, client):
     with app.extensions["scitq"].db.read() as s:
         assert s.scalar(select(MinuteRollup.batch_id).where(MinuteRollup.batch_id == batch_id)) is None
     assert client.get(f"/ui/api/worker-activity?ids={worker_id}").get_json()[str(worker_id)]["succeeded"] == 0
+
+
+def test_with_auth_on_the_new_ui_json_needs_a_user_token(auth_app):
+    client = auth_app.test_client()
+    for path in ("/ui/api/charts", "/ui/api/task-runs?ids=1", "/ui/api/worker-activity?ids=1"):
+        assert client.get(path).status_code == 401, path
+        worker = client.get(path, headers={"Authorization": f"Bearer {auth_app.worker_token}"})
+        assert worker.status_code == 403, path
+        user = client.get(path, headers={"Authorization": f"Bearer {auth_app.user_token}"})
+        assert user.status_code == 200, path
