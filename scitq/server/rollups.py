@@ -135,18 +135,22 @@ def chart(s, batch_id=ALL, minutes=60, now=None):
     out = {"minutes": [], "succeeded": [], "failed": [], "busy": [], "free": [], "cost": []}
     if not rows:
         return out
-    by_minute = {_aware(r.minute): r for r in rows}
-    at, last = _aware(rows[0].minute), _aware(rows[-1].minute)
-    while at <= last:
+    by_minute = {int(_aware(r.minute).timestamp()): r for r in rows}
+    first, last = min(by_minute), max(by_minute)
+    out["minutes"] = list(range(first, last + 60, 60))
+    for at in out["minutes"]:
         r = by_minute.get(at)
-        out["minutes"].append(int(at.timestamp()))
-        out["succeeded"].append(r.succeeded if r else 0)
-        out["failed"].append(r.failed if r else 0)
-        out["busy"].append(r.busy if r else None)
-        free = r.slots - r.busy if r and r.slots is not None and r.busy is not None else None
-        out["free"].append(max(free, 0) if free is not None else None)
-        out["cost"].append(r.cost if r else None)
-        at += timedelta(minutes=1)
+        if r is None:
+            for key, empty in (("succeeded", 0), ("failed", 0), ("busy", None), ("free", None),
+                               ("cost", None)):
+                out[key].append(empty)
+            continue
+        out["succeeded"].append(r.succeeded)
+        out["failed"].append(r.failed)
+        out["busy"].append(r.busy)
+        known = r.slots is not None and r.busy is not None
+        out["free"].append(max(r.slots - r.busy, 0) if known else None)
+        out["cost"].append(r.cost)
     return out
 
 
