@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from scitq.server import lifecycle
 from scitq.server.db import insert_rows, insert_with_ids, record
 from scitq.server.loop import Loop
-from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
+from scitq.server.models import Batch, Event, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class Notifier:
         self._versions = {}
         self._delivered = {}    # worker id -> execution ids given in reports answers
         self.closing = False
+        self._ended = threading.Condition()     # batch waits: tasks ended (or went away)
+        self._ends = 0
 
     def _cond(self, worker_id):
         with self._lock:
@@ -113,12 +115,27 @@ class Notifier:
             sent &= live
             return [eid for eid in execution_ids if eid not in sent]
 
+    def tasks_ended(self):
+        """Tasks ended or were taken out of a batch in this process: batch waits look again."""
+        with self._ended:
+            self._ends += 1
+            self._ended.notify_all()
+
+    def ends(self):
+        return self._ends
+
+    def wait_ends(self, seen, timeout):
+        """Block until tasks_ended() happens after `seen`, or timeout; whether it did."""
+        with self._ended:
+            return self._ended.wait_for(lambda: self._ends != seen or self.closing, timeout)
+
     def close(self):
-        """The server stops: every waiting poll answers now."""
+        """The server stops: every waiting poll and batch wait answers now."""
         self.closing = True
         with self._lock:
             workers = list(self._conds)
         self.notify(*workers)
+        self.tasks_ended()
 
 
 class Dispatcher(Loop):
@@ -222,8 +239,8 @@ class Dispatcher(Loop):
             # A worker whose reports are being applied (its row is locked) fills itself in
             # their transaction (claim_for): this pass leaves it alone.
             workers = s.execute(
-                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id,
-                       Worker.idle_since)
+                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.depth,
+                       Worker.batch_id, Worker.idle_since)
                 .where(Worker.status == WorkerStatus.RUNNING.value)
                 .order_by(Worker.id).with_for_update(skip_locked=True)).all()
             if not workers:
@@ -299,7 +316,7 @@ class Dispatcher(Loop):
                 while i < len(workers) and workers[i].batch_id is None:
                     group.append(workers[i])
                     i += 1
-            free = [max(g.concurrency + g.prefetch - active.get(g.id, 0), 0) for g in group]
+            free = [max(g.concurrency + ahead(g) - active.get(g.id, 0), 0) for g in group]
             if not sum(free) or (exhausted and w.batch_id is None):
                 continue
             ids = self._claim(conn, w, sum(free), room, now,
