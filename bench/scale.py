@@ -82,6 +82,11 @@ def main():
                 first, done = look_done(db_url, "big", n)
                 deep = ids[int(n * 0.9)]            # a cursor 90% of the way through
                 deep_done = ids[int(n * 0.5)]       # half-way through the finished part
+
+                def ui(path):
+                    r = c.http.get(server.url + path)
+                    r.raise_for_status()
+                    return r
                 queries = [
                     ("batch summary (counts by status)", lambda: c.batch("big")),
                     ("tasks of the batch, first page", lambda: c.tasks(batch="big")),
@@ -94,6 +99,14 @@ def main():
                                                                    after=deep_done)),
                     ("pending of another batch, first page", lambda: c.tasks(batch="other",
                                                                              status="pending")),
+                    # The UI's compact JSON and /metrics (issue 20): the charts read the
+                    # per-minute rollups; a page of tasks asks for its latest attempts.
+                    ("dashboard JSON", lambda: ui("/ui/api/dashboard")),
+                    ("chart of the batch (last hour)", lambda: ui("/ui/api/charts?batch=big")),
+                    ("chart of every batch (24 h)", lambda: ui("/ui/api/charts?minutes=1440")),
+                    ("latest attempts of a page of tasks", lambda: ui(
+                        "/ui/api/task-runs?ids=" + ",".join(map(str, ids[n // 2:n // 2 + 50])))),
+                    ("metrics (cached 5 s)", lambda: ui("/metrics")),
                 ]
                 assert c.batch("big")["counts"]["total"] == n
                 assert len(c.tasks(batch="big", status="failed", after=deep_done)["items"]) == 100

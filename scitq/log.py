@@ -20,9 +20,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup(level="INFO"):
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+FORMATS = ("text", "json")
+
+
+def setup(level="INFO", fmt="text"):
+    """Log to stderr at this level, as text lines or as one JSON object a line (fmt="json":
+    the fields of a record, and the extra ones of the access log: method, path, status...)."""
+    logging.basicConfig(level=level.upper(), format=TEXT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
+        if fmt == "json":
+            from pythonjsonlogger.json import JsonFormatter
+            handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                               rename_fields={"levelname": "level",
+                                                              "name": "logger"}))
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -70,6 +70,7 @@ def test_a_job_fails_when_its_attempts_are_spent_and_can_be_retried(app, client)
         assert r.status_code == 200 and r.get_json()["status"] in ("pending", "running")
         done = wait_until(lambda: finished(client, job["id"]), 20, what="the retried job")
         assert (done["status"], done["attempts"]) == ("failed", 2)
+        assert done["earlier_attempts"] == 2         # the first round stays in its history
     finally:
         runner.stop()
     assert client.post(f"{API}/jobs/{job['id']}/retry").status_code == 200

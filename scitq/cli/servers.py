@@ -8,7 +8,7 @@ import click
 
 from scitq.cli import cli
 from scitq.errors import BadRequest
-from scitq.log import setup as setup_logging
+from scitq.log import FORMATS, setup as setup_logging
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -37,6 +37,7 @@ def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_en
         config["LEASE"] = lease
     if recruit_tick is not None:
         config["RECRUIT"] = {"tick": recruit_tick}
+    config["METRICS_AUTH"] = _extra("metrics_auth")
     try:
         return create_app(config)
     except BadRequest:
@@ -52,6 +53,15 @@ def _serve(app, host, port, max_connections, on_ready, before_stop=None):
               before_stop=before_stop)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _keep(ctx, param, value):
+    """Options not passed to the commands' functions: kept for _extra() to read."""
+    ctx.meta.setdefault("scitq.server", {})[param.name] = value
+
+
+def _extra(name):
+    return click.get_current_context().meta.get("scitq.server", {}).get(name)
 
 
 server_options = [
@@ -78,6 +88,12 @@ server_options = [
                  "before its tasks are given back (default 90)."),
     click.option("--log-level", default="INFO", show_default=True,
                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+    click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+                 expose_value=False, callback=_keep, help="Log lines as text, or one JSON object "
+                 "a line (with the access log's method, path, status, ms and principal)."),
+    click.option("--metrics-auth/--no-metrics-auth", default=None, expose_value=False,
+                 callback=_keep, help="/metrics needs a user's or an admin's token "
+                 "(default: when --auth is on)."),
     click.option("--auth/--no-auth", default=None, help="Every API call needs a token (the first "
                  "start prints an admin token; default: on for `scitq up`, off for `scitq server`)."),
     click.option("--insecure", is_flag=True, help="Serve an address other than loopback without "
@@ -120,7 +136,7 @@ def server(db, data_dir, host, port, max_connections, providers, public_url, dep
     auth = bool(auth)
     _check_exposure(host, auth, insecure)
     _green()
-    setup_logging(log_level)
+    setup_logging(log_level, _extra("log_format"))
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
                     recruit_tick, auth)
     state = app.extensions["scitq"]
@@ -143,7 +159,7 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
     auth = auth is not False
     _check_exposure(host, auth, insecure)
     _green()
-    setup_logging(log_level)
+    setup_logging(log_level, _extra("log_format"))
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
                     recruit_tick, auth)
     state = app.extensions["scitq"]

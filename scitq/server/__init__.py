@@ -33,6 +33,9 @@ class ServerState:
     reconciler: object = None   # scitq.recruit.loop.Reconciler: rents, reuses and deletes hosts
     port: int | None = None     # the port it listens on, once it does
     auth: bool = False          # every API call needs a token (scitq.server.tokens)
+    metrics: object = None      # scitq.server.metrics.Metrics: what /metrics tells
+    rollups: object = None      # scitq.server.rollups.Rollups: the charts' per-minute rows
+    metrics_auth: bool = False  # /metrics needs a user's or an admin's token
     new_admin_token: str | None = None   # made at this start (auth on, no admin yet): print it
 
     def server_url(self, provider_name):
@@ -100,7 +103,7 @@ def create_app(config=None):
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
     PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try),
     RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every),
-    AUTH (every API call needs a token)."""
+    AUTH (every API call needs a token), METRICS_AUTH (/metrics needs a token; default: as AUTH)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -124,6 +127,12 @@ def create_app(config=None):
         jobs=JobRunner(db, job_logs, handlers, backoff=app.config.get("JOB_BACKOFF")),
         job_logs=job_logs, public_url=app.config.get("PUBLIC_URL"),
         deploy_engine=app.config.get("DEPLOY_ENGINE") or "pyinfra", auth=auth)
+    from scitq.server import access_log, metrics, rollups
+    state.metrics = metrics.Metrics(db)
+    state.rollups = rollups.Rollups(db)
+    state.metrics_auth = auth if app.config.get("METRICS_AUTH") is None else bool(app.config["METRICS_AUTH"])
+    state.dispatcher.observe = state.metrics.dispatch_seconds.observe
+    access_log.install(app, state.metrics)
     if auth:
         _start_auth(app, state)
     from scitq.recruit.loop import Reconciler
@@ -136,6 +145,7 @@ def create_app(config=None):
     app.register_blueprint(create_blueprint())
     from scitq.server import ui
     app.register_blueprint(ui.create_blueprint())
+    app.register_blueprint(metrics.create_blueprint())
 
     @app.get("/")
     def index():

@@ -1,4 +1,5 @@
 """The database: engine, sessions, the SQLite writer lock, migrations and the event log."""
+import collections
 import contextlib
 import json
 import threading
@@ -47,6 +48,16 @@ class Database:
                                         pool_pre_ping=True)
             self._writer = contextlib.nullcontext()
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        # Called with {kind: n} of the events of each transaction that commits (metrics).
+        self.on_events = []
+        sa_event.listen(self.engine, "commit", self._committed)
+        sa_event.listen(self.engine, "rollback", _forget_events)
+
+    def _committed(self, conn):
+        kinds = conn.info.pop(EVENTS_KEY, None)
+        if kinds:
+            for listener in self.on_events:
+                listener(kinds)
 
     @contextlib.contextmanager
     def read(self):
@@ -108,10 +119,23 @@ def lookup(session, model, ref):
     return obj
 
 
+EVENTS_KEY = "scitq.events"     # in a connection's info: the kinds of its transaction's events
+
+
+def _note_events(conn, kinds):
+    """Remember the events of the transaction under way, for Database.on_events at commit."""
+    conn.info.setdefault(EVENTS_KEY, collections.Counter()).update(kinds)
+
+
+def _forget_events(conn):
+    conn.info.pop(EVENTS_KEY, None)
+
+
 def record(session, kind, obj, **detail):
     """Add the event row of a state change to the change's own transaction."""
     session.add(Event(kind=kind, object_type=type(obj).__tablename__, object_id=obj.id,
                       detail=detail or None))
+    _note_events(session.connection(), (kind,))
 
 
 def insert_rows(conn, table, rows):
@@ -122,6 +146,8 @@ def insert_rows(conn, table, rows):
     executemany. Defaults (ids from the sequence) apply to the columns left out."""
     if not rows:
         return
+    if table is Event.__table__:
+        _note_events(conn, (row["kind"] for row in rows))
     if conn.dialect.name != "postgresql":
         conn.execute(insert(table), rows)
         return

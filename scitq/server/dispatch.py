@@ -161,6 +161,10 @@ class Dispatcher(Loop):
         self._task_rows = 0.0        # the table's size as those statistics say
         self._stats_lock = threading.Lock()
 
+    @staticmethod
+    def observe(seconds):
+        """Told how long each pass took (the server sets its metrics' histogram here)."""
+
     def wake(self, at_once=True):
         """Ask for a pass. at_once=False: it may wait until `min_gap` after the previous
         pass, to serve the wake-ups of that time together (for workers that have tasks
@@ -185,7 +189,9 @@ class Dispatcher(Loop):
                 self._last_sweep = time.monotonic()
             self._last_pass = time.monotonic()
             self.fresh_statistics()
+            started = time.monotonic()
             self.dispatch()
+            self.observe(time.monotonic() - started)
         except OperationalError:
             self._heard_since = time.monotonic()    # heartbeats cannot be written either
             raise

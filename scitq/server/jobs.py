@@ -61,10 +61,12 @@ def get_job(s, job_id):
 
 
 def retry_job(s, job):
-    """A failed job gets a fresh set of attempts; its log keeps the earlier ones."""
+    """A failed job gets a fresh set of attempts; its log keeps the earlier ones, and
+    earlier_attempts counts them."""
     if job.status != JobStatus.FAILED.value:
         raise Conflict(f"job {job.id} is {job.status}: only a failed job can be retried")
     job.status = JobStatus.PENDING.value
+    job.earlier_attempts += job.attempts
     job.attempts = 0
     job.next_try_at = utcnow()
     record(s, "job.retried", job)

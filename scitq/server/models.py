@@ -187,7 +187,8 @@ class Execution(Base):
     stderr_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Indexed for the rollups (scitq.server.rollups), which read the executions that ended lately.
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     task: Mapped[Task] = relationship()
 
@@ -199,6 +200,24 @@ class Execution(Base):
                 "stdout_bytes": self.stdout_bytes, "stderr_bytes": self.stderr_bytes,
                 "assigned_at": iso(self.assigned_at), "started_at": iso(self.started_at),
                 "ended_at": iso(self.ended_at)}
+
+
+class MinuteRollup(Base):
+    """Per minute, per batch and per worker: tasks ended (succeeded, failed), and samples of
+    busy and free slots and of cost, for the UI's charts (scitq.server.rollups). Batch 0 is
+    every batch and worker 0 every worker; -1 is a worker deleted since."""
+
+    __tablename__ = "minute_rollup"
+    __table_args__ = (Index("ix_minute_rollup_worker", "worker_id"),)
+
+    batch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    worker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    busy: Mapped[int | None] = mapped_column(Integer)     # slots busy (assigned or running)
+    slots: Mapped[int | None] = mapped_column(Integer)    # slots of the workers alive (batch 0)
+    cost: Mapped[float | None]                            # spent so far
 
 
 class Flavor(Base):
@@ -242,6 +261,8 @@ class Job(Base):
     params: Mapped[dict] = mapped_column(JSON, default=dict)   # engine, user, port, worker settings
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # Attempts made before the last `job retry` (which starts a fresh set): the job's history.
+    earlier_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     error: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     next_try_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -251,7 +272,8 @@ class Job(Base):
     def to_dict(self):
         return {"id": self.id, "kind": self.kind, "target": self.target, "status": self.status,
                 "params": self.params, "attempts": self.attempts,
-                "max_attempts": self.max_attempts, "error": self.error,
+                "max_attempts": self.max_attempts, "earlier_attempts": self.earlier_attempts,
+                "error": self.error,
                 "created_at": iso(self.created_at), "next_try_at": iso(self.next_try_at),
                 "started_at": iso(self.started_at), "ended_at": iso(self.ended_at)}
 

@@ -1,12 +1,12 @@
 """Batches and tasks: submission, queries and the user's changes to them."""
 import re
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import insert_with_ids, lookup, record
-from scitq.server.models import MAX_ID, Batch, Execution, Task, TaskDependency, utcnow
+from scitq.server.models import MAX_ID, Batch, Execution, MinuteRollup, Task, TaskDependency, utcnow
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
@@ -385,6 +385,8 @@ def delete_batch(s, batch):
                        "pause it and let them finish first")
     execution_ids = s.scalars(select(Execution.id).join(Task).where(Task.batch_id == batch.id)).all()
     record(s, "batch.deleted", batch, name=batch.name)
+    # Its rollups go with its executions (SQLite may give its id to a new batch).
+    s.execute(delete(MinuteRollup).where(MinuteRollup.batch_id == batch.id))
     s.delete(batch)
     return execution_ids
 

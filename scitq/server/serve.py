@@ -182,6 +182,7 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
     state.dispatcher.start()
     state.jobs.start()
     state.reconciler.start()
+    state.rollups.start()
     stopped = gevent.event.Event()
     stopping = []
 
@@ -217,6 +218,7 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
             h.cancel()
         server.stop(timeout=1)
         state.reconciler.stop()
+        state.rollups.stop()
         state.dispatcher.stop()
         state.jobs.stop()
         state.db.dispose()

@@ -36,14 +36,19 @@ class NullableList(fields.List):
 
 
 class NullableNested(fields.Nested):
-    """An object of a model, or null (allow_null: a missing one is output as null)."""
+    """An object of a model, or null (allow_null: a missing one is output as null).
+
+    Swagger 2.0 has no anyOf nor null type: a nullable object is its model under allOf (a
+    $ref takes no sibling keys) with the x-nullable extension, as code generators and
+    schemathesis read it."""
 
     def __init__(self, model, **kwargs):
         super().__init__(model, allow_null=True, **kwargs)
 
     def schema(self):
         schema = {k: v for k, v in super().schema().items() if k not in ("$ref", "allOf")}
-        return dict(schema, anyOf=[{"$ref": f"#/definitions/{self.nested.name}"}, {"type": "null"}])
+        return dict(schema, allOf=[{"$ref": f"#/definitions/{self.nested.name}"}],
+                    **{"x-nullable": True})
 
 
 class AnyJSON(fields.Raw):
@@ -137,13 +142,22 @@ def state():
     return current_app.extensions["scitq"]
 
 
+# Swagger 2.0 has no bearer scheme of its own: the header is an API key whose value is
+# "Bearer TOKEN" (OpenAPI 3's http/bearer is the same header on the wire).
+AUTHORIZATIONS = {"bearer": {
+    "type": "apiKey", "in": "header", "name": "Authorization",
+    "description": "Type `Bearer ` and the token (`scitq token create NAME --role user`); a "
+                   "server without --auth needs none."}}
+
+
 def create_blueprint():
     from scitq.server.api import (batches, executions, jobs, providers, recruiters, tasks, tokens,
                                   workers)
 
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
     bp.before_request(_authenticate)
-    api = ScitqApi(bp, version="1", title="scitq API", doc="/docs",
+    api = ScitqApi(bp, version="1", title="scitq API", doc="/docs", authorizations=AUTHORIZATIONS,
+                   security="bearer",
                    description="Batches, tasks, executions and workers of a scitq server.")
     for namespace in (batches.ns, tasks.ns, executions.ns, workers.ns, providers.ns, jobs.ns,
                       recruiters.ns, recruiters.instances_ns, tokens.ns):

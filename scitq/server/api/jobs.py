@@ -16,6 +16,7 @@ error = ns.model("Error", ERROR_FIELDS)
 job = ns.model("Job", {
     "id": fields.Integer, "kind": fields.String, "target": fields.String, "status": fields.String,
     "params": fields.Raw, "attempts": fields.Integer, "max_attempts": fields.Integer,
+    "earlier_attempts": fields.Integer(description="attempts made before the last retry"),
     "error": NullableString(description="why its last attempt failed"),
     "created_at": fields.String, "next_try_at": fields.String,
     "started_at": NullableString, "ended_at": NullableString,

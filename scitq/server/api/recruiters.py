@@ -165,6 +165,7 @@ class Instances(Resource):
     @instances_ns.response(404, "No such batch", instances_error)
     @instances_ns.expect(instance_args)
     @instances_ns.marshal_with(page)
+    @instances_ns.doc(id="list_rented_instances")   # unlike the providers' get_instances
     def get(self):
         """A page of rented hosts, newest first; pass `next` back as `after` for the next one."""
         a = instance_args.parse_args()
@@ -177,6 +178,7 @@ class Instances(Resource):
 @instances_ns.response(404, "No such instance", instances_error)
 class OneInstance(Resource):
     @instances_ns.marshal_with(instance)
+    @instances_ns.doc(id="get_rented_instance")
     def get(self, instance_id):
         with state().db.read() as s:
             return rules.instance_dict(rules.get_instance(s, instance_id))

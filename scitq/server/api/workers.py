@@ -13,7 +13,7 @@ from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, 
 from scitq.server.api.fastcheck import compile_model
 from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
-from scitq.server.models import MAX_INT, Worker, ahead
+from scitq.server.models import MAX_ID, MAX_INT, Worker, ahead
 from scitq.status import WorkerStatus
 
 ns = Namespace("workers", description="Worker processes, their settings and their work")
@@ -65,7 +65,7 @@ settings_in = ns.model("WorkerSettings", {
 })
 stats = ns.model("WorkerStats", {"load": fields.Float, "memory": fields.Float, "disk": fields.Float})
 poll_in = ns.model("Poll", {
-    "known": fields.List(fields.Integer, description="execution ids the worker holds already"),
+    "known": fields.List(fields.Integer(min=1, max=MAX_ID), description="execution ids the worker holds already"),
     "wait": fields.Float(min=0, max=MAX_WAIT, default=20, description="seconds to wait for work"),
     "concurrency": fields.Integer, "prefetch": NullableInteger, "depth": DEPTH,
     "status": fields.String, "stats": fields.Nested(stats),

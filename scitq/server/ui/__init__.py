@@ -7,15 +7,17 @@ script with the user's token (`Authorization: Bearer`, from the session) when th
 With auth on, the pages themselves are open (they hold no data, and the login page must be
 reachable); the data is behind the API's check and the same check on this blueprint's JSON.
 """
-from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, session,
+from flask import (Blueprint, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
-from scitq.errors import Forbidden, ScitqError
-from scitq.server import queue, tokens
+from scitq.errors import BadRequest, Forbidden, ScitqError
+from scitq.server import queue, rollups, tokens
+from scitq.server.models import MAX_ID
 from scitq.server.ui import dashboard as dash
 from scitq.status import Role
 
-JSON_ENDPOINTS = ("ui.dashboard_json", "ui.relaunch_failed")
+JSON_ENDPOINTS = ("ui.dashboard_json", "ui.relaunch_failed", "ui.chart_json", "ui.task_runs_json",
+                  "ui.worker_activity_json")
 UI_ROLES = (Role.ADMIN.value, Role.USER.value)
 
 PAGES = [("ui.dashboard_page", "Dashboard"), ("ui.tasks_page", "Tasks"),
@@ -43,7 +45,7 @@ def create_blueprint():
     def check_token():
         """The UI's JSON answers to the tokens the API answers to (users and admins)."""
         if request.endpoint in JSON_ENDPOINTS and _state().auth:
-            _principal(request.headers.get("Authorization"))
+            g.principal = _principal(request.headers.get("Authorization"))
 
     @bp.context_processor
     def page_context():
@@ -114,6 +116,32 @@ def create_blueprint():
         with _state().db.read() as s:
             return jsonify(dash.dashboard(s))
 
+    @bp.get("/api/charts")
+    def chart_json():
+        """Per-minute series of a batch (?batch=id or name) or of every batch, from the rollups."""
+        minutes = _int_arg("minutes", 60, 1, rollups.MAX_MINUTES)
+        with _state().db.read() as s:
+            ref = request.args.get("batch")
+            batch_id = queue.get_batch(s, ref).id if ref else rollups.ALL
+            return jsonify(rollups.chart(s, batch_id, minutes))
+
+    @bp.get("/api/task-runs")
+    def task_runs_json():
+        """The latest attempt of each task of a page (?ids=1,2,3): worker, start and end."""
+        ids = _ids_arg()
+        with _state().db.read() as s:
+            return jsonify(dash.latest_runs(s, ids))
+
+    @bp.get("/api/worker-activity")
+    def worker_activity_json():
+        """Per worker (?ids=1,2): tasks succeeded and failed (from the rollups), and those
+        it runs now."""
+        ids = _ids_arg()
+        with _state().db.read() as s:
+            current = dash.current_tasks(s, ids)
+            return jsonify({wid: dict(c, current=current[wid])
+                            for wid, c in rollups.worker_counts(s, ids).items()})
+
     @bp.post("/api/batches/<ref>/relaunch-failed")
     def relaunch_failed(ref):
         """Relaunch every failed task of the batch (the API relaunches one task at a time)."""
@@ -127,6 +155,33 @@ def create_blueprint():
         return jsonify({"batch": name, "relaunched": n})
 
     return bp
+
+
+MAX_IDS = 1000     # ids a page may ask about at once
+
+
+def _ids_arg():
+    raw = request.args.get("ids", "")
+    try:
+        ids = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise BadRequest("ids: a comma-separated list of integers") from None
+    if len(ids) > MAX_IDS or any(not 0 < i <= MAX_ID for i in ids):
+        raise BadRequest(f"ids: at most {MAX_IDS} ids, each from 1 to {MAX_ID}")
+    return ids
+
+
+def _int_arg(name, default, low, high):
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: an integer from {low} to {high}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: an integer from {low} to {high}")
+    return value
 
 
 def _next_url():

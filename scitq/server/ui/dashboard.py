@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from scitq.recruit.rules import cost_of
 from scitq.server import queue
-from scitq.server.models import Batch, Execution, Task, Worker, utcnow
+from scitq.server.models import Batch, Execution, Task, TaskDependency, Worker, iso, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 WINDOW = 300.0      # seconds of ended executions the throughput is measured over
@@ -48,8 +48,8 @@ def eta(counts, rate, status):
 def dashboard(s):
     """Everything the dashboard draws, and nothing else (it is polled every 2 s)."""
     now = utcnow()
-    batches = s.execute(select(Batch.id, Batch.name, Batch.status, Batch.concurrency)
-                        .order_by(Batch.id)).all()
+    batches = s.execute(select(Batch.id, Batch.name, Batch.status, Batch.concurrency,
+                               Batch.created_at).order_by(Batch.id)).all()
     counts = queue.batch_counts(s)
     rates = throughputs(s, now)
     costs = cost_of(s, batch_ids=[b.id for b in batches], now=now)
@@ -64,7 +64,54 @@ def dashboard(s):
                      # Only batches that rented hosts carry a cost: most never do.
                      "cost": cost if cost and (cost["spent"] or cost["hosts"]) else None})
     return {"now": now.isoformat(), "window": WINDOW, "batches": rows,
-            "workers": workers_summary(s, counts), "cost": total_cost(costs)}
+            "workflows": workflows(s, batches), "workers": workers_summary(s, counts),
+            "cost": total_cost(costs)}
+
+
+# (database, batch id, its creation) -> ids of the batches its tasks wait for (fixed at
+# submission; SQLite may give a deleted batch's id to a new one, hence the creation time).
+_STEP_DEPS = {}
+
+
+def workflows(s, batches):
+    """[{name, steps: [{id, name, step, depends_on: [step]}]}]: batches named
+    "<workflow>.<step>" (as scitq.workflow names them), two or more to a workflow.
+
+    A step's dependencies are those of one of its tasks (a step's iterations are alike),
+    read once by the primary keys and kept: a workflow's steps are submitted whole, in
+    dependency order."""
+    groups = {}
+    for b in batches:
+        workflow, dot, step = b.name.partition(".")
+        if dot and workflow and step:
+            groups.setdefault(workflow, []).append((b, step))
+    out = []
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        step_of = {b.id: step for b, step in members}
+        steps = [{"id": b.id, "name": b.name, "step": step,
+                  "depends_on": [step_of[d] for d in _step_deps(s, b) if d in step_of]}
+                 for b, step in members]
+        out.append({"name": name, "steps": steps})
+    return out
+
+
+def _step_deps(s, batch):
+    key = (str(s.get_bind().url), batch.id, batch.created_at)
+    if key in _STEP_DEPS:
+        return _STEP_DEPS[key]
+    batch_id = batch.id
+    task_id = s.scalar(select(Task.id).where(Task.batch_id == batch_id).limit(1))
+    if task_id is None:
+        return []
+    deps = sorted(s.scalars(select(Task.batch_id).distinct()
+                            .join(TaskDependency, TaskDependency.depends_on_id == Task.id)
+                            .where(TaskDependency.task_id == task_id, Task.batch_id != batch_id)))
+    if len(_STEP_DEPS) > 10_000:
+        _STEP_DEPS.clear()
+    _STEP_DEPS[key] = deps
+    return deps
 
 
 def workers_summary(s, counts):
@@ -89,6 +136,40 @@ def total_cost(costs):
     hourly = sum(c["hourly"] for c in costs.values())
     return {"spent": round(spent, 6), "hourly": round(hourly, 6),
             "hosts": sum(c["hosts"] for c in costs.values())}
+
+
+def latest_runs(s, task_ids):
+    """{task id: {worker, started_at, ended_at, attempts}} of each task's latest execution
+    (one query on the task_id index, for a page of tasks)."""
+    out = {}
+    if not task_ids:
+        return out
+    q = (select(Execution.task_id, Execution.worker_name, Execution.started_at, Execution.ended_at)
+         .where(Execution.task_id.in_(task_ids)).order_by(Execution.id))
+    for task_id, worker, started, ended in s.execute(q):
+        out[task_id] = {"worker": worker, "started_at": iso(started), "ended_at": iso(ended),
+                        "executions": out.get(task_id, {}).get("executions", 0) + 1}
+    return out
+
+
+CURRENT_SHOWN = 20      # tasks listed per worker (a worker runs a handful at once)
+
+
+def current_tasks(s, worker_ids):
+    """{worker id: [{task_id, name, status}]} of its live executions, by the (worker_id,
+    status) index."""
+    out = {wid: [] for wid in worker_ids}
+    if not worker_ids:
+        return out
+    q = (select(Execution.worker_id, Execution.task_id, Task.name, Execution.status)
+         .join(Task, Task.id == Execution.task_id)
+         .where(Execution.worker_id.in_(worker_ids),
+                Execution.status.in_([ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value]))
+         .order_by(Execution.id))
+    for wid, task_id, name, status in s.execute(q):
+        if len(out[wid]) < CURRENT_SHOWN:
+            out[wid].append({"task_id": task_id, "name": name, "status": status})
+    return out
 
 
 def relaunch_failed(s, batch):

@@ -184,8 +184,10 @@ const scitq = (() => {
     return Math.floor(seconds / 86400) + "d" + Math.floor(seconds % 86400 / 3600) + "h";
   }
 
+  /* "3m ago" today; the date and time for an older one (a day-old "25h ago" says no date). */
   function ago(iso) {
     if (!iso) return "–";
+    if (new Date(iso).toDateString() !== new Date().toDateString()) return time(iso);
     return duration((Date.now() - Date.parse(iso)) / 1000) + " ago";
   }
 

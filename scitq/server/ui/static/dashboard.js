@@ -86,9 +86,62 @@
     cells.relaunch.disabled = !c.failed;
   }
 
+  /* A workflow's row: its steps in order, each with its progress and the steps it waits for. */
+  function makeWorkflow(item) {
+    const tr = el("tr", { class: "workflow", "data-workflow": item.workflow.name });
+    tr.nameCell = el("th", { scope: "row" });
+    tr.steps = el("div", { class: "steps" });
+    tr.append(tr.nameCell, el("td", { colspan: 14 }, tr.steps));
+    return tr;
+  }
+
+  function updateWorkflow(tr, item) {
+    const wf = item.workflow;
+    setText(tr.nameCell, `${wf.name} (workflow, ${wf.steps.length} steps)`);
+    const shown = JSON.stringify(wf.steps.map((s) => [s.step, s.depends_on, s.counts]));
+    if (tr.dataset.shown === shown) return;
+    tr.dataset.shown = shown;
+    const chips = [];
+    wf.steps.forEach((s, i) => {
+      if (i) chips.push(el("span", { class: "step-arrow", "aria-hidden": "true" }, "→"));
+      const c = s.counts, done = c.total - c.remaining;
+      const pct = c.total ? Math.floor(done * 100 / c.total) : 0;
+      const bar = el("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
+                              "aria-valuenow": pct, "aria-label": `progress of step ${s.step}` },
+                     el("span", { class: "seg s-succeeded", style: `width:${c.total ? c.succeeded * 100 / c.total : 0}%` }),
+                     el("span", { class: "seg s-failed", style: `width:${c.total ? c.failed * 100 / c.total : 0}%` }));
+      chips.push(el("span", { class: "step-chip", "data-step": s.step },
+                    el("a", { href: tasksUrl(s) }, s.step), bar, `${done}/${c.total}`,
+                    s.depends_on.length ? el("span", { class: "note" }, `after ${s.depends_on.join(", ")}`) : null));
+    });
+    tr.steps.replaceChildren(...chips);
+  }
+
+  /* The rows in order: each workflow's row, then its steps' batches; other batches after. */
+  function grouped(d) {
+    const byId = new Map(d.batches.map((b) => [b.id, b]));
+    const inWorkflow = new Map();
+    const items = [];
+    for (const wf of d.workflows) {
+      wf.steps.forEach((s) => { s.counts = byId.get(s.id).counts; inWorkflow.set(s.id, wf.name); });
+      items.push({ key: "wf:" + wf.name, workflow: wf });
+      for (const s of wf.steps) items.push({ key: String(s.id), batch: byId.get(s.id), workflow_name: wf.name });
+    }
+    for (const b of d.batches) if (!inWorkflow.has(b.id)) items.push({ key: String(b.id), batch: b });
+    return items;
+  }
+
   async function refresh() {
     const d = await api("GET", "/ui/api/dashboard");
-    syncRows(tbody, d.batches, (b) => b.id, make, update);
+    syncRows(tbody, grouped(d), (item) => item.key,
+             (item) => (item.workflow ? makeWorkflow(item) : make(item.batch)),
+             (tr, item) => {
+               if (item.workflow) return updateWorkflow(tr, item);
+               update(tr, item.batch);
+               tr.classList.toggle("step", Boolean(item.workflow_name));
+               if (item.workflow_name) tr.dataset.workflow = item.workflow_name;
+               else delete tr.dataset.workflow;
+             });
     document.getElementById("empty").hidden = d.batches.length > 0;
     const w = d.workers.by_status;
     const alive = (w.running || 0) + (w.paused || 0) + (w.draining || 0);

@@ -32,7 +32,8 @@
     setText(c[1], j.kind);
     setText(c[2], j.target);
     badge(tr.badge, j.status);
-    setText(c[4], `${j.attempts}/${j.max_attempts}`);
+    setText(c[4], `${j.attempts}/${j.max_attempts}` +
+                  (j.earlier_attempts ? ` (+${j.earlier_attempts} before retry)` : ""));
     setText(c[5], j.error);
     setText(c[6], time(j.created_at));
     setText(c[7], time(j.ended_at));

@@ -11,7 +11,7 @@
   const state = document.getElementById("output-state");
   const buttons = Object.fromEntries(["kill", "relaunch", "force", "delete"].map((b) => [b, document.getElementById(b)]));
   const ACTIVE = ["assigned", "running"];
-  let task = null, latest = null, complete = false, live;
+  let task = null, latest = null, complete = false, live, chosen = false;
 
   const output = scitq.follower(pre, (offset, limit) =>
     `/api/v1/tasks/${id}/output?stream=${stream.value}&offset=${offset}&limit=${limit}`,
@@ -115,6 +115,10 @@
       setText(state, "not started yet");
       return;
     }
+    if (!chosen) {      // a failed task opens on the stream that holds its error
+      chosen = true;
+      if (t.status === "failed" && last.stderr_bytes > 0) stream.value = "stderr";
+    }
     if (latest !== last.id) {         // a new attempt: its output from the start
       latest = last.id;
       complete = false;
@@ -127,6 +131,7 @@
   }
 
   function restartOutput() {
+    chosen = true;       // the user chose: keep it
     latest = null;
     live.now();
   }

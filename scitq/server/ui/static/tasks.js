@@ -3,7 +3,7 @@
    COUNT(*) per page. The filters and the cursor live in the URL, so a page can be linked. */
 "use strict";
 (() => {
-  const { api, poll, el, setText, syncRows, badge, ago } = scitq;
+  const { api, poll, el, setText, syncRows, badge, ago, time, duration } = scitq;
   const PAGE = 50;
   const TOTAL_EVERY = 5;       // polls between two refreshes of the totals (10 s)
   const form = document.getElementById("filters");
@@ -36,28 +36,36 @@
     return text.length <= width ? text : text.slice(0, width - 1) + "…";
   }
 
+  let runs = {};      // task id -> its latest attempt (worker, start, end), for the page shown
+
   function make() {
-    const tr = scitq.row(8, ["num"]);
+    const tr = scitq.row(11, ["num"]);
     tr.link = el("a");
     tr.cells[0].append(tr.link);
     tr.badge = el("span");
     tr.cells[3].append(tr.badge);
     tr.cells[4].className = "num";
-    tr.cells[7].className = "command";
+    tr.cells[6].className = "num";
+    tr.cells[10].className = "command";
     return tr;
   }
 
   function update(tr, t) {
+    const run = runs[t.id] || {};
     tr.link.href = "/ui/tasks/" + t.id;
     setText(tr.link, t.id);
     setText(tr.cells[1], t.name);
     setText(tr.cells[2], t.batch);
     badge(tr.badge, t.status);
     setText(tr.cells[4], t.attempt);
-    setText(tr.cells[5], t.reason);
-    setText(tr.cells[6], ago(t.updated_at));
-    setText(tr.cells[7], short(t.command, 80));
-    tr.cells[7].title = t.command;
+    setText(tr.cells[5], run.worker);
+    const end = run.ended_at ? Date.parse(run.ended_at) : Date.now();
+    setText(tr.cells[6], run.started_at ? duration((end - Date.parse(run.started_at)) / 1000) : null);
+    setText(tr.cells[7], run.ended_at ? time(run.ended_at) : null);
+    setText(tr.cells[8], t.reason);
+    setText(tr.cells[9], ago(t.updated_at));
+    setText(tr.cells[10], short(t.command, 80));
+    tr.cells[10].title = t.command;
   }
 
   async function refreshBatches() {
@@ -85,6 +93,8 @@
   async function refresh() {
     if (polls++ % TOTAL_EVERY === 0) await refreshBatches();
     const page = await api("GET", "/api/v1/tasks?" + query({ after, limit: PAGE }));
+    runs = page.items.length
+      ? await api("GET", "/ui/api/task-runs?ids=" + page.items.map((t) => t.id).join(",")) : {};
     syncRows(tbody, page.items, (t) => t.id, make, update);
     next = page.next;
     document.getElementById("empty").hidden = page.items.length > 0;

@@ -43,8 +43,8 @@
     tr.append(el("td", {}, tr.badge));
     tr.append(el("td", { class: "num" }, stepper(tr, "concurrency", "concurrency")));
     tr.append(el("td", { class: "num" }, stepper(tr, "prefetch", "prefetch")));
-    tr.plain = ["batch", "load", "memory", "disk", "cpus", "seen"].map((k) =>
-      el("td", { class: ["batch", "seen"].includes(k) ? null : "num" }));
+    tr.plain = ["batch", "load", "memory", "disk", "cpus", "seen", "succeeded", "failed", "current"].map((k) =>
+      el("td", { class: ["batch", "seen", "current"].includes(k) ? null : "num", "data-col": k }));
     tr.append(...tr.plain);
     tr.pause = el("button", { type: "button", class: "pause" });
     tr.drain = el("button", { type: "button", class: "drain" }, "Drain");
@@ -75,7 +75,18 @@
       tr[k].minus.setAttribute("aria-label", `Lower the ${label} of ${w.name}`);
       tr[k].plus.setAttribute("aria-label", `Raise the ${label} of ${w.name}`);
     }
-    const [batch, load, memory, disk, cpus, seen] = tr.plain;
+    const [batch, load, memory, disk, cpus, seen, succeeded, failed, current] = tr.plain;
+    const a = activity[w.id] || { succeeded: null, failed: null, current: [] };
+    setText(succeeded, a.succeeded);
+    setText(failed, a.failed);
+    const links = a.current.map((t) => el("a", { href: "/ui/tasks/" + t.task_id, title: t.status },
+                                            t.name || String(t.task_id)));
+    const shown = a.current.map((t) => `${t.task_id}:${t.status}`).join(" ");
+    if (current.dataset.shown !== shown) {      // rebuilt only when it changed (keeps focus)
+      current.dataset.shown = shown;
+      current.replaceChildren(...links.flatMap((link, i) => (i ? [", ", link] : [link])));
+      if (!links.length) current.textContent = "–";
+    }
     setText(batch, w.batch);
     setText(load, w.load === null ? null : w.load.toFixed(2));
     setText(memory, percent(w.memory));
@@ -92,8 +103,12 @@
     tr.classList.toggle("gone", gone);
   }
 
+  let activity = {};   // worker id -> {succeeded, failed, current tasks}
+
   async function refresh() {
     const workers = await api("GET", "/api/v1/workers");
+    activity = workers.length
+      ? await api("GET", "/ui/api/worker-activity?ids=" + workers.map((w) => w.id).join(",")) : {};
     syncRows(tbody, workers, (w) => w.id, make, update);
     document.getElementById("empty").hidden = workers.length > 0;
   }
