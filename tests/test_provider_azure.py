@@ -138,13 +138,22 @@ def test_delete_removes_everything_itself(provider, cloud):
 
 @pytest.mark.parametrize("honor", [True, False])
 def test_delete_after_eviction_cleans_what_azure_left(provider, cloud, honor):
+    """With deleteOption Delete on NIC, IP and disk, an eviction leaves nothing; where Azure did
+    not honor it, list() shows the leftovers as a DELETED instance and delete() removes them."""
     cloud.honor_delete_options = honor
     instance = provider.create(spec(spot=True))
+    ip = cloud.bodies("PUT", "publicIPAddresses")[-1]["properties"]
+    nic_ip = cloud.bodies("PUT", "networkInterfaces")[-1]["properties"]["ipConfigurations"][0]["properties"]
+    assert ip["deleteOption"] == nic_ip["publicIPAddress"]["properties"]["deleteOption"] == "Delete"
     cloud.evict(instance.id)
-    assert cloud.names("publicIPAddresses") == ["scitq-azure-w1-ip"]     # Azure keeps the IP
-    assert provider.list() == []
+    if honor:
+        assert cloud.everything() == NOTHING and provider.list() == []
+    else:
+        assert cloud.names("publicIPAddresses") == ["scitq-azure-w1-ip"]
+        (left,) = provider.list()
+        assert (left.id, left.status, left.tags[TAG]) == ("scitq-azure-w1", InstanceStatus.DELETED, "scitq-azure-w1")
     provider.delete(instance.id)
-    assert cloud.everything() == NOTHING
+    assert cloud.everything() == NOTHING and provider.list() == []
 
 
 def test_delete_leaves_untagged_namesakes_alone(provider, cloud):
@@ -210,11 +219,14 @@ def test_auth_transient_and_not_found_errors(provider, cloud):
     with pytest.raises(InstanceNotFound):
         provider.get("nope")
     assert provider.list() == []                      # no resource group yet
-    cloud.fail_next("PUT", "publicIPAddresses", 500, "InternalServerError")
+    cloud.fail_next("PUT", "publicIPAddresses", 500, "InternalServerError")     # once: the SDK retries
+    assert provider.create(spec(name="scitq-azure-retried")).status is InstanceStatus.RUNNING
+    provider.delete("scitq-azure-retried")
+    cloud.fail_next("PUT", "publicIPAddresses", 500, "InternalServerError", times=4)   # beyond retry_total 3
     with pytest.raises(TransientError):
         provider.create(spec())
-    assert cloud.everything() == NOTHING
-    cloud.fail_next("GET", "virtualMachines", 503, "ServerBusy")
+    assert cloud.everything() == NOTHING and cloud.pending_failures() == 0
+    cloud.fail_next("GET", "virtualMachines", 503, "ServerBusy", times=4)
     with pytest.raises(TransientError):
         provider.get("nope")
     wrong = FakeAzure(token="another")
