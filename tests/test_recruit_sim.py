@@ -188,10 +188,13 @@ def test_a_spot_eviction_gives_the_tasks_back_and_is_replaced(sim_of):
     with sim.db.read() as s:
         back = s.scalars(select(Task).where(Task.id.in_(ids))).all()
         assert [(t.status, t.attempt, t.retries) for t in back] == [("pending", 0, 2)] * 2
+        going = s.get(Instance, inst.id)
+        assert going.status == "deleting" and "eviction" in going.error and going.cost is None
+    plan = sim.tick()                           # the provider is asked to delete what is left
+    assert len(plan.create) == 1                # and a replacement is rented
+    with sim.db.read() as s:
         gone = s.get(Instance, inst.id)
         assert gone.status == "deleted" and "eviction" in gone.error and gone.cost is not None
-    plan = sim.tick()
-    assert len(plan.create) == 1                # a replacement
 
 
 def test_1000_hosts_for_200000_tasks_converge_without_churn(sim_of):
