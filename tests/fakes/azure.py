@@ -314,7 +314,7 @@ class FakeAzure:
         failure = self._injected(method, kind)
         if failure and failure["stage"] == "request":
             if method == "PUT" and kind == "virtualMachines":
-                self._reserve(body)
+                self._reserve(body, self._id(group, "virtualMachines", name))
             raise Reply(failure["status"], {"error": {"code": failure["code"], "message": failure["message"]}},
                         failure["headers"])
         if method == "GET":
@@ -331,9 +331,12 @@ class FakeAzure:
                 if tags is not None:
                     existing["tags"] = tags
                 return 200, existing, {}
-            op = self._operation(lambda: existing.update(tags=tags if tags is not None else existing["tags"]),
-                                 result=lambda: self.store["disks"].get(name))
-            return 202, None, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
+            def updated():
+                existing.update(tags=tags if tags is not None else existing["tags"])
+                existing["properties"]["provisioningState"] = "Succeeded"
+            op = self._operation(updated, result=lambda: self.store["disks"].get(name))
+            existing["properties"]["provisioningState"] = "Updating"
+            return 202, existing, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
         if method == "DELETE":
             if not existing:
                 return 204, None, {}
@@ -351,7 +354,7 @@ class FakeAzure:
                 resource = getattr(self, "_put_" + kind)(group, name, body, existing)
             except Reply:
                 if kind == "virtualMachines":
-                    self._reserve(body)
+                    self._reserve(body, self._id(group, "virtualMachines", name))
                 raise
             resource.update(id=self._id(group, kind, name), name=name, type=f"{KINDS[kind.lower()][0]}/{kind}",
                             location=body.get("location"), tags=body.get("tags") or {}, _group=group)
@@ -359,25 +362,26 @@ class FakeAzure:
             self.store[kind][name] = resource
             fail = failure and {"code": failure["code"], "message": failure["message"]}
             if fail and kind == "virtualMachines":
-                self._reserve(body)
+                self._reserve(body, self._id(group, "virtualMachines", name))
             op = self._operation(lambda: self._provisioned(kind, name, fail))
             return (200 if existing else 201), resource, {"Azure-AsyncOperation": op}
         raise error(405, "MethodNotAllowed", method)
 
-    def _reserve(self, vm_body):
+    def _reserve(self, vm_body, vm_id):
         """A failed VM PUT holds its NICs for `nic_reservation` seconds, as Azure does for 180 s."""
         if not self.nic_reservation:
             return
         until = time.monotonic() + self.nic_reservation
         for ref in ((vm_body or {}).get("properties", {}).get("networkProfile") or {}).get("networkInterfaces") or []:
-            self.reserved[_name_of(ref.get("id"))] = until
+            self.reserved[_name_of(ref.get("id"))] = (until, vm_id)
 
     def _check_deletable(self, kind, resource):
         props = resource["properties"]
-        if kind == "networkInterfaces" and self.reserved.get(resource["name"], 0) > time.monotonic():
+        until, vm_id = self.reserved.get(resource["name"], (0, None))
+        if kind == "networkInterfaces" and until > time.monotonic():
             raise error(400, "NicReservedForAnotherVm",
                         f"Nic(s) in request is reserved for another Virtual Machine for 180 seconds. Please "
-                        f"provide another nic(s) or retry after 180 seconds. Reserved VM: {resource['id']}")
+                        f"provide another nic(s) or retry after 180 seconds. Reserved VM: {vm_id}")
         if kind == "networkInterfaces" and props.get("virtualMachine"):
             raise error(400, "NicInUse", f"Network Interface {resource['id']} is used by existing resource "
                                          f"{props['virtualMachine']['id']}. In order to delete the network "
@@ -449,6 +453,8 @@ class FakeAzure:
                         f"The requested VM size for resource 'Following SKUs have failed for Capacity "
                         f"Restrictions: {size}' is currently not available in location '{region}'. "
                         "Please try another size or deploy to a different location or different zone.")
+        if props.get("priority") == "Spot":
+            self._check_max_price(size, (props.get("billingProfile") or {}).get("maxPrice", -1))
         if not existing:
             self._check_quota(region, sku, props.get("priority") == "Spot")
         nics = [self._lookup(n["id"], "networkInterfaces") for n in props["networkProfile"]["networkInterfaces"]]
@@ -471,6 +477,19 @@ class FakeAzure:
         props["vmId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, vm_id))
         props["timeCreated"] = (existing or {}).get("properties", {}).get("timeCreated") or _now()
         return res
+
+    def _check_max_price(self, size, max_price):
+        """Azure's spot price rules (the spot error codes of the Azure docs)."""
+        if max_price != -1 and not (isinstance(max_price, (int, float)) and max_price > 0):
+            raise error(400, "MaxPriceValueInvalid",
+                        "Invalid max price value. The only supported values for max price are -1 or a decimal "
+                        "greater than zero. Max price value of -1 indicates the Virtual Machine won't be "
+                        "evicted for price reasons.")
+        spot = [price for sku, name, _, price in self.retail if sku == size and "Spot" in name]
+        if max_price != -1 and spot and max_price < min(spot):
+            raise error(409, "VariablePriceGreaterThanProvidedMaxPrice",
+                        f"Cannot create this Virtual Machine since the provided max price is lower than the "
+                        f"current variable price {min(spot)} for spot VM size {size}.")
 
     def _check_quota(self, region, sku, spot):
         family, cpu = sku[1], sku[2]
