@@ -525,8 +525,9 @@ class AzureProvider(Provider):
     def _tag_disk(self, disk_name, tags):
         """The VM's PUT cannot tag the OS disk it makes: tag it after (a failure costs only the tag)."""
         try:
-            self._wait(self._client("compute").disks.begin_update(self.resource_group, disk_name,
-                                                                  {"tags": tags}), f"tag disk {disk_name}")
+            with calling(f"tag disk {disk_name}"):
+                poller = self._client("compute").disks.begin_update(self.resource_group, disk_name, {"tags": tags})
+            self._wait(poller, f"tag disk {disk_name}")
         except ProviderError as err:
             log.warning("%s", err.message)
 

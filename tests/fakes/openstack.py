@@ -82,6 +82,8 @@ class _Request:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-openstack"
+    disable_nagle_algorithm = True      # headers and body in one segment: no delayed-ACK stalls
+    wbufsize = 1 << 16                  # flushed by the server after each request
 
     def log_message(self, *args):
         pass
