@@ -8,7 +8,6 @@ import time
 import pytest
 from sqlalchemy import select
 
-from recruitsim import Sim
 from scitq.errors import ScitqError
 from scitq.server.models import Instance
 from scitq.status import HostStatus
@@ -76,16 +75,8 @@ def check_closed(rows):
 
 
 @pytest.fixture
-def soak_sim(db_url, tmp_path):
-    made = []
-
-    def make(clouds):
-        sim = Sim(db_url, tmp_path, clouds, orphan_grace=0.0)
-        made.append(sim)
-        return sim
-    yield make
-    for sim in made:
-        sim.close()
+def soak_sim(sims):
+    return lambda clouds: sims(clouds, orphan_grace=0.0)
 
 
 def test_azure_soak(soak_sim):

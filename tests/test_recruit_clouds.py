@@ -10,7 +10,6 @@ from sqlalchemy import select
 pytest.importorskip("azure.mgmt.compute")
 
 from fakes.azure import DEFAULT_QUOTA, FakeAzure  # noqa: E402
-from recruitsim import Sim  # noqa: E402
 
 from scitq.providers.azure import AzureProvider  # noqa: E402
 from scitq.server.models import Event, Instance  # noqa: E402
@@ -20,18 +19,12 @@ PRICES = {"Standard_D2s_v5": {"ondemand": 0.096, "spot": 0.0192}, "Standard_D4s_
 
 
 @pytest.fixture
-def azure_sim(db_url, tmp_path):
+def azure_sim(sims):
     """make(cloud, **provider settings) -> a Sim whose only provider is that fake's Azure."""
-    made = []
-
     def make(cloud, sim_settings=None, **settings):
         provider = AzureProvider(cloud.provider_config(prices=PRICES, **settings))
-        sim = Sim(db_url, tmp_path, {"azure": provider}, **(sim_settings or {}))
-        made.append(sim)
-        return sim
-    yield make
-    for sim in made:
-        sim.close()
+        return sims({"azure": provider}, **(sim_settings or {}))
+    return make
 
 
 def recruiter(sim, **fields):

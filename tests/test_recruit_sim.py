@@ -4,7 +4,6 @@ orphans, spot evictions, and 1,000 hosts for 200,000 tasks."""
 import pytest
 from sqlalchemy import select
 
-from recruitsim import Sim
 from fakes.cloud import FakeCloud
 from scitq.errors import QuotaExceeded
 from scitq.server.models import Execution, Instance, Task, Worker
@@ -12,17 +11,11 @@ from scitq.status import TaskStatus
 
 
 @pytest.fixture
-def sim_of(db_url, tmp_path):
-    made = []
-
+def sim_of(sims):
     def make(clouds=None, **settings):
         settings.setdefault("tick", 10.0)
-        sim = Sim(db_url, tmp_path, clouds or {"fake": FakeCloud()}, **settings)
-        made.append(sim)
-        return sim
-    yield make
-    for sim in made:
-        sim.close()
+        return sims(clouds or {"fake": FakeCloud()}, **settings)
+    return make
 
 
 def test_a_batch_gets_its_hosts_which_go_when_it_drains(sim_of):

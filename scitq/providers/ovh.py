@@ -520,9 +520,14 @@ def _translate(exc, doing, not_found=None):
             req_exc and isinstance(exc, (req_exc.Timeout, req_exc.ConnectionError)) or \
             isinstance(exc, (TimeoutError, ConnectionError)):
         return TransientError(message)
+    return _by_status(status, message, "quota" in str(exc).lower(), not_found)
+
+
+def _by_status(status, message, about_quota, not_found=None):
+    """The scitq error for an HTTP error status of the OpenStack or OVH APIs."""
     if status == 401:
         return AuthError(message)
-    if status in (403, 413) and "quota" in str(exc).lower():
+    if status in (403, 413) and about_quota:
         return QuotaExceeded(message)
     if status == 403:
         return AuthError(message)

@@ -324,31 +324,9 @@ class FakeAzure:
                             f"'{group}' was not found.")
             return 200, self._shown(kind, existing, query or {}), {}
         if method == "PATCH":
-            if not existing:
-                raise error(404, "ResourceNotFound", f"{kind}/{name} was not found.")
-            tags = body.get("tags")
-            if kind != "disks":
-                if tags is not None:
-                    existing["tags"] = tags
-                return 200, existing, {}
-            def updated():
-                existing.update(tags=tags if tags is not None else existing["tags"])
-                existing["properties"]["provisioningState"] = "Succeeded"
-            op = self._operation(updated, result=lambda: self.store["disks"].get(name))
-            existing["properties"]["provisioningState"] = "Updating"
-            return 202, existing, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
+            return self._patch(kind, name, existing, body)
         if method == "DELETE":
-            if not existing:
-                return 204, None, {}
-            self._check_deletable(kind, existing)
-            before = existing["properties"].get("provisioningState")
-            existing["properties"]["provisioningState"] = "Deleting"
-            if failure:                          # accepted, then it fails: the resource stays
-                fail = {"code": failure["code"], "message": failure["message"]}
-                op = self._operation(lambda: existing["properties"].update(provisioningState=before) or fail)
-            else:
-                op = self._operation(lambda: self._deleted(kind, name))
-            return 202, None, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
+            return self._delete(kind, name, existing, failure)
         if method == "PUT":
             try:
                 resource = getattr(self, "_put_" + kind)(group, name, body, existing)
@@ -366,6 +344,37 @@ class FakeAzure:
             op = self._operation(lambda: self._provisioned(kind, name, fail))
             return (200 if existing else 201), resource, {"Azure-AsyncOperation": op}
         raise error(405, "MethodNotAllowed", method)
+
+    def _patch(self, kind, name, existing, body):
+        """Tags; a disk's update is a long-running operation (Disk_Update_ChangeTier.json: 202)."""
+        if not existing:
+            raise error(404, "ResourceNotFound", f"{kind}/{name} was not found.")
+        tags = body.get("tags")
+        if kind != "disks":
+            if tags is not None:
+                existing["tags"] = tags
+            return 200, existing, {}
+
+        def updated():
+            existing.update(tags=tags if tags is not None else existing["tags"])
+            existing["properties"]["provisioningState"] = "Succeeded"
+        op = self._operation(updated, result=lambda: self.store["disks"].get(name))
+        existing["properties"]["provisioningState"] = "Updating"
+        return 202, existing, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
+
+    def _delete(self, kind, name, existing, failure):
+        """202 with both operation headers; an injected async failure leaves the resource as it was."""
+        if not existing:
+            return 204, None, {}
+        self._check_deletable(kind, existing)
+        before = existing["properties"].get("provisioningState")
+        existing["properties"]["provisioningState"] = "Deleting"
+        if failure:
+            fail = {"code": failure["code"], "message": failure["message"]}
+            op = self._operation(lambda: existing["properties"].update(provisioningState=before) or fail)
+        else:
+            op = self._operation(lambda: self._deleted(kind, name))
+        return 202, None, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
 
     def _reserve(self, vm_body, vm_id):
         """A failed VM PUT holds its NICs for `nic_reservation` seconds, as Azure does for 180 s."""

@@ -327,20 +327,24 @@ class FakeOpenStack:
             if req.method == "GET" and len(parts) == 2:
                 return 200, {}, {"server": self._server(region, server, mv)}
             if req.method == "DELETE" and len(parts) == 2:
-                if self.fail_deletes > 0:
-                    self.fail_deletes -= 1
-                    server.update(status="ERROR", vm_state="error", task_state=None, fault={
-                        "code": 500, "created": _iso(), "message": "Failed to delete the instance (injected)"})
-                elif server.get("deleted_at") is None:
-                    server["deleted_at"] = time.monotonic() + self.delete_delay
-                    server["task_state"] = "deleting"
-                return 204, {}, None
+                return self._delete_server(server)
             return self._nova_error(405, "computeFault", "method not allowed")
         if head == "os-keypairs":
             return self._keypairs(req, region, ident, mv)
         if head == "limits" and req.method == "GET":
             return 200, {}, {"limits": {"absolute": self._absolute_limits(region, mv), "rate": []}}
         return self._nova_error(404, "itemNotFound", "/".join(parts))
+
+    def _delete_server(self, server):
+        """204; the server goes after `delete_delay`, or (fail_deletes) ends in ERROR."""
+        if self.fail_deletes > 0:
+            self.fail_deletes -= 1
+            server.update(status="ERROR", vm_state="error", task_state=None, fault={
+                "code": 500, "created": _iso(), "message": "Failed to delete the instance (injected)"})
+        elif server.get("deleted_at") is None:
+            server["deleted_at"] = time.monotonic() + self.delete_delay
+            server["task_state"] = "deleting"
+        return 204, {}, None
 
     def _flavor_id(self, region, name):
         return str(uuid.uuid5(_NS, f"{region}/flavor/{name}"))
@@ -472,22 +476,7 @@ class FakeOpenStack:
                                                        ("name", "public_key", "fingerprint", "type")}}
                                           for kp in pairs.values()]}
         if name is None and req.method == "POST":
-            body = (req.json or {}).get("keypair") or {}
-            if not body.get("name") or not body.get("public_key"):
-                return self._nova_error(400, "badRequest", "Invalid input for field/attribute keypair.")
-            if body["name"] in pairs:
-                return self._nova_error(409, "conflictingRequest", f"Key pair '{body['name']}' already exists.")
-            try:
-                fp = fingerprint(body["public_key"])
-            except (IndexError, ValueError):
-                return self._nova_error(400, "badRequest", "Keypair data is invalid: failed to generate fingerprint")
-            pairs[body["name"]] = {"name": body["name"], "public_key": body["public_key"], "fingerprint": fp,
-                                   "user_id": self.user_id, "type": body.get("type", "ssh"),
-                                   "id": len(pairs) + 1, "created_at": _iso(), "deleted": False,
-                                   "deleted_at": None, "updated_at": None}
-            kp = pairs[body["name"]]
-            shown = ("name", "public_key", "fingerprint", "user_id") + (("type",) if mv >= (2, 2) else ())
-            return (201 if mv >= (2, 2) else 200), {}, {"keypair": {k: kp[k] for k in shown}}
+            return self._create_keypair(req, region, mv)
         if name not in pairs:
             return self._nova_error(404, "itemNotFound", f"Keypair {name} not found for user {self.user_id}")
         if req.method == "GET":
@@ -496,6 +485,26 @@ class FakeOpenStack:
             del pairs[name]
             return (204 if mv >= (2, 2) else 202), {}, None
         return self._nova_error(405, "computeFault", "method not allowed")
+
+    def _create_keypair(self, req, region, mv):
+        """200 before microversion 2.2, 201 from it (with `type`), as nova's controller answers."""
+        pairs = self.keypairs[region]
+        body = (req.json or {}).get("keypair") or {}
+        if not body.get("name") or not body.get("public_key"):
+            return self._nova_error(400, "badRequest", "Invalid input for field/attribute keypair.")
+        if body["name"] in pairs:
+            return self._nova_error(409, "conflictingRequest", f"Key pair '{body['name']}' already exists.")
+        try:
+            fp = fingerprint(body["public_key"])
+        except (IndexError, ValueError):
+            return self._nova_error(400, "badRequest", "Keypair data is invalid: failed to generate fingerprint")
+        pairs[body["name"]] = {"name": body["name"], "public_key": body["public_key"], "fingerprint": fp,
+                               "user_id": self.user_id, "type": body.get("type", "ssh"),
+                               "id": len(pairs) + 1, "created_at": _iso(), "deleted": False,
+                               "deleted_at": None, "updated_at": None}
+        kp = pairs[body["name"]]
+        shown = ("name", "public_key", "fingerprint", "user_id") + (("type",) if mv >= (2, 2) else ())
+        return (201 if mv >= (2, 2) else 200), {}, {"keypair": {k: kp[k] for k in shown}}
 
     # --- Neutron and Glance ----------------------------------------------------------------
 
