@@ -479,7 +479,6 @@ class Reconciler(Loop):
         if evicted:
             self.wake()
 
-
     def _sweep_deleting(self, s, provider_name, by_name, evicted):
         """Hosts deleting: those the provider no longer lists are returned (to close); the others
         (and the evicted) get a delete job unless one is under way."""

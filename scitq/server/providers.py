@@ -3,7 +3,6 @@
 Configuration is a YAML mapping {provider name: its settings} (see each provider module),
 from --providers FILE, SCITQ_PROVIDERS, or DATA_DIR/providers.yaml.
 """
-import math
 import re
 import secrets
 import threading
