@@ -146,3 +146,30 @@ def test_throttling_beyond_the_bound_fails_over_to_the_next_region(azure_sim):
         with sim.db.read() as s:
             kinds = [e.kind for e in s.scalars(select(Event).where(Event.object_id == failed.id))]
         assert "instance.failed" in kinds
+
+
+def test_throttling_within_the_bound_waits_and_the_job_says_until_when(azure_sim):
+    """Acceptance 4 (wait): a 429 with Retry-After 2 s on the VM's PUT, then on its DELETE; the
+    create and delete jobs (the handlers the job runner calls) wait, succeed, and their progress
+    lines say they wait and until when."""
+    with FakeAzure() as cloud:
+        sim = azure_sim(cloud)
+        recruiter(sim)
+        sim.rec.reconcile()                          # ordered; the job is the handler's
+        (inst,) = sim.instances()
+        handlers = sim.rec.handlers()
+        job = {"params": {"instance_id": inst.id}}
+        lines = []
+        cloud.throttle_next("PUT", "virtualMachines", 2)
+        started = time.monotonic()
+        handlers["create"](job, lines.append)
+        assert time.monotonic() - started >= 2 and row(sim, inst.id).status == "deploying"
+        waits = [line for line in lines if "throttled (HTTP 429): waiting 2 s, until" in line]
+        assert len(waits) == 1 and waits[0].endswith("UTC"), lines
+        with sim.db.write() as s:
+            s.get(Instance, inst.id).status = "deleting"
+        lines.clear()
+        cloud.throttle_next("DELETE", "virtualMachines", 2)
+        handlers["delete"](job, lines.append)
+        assert any("waiting 2 s, until" in line for line in lines) and lines[-1].endswith("deleted")
+        assert cloud.everything() == NOTHING and row(sim, inst.id).status == "deleted"
