@@ -173,3 +173,27 @@ def test_throttling_within_the_bound_waits_and_the_job_says_until_when(azure_sim
         handlers["delete"](job, lines.append)
         assert any("waiting 2 s, until" in line for line in lines) and lines[-1].endswith("deleted")
         assert cloud.everything() == NOTHING and row(sim, inst.id).status == "deleted"
+
+
+def test_orphan_leftovers_of_a_vm_nobody_knows_are_deleted_after_the_grace(azure_sim):
+    """NICs, IPs and disks tagged by a recruiter, of no live VM and no host the database knows
+    (a server that died mid-create, say): list() shows them, the orphan sweep deletes them."""
+    from scitq.providers import InstanceSpec
+    with FakeAzure() as cloud:
+        cloud.honor_delete_options = False
+        sim = azure_sim(cloud, sim_settings={"orphan_grace": 600})
+        recruiter(sim)
+        sim.tick()
+        (ours_,) = sim.instances()
+        lost = sim.clouds["azure"].create(InstanceSpec(
+            name="scitq-azure-lost", flavor="Standard_D2s_v5", region="westeurope", tags={"scitq_instance": "999"},
+            ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5IGZvciBzY2l0cSB0ZXN0cyBvbmx5 x"))
+        cloud.evict(lost.id)                         # the VM went; NIC, IP and disk did not
+        assert ours(cloud, "scitq-azure-lost")["networkInterfaces"] == ["scitq-azure-lost-nic"]
+        sim.rec.sweep_providers()
+        sim.clock.advance(610)
+        sim.rec.sweep_providers()
+        assert ours(cloud, "scitq-azure-lost") == NOTHING
+        assert ours(cloud, ours_.name)["virtualMachines"] == [ours_.name]       # ours stays
+        with sim.db.read() as s:
+            assert s.scalar(select(Event).where(Event.kind == "instance.orphan_deleted")) is not None
