@@ -5,12 +5,13 @@ are gone (issue 22, acceptance 1 to 4)."""
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 pytest.importorskip("azure.mgmt.compute")
 
 from fakes.azure import DEFAULT_QUOTA, FakeAzure  # noqa: E402
 
+from scitq.errors import QuotaExceeded  # noqa: E402
 from scitq.providers.azure import AzureProvider  # noqa: E402
 from scitq.server.models import Event, Instance  # noqa: E402
 
@@ -197,3 +198,30 @@ def test_orphan_leftovers_of_a_vm_nobody_knows_are_deleted_after_the_grace(azure
         assert ours(cloud, ours_.name)["virtualMachines"] == [ours_.name]       # ours stays
         with sim.db.read() as s:
             assert s.scalar(select(Event).where(Event.kind == "instance.orphan_deleted")) is not None
+
+
+def test_the_sweep_queues_one_delete_job_for_a_host_still_deleting(azure_sim):
+    """The server's path (jobs, not inline actions): a host deleting that the provider still
+    lists gets a delete job when none is pending or running, and only one."""
+    from scitq.recruit.loop import Reconciler
+    from scitq.server.models import Job
+    with FakeAzure(quota={**DEFAULT_QUOTA, "standardDSv5Family": 0}, nic_reservation=30) as cloud:
+        sim = azure_sim(cloud, teardown_timeout=0.1)
+        recruiter(sim)
+        sim.rec.reconcile()
+        (inst,) = sim.instances()
+        server_side = Reconciler(sim.db, sim.rec.providers, clock=sim.clock)
+        with pytest.raises(QuotaExceeded):           # refused, the NIC held: deleting, a job queued
+            server_side.create_host(inst.id)
+        assert row(sim, inst.id).status == "deleting"
+        for _ in range(2):
+            server_side.sweep_providers()
+        with sim.db.read() as s:
+            jobs = s.scalars(select(Job).where(Job.kind == "delete")).all()
+        assert [(j.target, j.status, j.params) for j in jobs] == [(inst.name, "pending", {"instance_id": inst.id})]
+        with sim.db.write() as s:
+            s.get(Job, jobs[0].id).status = "failed"      # its attempts spent
+        server_side.sweep_providers()
+        with sim.db.read() as s:
+            assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "delete",
+                                                                       Job.status == "pending")) == 1
