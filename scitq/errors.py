@@ -88,6 +88,7 @@ class ProviderError(ScitqError):
 
     http_status = 502
     retry_elsewhere = False     # another (provider, region, flavor) may well succeed
+    leftovers = ()              # what a failed create could not delete (still billed): "kind name"
 
 
 class QuotaExceeded(ProviderError):
@@ -114,6 +115,12 @@ class TransientError(ProviderError):
     """A timeout or a 5xx: the same call may succeed later."""
 
     http_status = 503
+
+
+class Throttled(TransientError):
+    """The cloud asked us to wait (HTTP 429, Retry-After) longer than scitq waits inside a job."""
+
+    retry_elsewhere = True
 
 
 class InstanceNotFound(ProviderError, LookupError):

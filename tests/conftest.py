@@ -44,6 +44,22 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture
+def sims(db_url, tmp_path):
+    """make(clouds, **reconciler settings) -> a recruitment Sim (tests/recruitsim.py) on the
+    test's database; each is closed at the end."""
+    from recruitsim import Sim
+    made = []
+
+    def make(clouds, **settings):
+        sim = Sim(db_url, tmp_path, clouds, **settings)
+        made.append(sim)
+        return sim
+    yield make
+    for sim in made:
+        sim.close()
+
+
+@pytest.fixture
 def pg_db(pg_cluster):
     """An empty database on the session's PostgreSQL, dropped afterwards (a test that starts
     processes on it requests it before `procs`, so that they end before it is dropped)."""

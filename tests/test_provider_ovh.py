@@ -248,3 +248,82 @@ def test_reading_servers_and_flavors():
     assert _gpu(NS(name="b2-7", extra_specs={})) == (0, None)
     assert STATUS["BUILD"] is InstanceStatus.CREATING and STATUS["SOFT_DELETED"] is InstanceStatus.DELETED
     assert STATUS["ERROR"] is InstanceStatus.FAILED and STATUS["ACTIVE"] is InstanceStatus.RUNNING
+
+
+# --- the cloud's real answers (issue 22) ---------------------------------------------------------
+# Each test names the published material it follows; the fixtures are written from its facts.
+
+def test_flavors_out_of_stock_are_not_offered_nor_rented(cloud, provider):
+    """OVH's /cloud/project/{serviceName}/flavor rows carry `available` (in stock)."""
+    cloud.unavailable.add(("GRA11", "b2-15"))
+    assert "b2-15" not in {f.name for f in provider.flavors("GRA11")}
+    assert "b2-15" in {f.name for f in provider.flavors("SBG5")}
+    with pytest.raises(CapacityError, match="out of stock") as err:
+        provider.create(spec("scitq-stock", flavor="b2-15"))
+    assert err.value.retry_elsewhere and cloud.count("POST", r"/servers$") == 0
+    assert not cloud.live_servers() and not cloud.keypairs["GRA11"]
+
+
+@pytest.mark.parametrize("microversion, created, deleted", [("2.1", 200, 202), ("2.79", 201, 204)])
+def test_keypair_codes_follow_the_microversion(microversion, created, deleted):
+    """nova's keypairs controller and doc/api_samples/os-keypairs (v2.2/keypairs-post-resp.json):
+    create answers 200 at 2.1 and 201 from 2.2 (with `type`), delete 202 then 204; openstacksdk
+    takes either, and a failed create drops the keypair it made."""
+    with FakeOpenStack(regions=("GRA11",), nova_max_microversion=microversion) as fake:
+        provider = get_provider("ovh", fake.provider_config())
+        fake.fail_next_create = "quota"
+        with pytest.raises(QuotaExceeded):
+            provider.create(spec("scitq-kp"))
+        answers = [(m, p) for m, p in fake.requests if "os-keypairs" in p]
+        assert [m for m, _ in answers] == ["GET", "POST", "DELETE"]
+        assert not fake.keypairs["GRA11"]
+        import openstack
+        conn = openstack.connect(auth=fake.auth(), region_name="GRA11", load_yaml_config=False,
+                                 load_envvars=False)
+        raw = conn.compute.post("/os-keypairs", json={"keypair": {"name": "k", "public_key": KEY}},
+                                microversion=microversion)
+        assert raw.status_code == created and ("type" in raw.json()["keypair"]) == (created == 201)
+        assert conn.compute.delete("/os-keypairs/k", microversion=microversion).status_code == deleted
+
+
+def test_the_compute_endpoint_carries_no_project_id(cloud, provider):
+    """OVH's catalog gives compute as https://compute.<region>.cloud.ovh.net/v2.1 (no project id,
+    which microversion 2.18 made optional); the SDK's calls must not need one."""
+    provider.regions()
+    import openstack
+    conn = openstack.connect(auth=cloud.auth(), region_name="GRA11", load_yaml_config=False, load_envvars=False)
+    url = conn.compute.get_endpoint()
+    assert url.rstrip("/").endswith("/v2.1") and cloud.project_id not in url
+    instance = provider.create(spec("scitq-endpoint"))
+    provider.delete(instance.id)
+    assert all(cloud.project_id not in p for m, p in cloud.requests if p.startswith("/compute/"))
+
+
+def test_a_delete_nova_leaves_in_error_is_asked_again_until_gone(cloud, provider):
+    """A server delete can fail inside Nova (the server goes to ERROR, task_state None)."""
+    instance = provider.create(spec("scitq-err-delete"))
+    cloud.fail_deletes = 2
+    provider.delete(instance.id)
+    assert not cloud.live_servers() and cloud.count("DELETE", r"/servers/") == 3
+
+
+def test_a_failed_create_whose_delete_fails_names_what_is_left(cloud):
+    provider = get_provider("ovh", cloud.provider_config(delete_timeout=0.3))
+    cloud.fail_next_create = "no_valid_host"
+    cloud.fail_deletes = 100
+    with pytest.raises(CapacityError) as err:
+        provider.create(spec("scitq-stuck"))
+    (left,) = err.value.leftovers
+    assert left.startswith("server GRA11/")
+    cloud.fail_deletes = 0
+    provider.delete(left.split(" ", 1)[1])
+    assert not cloud.live_servers()
+
+
+def test_throttling_is_a_failover_error(cloud, provider):
+    from scitq.errors import Throttled
+    cloud.inject("POST", r"/servers$", 429, {"overLimit": {"code": 429, "message": "Over limit",
+                                                          "retryAfter": "1200"}})
+    with pytest.raises(Throttled) as err:
+        provider.create(spec("scitq-429"))
+    assert err.value.retry_elsewhere and not cloud.live_servers() and not cloud.keypairs["GRA11"]

@@ -137,3 +137,22 @@ def test_provider_cli_on_static_hosts(db_url, procs, tmp_path):
         bad = scitq(server.url, *args)
         assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and bad.stderr.startswith("error: ")
+
+
+def test_a_spot_max_price_is_minus_one_or_above_zero(lab_app, db_url, procs, tmp_path):
+    """Azure's rule (MaxPriceValueInvalid otherwise), checked before any provider is asked."""
+    c = lab_app.test_client()
+    for bad in (0, -0.5, -2):
+        r = c.post(f"{API}/providers/static/instances",
+                   json={"flavor": "static-8c", "region": "lab", "spot": True, "max_price": bad})
+        assert r.status_code == 400 and "-1" in r.get_json()["error"], r.get_json()
+    assert not (tmp_path / "static.json").exists() or '"lab1"' not in (tmp_path / "static.json").read_text()
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(yaml.safe_dump({"static": dict(LAB, state=str(tmp_path / "cli-static.json"))}))
+    server = procs.server(db_url, "--providers", str(conf))
+    bad = scitq(server.url, "provider", "create", "static", "-f", "gpu", "-r", "lab", "--spot", "--max-price", "0")
+    assert bad.returncode == 2, (bad.stdout, bad.stderr)
+    assert len(bad.stderr.strip().splitlines()) == 1 and "max_price" in bad.stderr
+    ok = scitq(server.url, "provider", "create", "static", "-f", "gpu", "-r", "lab", "--max-price", "-1", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert scitq(server.url, "provider", "delete", "static", "gpu1").returncode == 0

@@ -4,7 +4,6 @@ orphans, spot evictions, and 1,000 hosts for 200,000 tasks."""
 import pytest
 from sqlalchemy import select
 
-from recruitsim import Sim
 from fakes.cloud import FakeCloud
 from scitq.errors import QuotaExceeded
 from scitq.server.models import Execution, Instance, Task, Worker
@@ -12,17 +11,11 @@ from scitq.status import TaskStatus
 
 
 @pytest.fixture
-def sim_of(db_url, tmp_path):
-    made = []
-
+def sim_of(sims):
     def make(clouds=None, **settings):
         settings.setdefault("tick", 10.0)
-        sim = Sim(db_url, tmp_path, clouds or {"fake": FakeCloud()}, **settings)
-        made.append(sim)
-        return sim
-    yield make
-    for sim in made:
-        sim.close()
+        return sims(clouds or {"fake": FakeCloud()}, **settings)
+    return make
 
 
 def test_a_batch_gets_its_hosts_which_go_when_it_drains(sim_of):
@@ -188,10 +181,13 @@ def test_a_spot_eviction_gives_the_tasks_back_and_is_replaced(sim_of):
     with sim.db.read() as s:
         back = s.scalars(select(Task).where(Task.id.in_(ids))).all()
         assert [(t.status, t.attempt, t.retries) for t in back] == [("pending", 0, 2)] * 2
+        going = s.get(Instance, inst.id)
+        assert going.status == "deleting" and "eviction" in going.error and going.cost is None
+    plan = sim.tick()                           # the provider is asked to delete what is left
+    assert len(plan.create) == 1                # and a replacement is rented
+    with sim.db.read() as s:
         gone = s.get(Instance, inst.id)
         assert gone.status == "deleted" and "eviction" in gone.error and gone.cost is not None
-    plan = sim.tick()
-    assert len(plan.create) == 1                # a replacement
 
 
 def test_1000_hosts_for_200000_tasks_converge_without_churn(sim_of):

@@ -104,7 +104,8 @@ def provider_instances(ctx, name, as_json):
 @click.option("--region", "-r", required=True)
 @click.option("--count", "-n", type=click.IntRange(1, 100), default=1, show_default=True)
 @click.option("--spot", is_flag=True, help="A spot/preemptible host, where the provider has them.")
-@click.option("--max-price", type=click.FloatRange(0), help="Spot: the highest hourly price.")
+@click.option("--max-price", type=float, help="Spot: the highest hourly price, in US dollars above 0 "
+              "(Azure's unit whatever the billing currency), or -1 for up to the on-demand price.")
 @json_option
 @click.pass_obj
 def provider_create(ctx, name, flavor, region, count, spot, max_price, as_json):

@@ -19,22 +19,39 @@
       tenant_id / client_id / client_secret  # a service principal; default DefaultAzureCredential
 
 Each VM gets its own public IP `<name>-ip`, NIC `<name>-nic` and OS disk `<name>-osdisk`,
-all tagged {scitq: <name>}; the instance id is the VM name. A create that fails midway deletes
-what it made, so a retry starts clean; delete() removes the VM and then those three.
+all tagged {scitq: <name>} and created with deleteOption Delete (deleting the VM, or Azure
+evicting a spot VM, deletes them too); the instance id is the VM name. A create that fails
+midway deletes what it made, so a retry starts clean; delete() removes the VM and then those
+three. Deletions Azure refuses for a while (NicReservedForAnotherVm: a NIC is held ~180 s after
+a failed VM PUT; NicInUse, PublicIPAddressCannotBeDeleted while the VM or NIC goes) are retried
+with back-off for up to `teardown_timeout` seconds (600); what is still there then is raised
+(a failed create's error lists it in `leftovers`). list() shows such leftovers too, as a
+DELETED instance named after their tag, so the recruiter's sweep deletes them.
+
+Spot: `max_price` is in US dollars per hour whatever the billing currency (Azure's rule), -1
+to pay up to the on-demand price, or a price above 0; a spot price above it fails over.
+
+Throttling: the SDK retries at most `retry_total` times (5), with exponential back-off from
+`retry_backoff` seconds (0.8), and honors a 429's Retry-After only up to `max_retry_after`
+seconds (300), saying in the job's progress until when it waits; a longer wait is a Throttled
+error, which fails over to the next choice.
 
 For tests: `credential` (any azure-core token credential), `base_url` (the ARM endpoint),
 `allow_http` (send the bearer token over plain http: a local fake only), `polling_interval`
-and `retry_total` (passed to the SDK clients), `timeout` (seconds to wait for one operation).
+(passed to the SDK clients), `timeout` (seconds to wait for one operation), `teardown_backoff`
+(first wait between deletion attempts, 2 s).
 """
 import base64
 import logging
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound, ProviderError,
-                          ProviderUnavailable, QuotaExceeded, TransientError)
-from scitq.providers.base import TAG, Flavor, Instance, InstanceStatus, Provider, Quota, require
+                          ProviderUnavailable, QuotaExceeded, Throttled, TransientError)
+from scitq.providers.base import (TAG, Flavor, Instance, InstanceStatus, Provider, Quota, check_max_price,
+                                  require, say)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +74,14 @@ STATUS = {
 QUOTA_CODES = {"QuotaExceeded", "PublicIPCountLimitReached", "SubscriptionQuotaExceeded"}
 CAPACITY_CODES = {"SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed",
                   "OverconstrainedAllocationRequest", "OverconstrainedZonalAllocationRequest",
-                  "SpotVMEvictedForCapacity"}
+                  "SpotVMEvictedForCapacity", "VariablePriceGreaterThanProvidedMaxPrice"}
+BAD_REQUEST_CODES = {"MaxPriceValueInvalid", "InvalidParameter"}
+# Deletions Azure refuses only for a while: the NIC is still held, or what uses it is still going
+TEARDOWN_RETRY_CODES = {"NicReservedForAnotherVm", "NicInUse", "PublicIPAddressCannotBeDeleted",
+                        "PublicIPAddressInUse", "OperationNotAllowed", "AnotherOperationInProgress",
+                        "RetryableError", "Canceled"}
+# the instance view's PowerState: anything but running is no use as a worker (and a stopped VM bills)
+POWER_FAILED = {"stopped", "stopping", "deallocated", "deallocating"}
 AUTH_CODES = {"AuthorizationFailed", "AuthenticationFailed", "InvalidAuthenticationToken",
               "InvalidAuthenticationTokenTenant", "ExpiredAuthenticationToken",
               "LinkedAuthorizationFailed", "SubscriptionNotFound"}
@@ -85,22 +109,40 @@ def error_from(exc, what):
         message = getattr(error, "message", None) or getattr(exc, "message", None) or str(exc)
         status = exc.status_code
         text = f"azure: {what}: {codes[0] if codes else status or type(exc).__name__}: {message}"
-        if set(codes) & QUOTA_CODES or ("OperationNotAllowed" in codes and "quota" in message.lower()):
-            return QuotaExceeded(text)
-        if set(codes) & CAPACITY_CODES:
-            return CapacityError(text)
-        if status in (401, 403) or set(codes) & AUTH_CODES or isinstance(exc, az.ClientAuthenticationError):
-            return AuthError(text)
-        if status == 404 or isinstance(exc, az.ResourceNotFoundError):
-            return InstanceNotFound(text)
-        if status == 429 or (status or 0) >= 500 or set(codes) & TRANSIENT_CODES:
-            return TransientError(text)
-        return ProviderError(text)
+        err = _typed(codes, message, status, isinstance(exc, az.ClientAuthenticationError),
+                     isinstance(exc, az.ResourceNotFoundError))(text)
+        err.codes = set(codes)
+        return err
     if isinstance(exc, az.ServiceRequestError) and "non-TLS" in str(exc):
         return ProviderUnavailable(f"azure: {what}: the ARM endpoint must be https to send credentials ({exc})")
     if isinstance(exc, (az.ServiceRequestError, az.ServiceResponseError)):   # no answer, or a timeout
         return TransientError(f"azure: {what}: {exc}")
     return ProviderError(f"azure: {what}: {type(exc).__name__}: {exc}")
+
+
+def _typed(codes, message, status, auth_failed, not_found):
+    """The scitq error class for an ARM error answer."""
+    codes = set(codes)
+    if codes & QUOTA_CODES or ("OperationNotAllowed" in codes and "quota" in message.lower()):
+        return QuotaExceeded
+    if codes & CAPACITY_CODES:
+        return CapacityError
+    if status in (401, 403) or codes & AUTH_CODES or auth_failed:
+        return AuthError
+    if status == 404 or not_found:
+        return InstanceNotFound
+    if status == 429:
+        return Throttled
+    if (status or 0) >= 500 or codes & TRANSIENT_CODES:
+        return TransientError
+    if codes & BAD_REQUEST_CODES:
+        return BadRequest
+    return ProviderError
+
+
+def _retryable(err):
+    """A deletion worth trying again: Azure holds the resource for a while, or was unwell."""
+    return isinstance(err, TransientError) or bool(getattr(err, "codes", set()) & TEARDOWN_RETRY_CODES)
 
 
 @contextmanager
@@ -211,13 +253,38 @@ class AzureProvider(Provider):
                 kwargs["base_url"] = self.config["base_url"].rstrip("/")
             if self.config.get("polling_interval") is not None:
                 kwargs["polling_interval"] = float(self.config["polling_interval"])
-            if self.config.get("retry_total") is not None:
-                kwargs["retry_total"] = int(self.config["retry_total"])
+            kwargs["retry_policy"] = self._retry_policy()
             if self.config.get("allow_http"):
                 kwargs["authentication_policy"] = _plain_http_bearer(
                     credential, self.config.get("credential_scope", ARM_SCOPE))
             self._clients[kind] = cls(credential, self.subscription_id, **kwargs)
             return self._clients[kind]
+
+    def _retry_policy(self):
+        """azure-core's retries, bounded: a 429's Retry-After is waited for only up to
+        `max_retry_after` seconds (the SDK would wait whatever it says inside a job)."""
+        policies = require("azure.core.pipeline.policies", EXTRA)
+        bound = float(self.config.get("max_retry_after", 300))
+
+        class BoundedRetry(policies.RetryPolicy):
+            def _sleep_for_retry(self, response, transport):
+                wait = self.get_retry_after(response)
+                if not wait:
+                    return False
+                request = f"{response.http_request.method} {response.http_request.url.split('?')[0]}"
+                status = response.http_response.status_code
+                if wait > bound:
+                    raise Throttled(f"azure: throttled (HTTP {status}, Retry-After {wait:g} s, beyond "
+                                    f"scitq's bound of {bound:g} s): {request}")
+                until = datetime.now(timezone.utc) + timedelta(seconds=wait)
+                say(f"azure: throttled (HTTP {status}): waiting {wait:g} s, until {until:%H:%M:%S} UTC")
+                transport.sleep(wait)
+                return True
+
+        c = self.config
+        return BoundedRetry(retry_total=int(c.get("retry_total", 5)),
+                            retry_backoff_factor=float(c.get("retry_backoff", 0.8)),
+                            retry_backoff_max=30, timeout=max(bound * 2, 600))
 
     def _wait(self, poller, what):
         """The result of a long-running operation, waited for (at most `timeout`)."""
@@ -392,6 +459,8 @@ class AzureProvider(Provider):
         key = spec.ssh_public_key or self.config.get("ssh_public_key")
         if not key:
             raise BadRequest("azure: an SSH public key is required (password logins are disabled)")
+        if spec.spot:
+            check_max_price(spec.max_price)
         compute, net, rg = self._client("compute"), self._client("network"), self.resource_group
         subnet_id = self._subnet(spec.region)
         tags = {**{str(k): str(v) for k, v in (spec.tags or {}).items()}, TAG: spec.name}
@@ -407,19 +476,25 @@ class AzureProvider(Provider):
         try:
             ip = accepted("ip", ip_name, net.public_ip_addresses.begin_create_or_update, rg, ip_name, {
                 "location": spec.region, "tags": tags, "sku": {"name": "Standard"},
-                "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}})
+                "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
+                               "deleteOption": "Delete"}})
             nic = accepted("nic", nic_name, net.network_interfaces.begin_create_or_update, rg, nic_name, {
                 "location": spec.region, "tags": tags,
                 "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
                     "subnet": {"id": subnet_id}, "privateIPAllocationMethod": "Dynamic",
-                    "publicIPAddress": {"id": ip["id"]}}}]}})
+                    "publicIPAddress": {"id": ip["id"], "properties": {"deleteOption": "Delete"}}}}]}})
             body = self._vm_body(spec, key, tags, nic["id"], disk_name)
             with calling(f"create vm {spec.name}"):
                 poller = compute.virtual_machines.begin_create_or_update(rg, spec.name, body)
             created += [("vm", spec.name), ("disk", disk_name)]    # the OS disk comes with the VM
             vm = self._wait(poller, f"create vm {spec.name}")
-        except BaseException:
-            self._teardown([(kind, name, True) for kind, name in created])
+        except BaseException as exc:
+            left = self._teardown([(kind, name, True) for kind, name in created])
+            if left:
+                if any(e.target == ("disk", disk_name) for e in left):
+                    self._tag_disk(disk_name, tags)      # so list() and the sweep see it
+                if isinstance(exc, ProviderError):
+                    exc.leftovers = [f"{e.target[0]} {e.target[1]}" for e in left]
             raise
         self._tag_disk(disk_name, tags)
         return self._instance(vm, nic, ip)
@@ -450,8 +525,9 @@ class AzureProvider(Provider):
     def _tag_disk(self, disk_name, tags):
         """The VM's PUT cannot tag the OS disk it makes: tag it after (a failure costs only the tag)."""
         try:
-            self._wait(self._client("compute").disks.begin_update(self.resource_group, disk_name,
-                                                                  {"tags": tags}), f"tag disk {disk_name}")
+            with calling(f"tag disk {disk_name}"):
+                poller = self._client("compute").disks.begin_update(self.resource_group, disk_name, {"tags": tags})
+            self._wait(poller, f"tag disk {disk_name}")
         except ProviderError as err:
             log.warning("%s", err.message)
 
@@ -459,7 +535,7 @@ class AzureProvider(Provider):
         name = last_segment(instance_id)
         compute, net, rg = self._client("compute"), self._client("network"), self.resource_group
         with calling(f"get vm {name}"):
-            vm = rest(compute.virtual_machines.get(rg, name))
+            vm = rest(compute.virtual_machines.get(rg, name, expand="instanceView"))
         nic = ip = None
         nic_ids = _nic_ids(vm)
         if nic_ids:
@@ -470,27 +546,37 @@ class AzureProvider(Provider):
         return self._instance(vm, nic, ip)
 
     def list(self, tags=None):
+        """VMs carrying the tags, and (as DELETED instances) the tagged NICs, IPs and disks of a
+        VM that is gone: they bill until deleted, so the sweep must see them."""
         wanted = tags or {TAG: None}
         compute, net, rg = self._client("compute"), self._client("network"), self.resource_group
         with calling(f"list vms in {rg}"):
             try:
-                vms = [rest(v) for v in compute.virtual_machines.list(rg)]
+                vms = [rest(v) for v in compute.virtual_machines.list(rg, expand="instanceView")]
             except Exception as exc:
                 if is_not_found(exc):        # no resource group yet: no instance either
                     return []
                 raise
-            vms = [v for v in vms if all(k in (v.get("tags") or {}) and (w is None or v["tags"][k] == w)
-                                         for k, w in wanted.items())]
-            if not vms:
-                return []
             nics = {n["id"].lower(): n for n in map(rest, net.network_interfaces.list(rg))}
             ips = {p["id"].lower(): p for p in map(rest, net.public_ip_addresses.list(rg))}
+            disks = [rest(d) for d in compute.disks.list_by_resource_group(rg)]
         out = []
         for vm in vms:
+            if not _tagged(vm, wanted):
+                continue
             nic_ids = _nic_ids(vm)
             nic = nics.get(nic_ids[0].lower()) if nic_ids else None
             ip_id = _public_ip_id(nic)
             out.append(self._instance(vm, nic, ips.get(ip_id.lower()) if ip_id else None))
+        live = {v["name"].lower() for v in vms}
+        left = {}
+        for resource in [*nics.values(), *ips.values(), *disks]:
+            owner = (resource.get("tags") or {}).get(TAG)
+            if owner and owner.lower() not in live and _tagged(resource, wanted):
+                left.setdefault(owner, resource)
+        out += [Instance(provider=self.name, id=owner, name=owner, region=r.get("location"), flavor=None,
+                         status=InstanceStatus.DELETED, user=self.user, tags=dict(r.get("tags") or {}))
+                for owner, r in sorted(left.items())]
         return out
 
     def delete(self, instance_id):
@@ -512,9 +598,24 @@ class AzureProvider(Provider):
             raise errors[0]
 
     def _teardown(self, targets, tag=None):
+        """Delete (kind, name, trusted) resources (see _teardown_pass), trying again with back-off
+        while Azure refuses only for a while, for up to `teardown_timeout` seconds. Returns the
+        errors left (each logged, its `target` the (kind, name) still there)."""
+        deadline = time.monotonic() + float(self.config.get("teardown_timeout", 600))
+        delay = float(self.config.get("teardown_backoff", 2.0))
+        while True:
+            failed, errors = self._teardown_pass(targets, tag)
+            if not errors or not all(map(_retryable, errors)) or time.monotonic() + delay > deadline:
+                return errors
+            say(f"{errors[0].message}; trying again in {delay:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            targets = failed
+
+    def _teardown_pass(self, targets, tag):
         """Delete (kind, name, trusted) resources in the order VM, disks, NICs, IPs; an untrusted one
         only when it carries {TAG: tag}. A NIC's public IP goes with it. Gone already is fine.
-        Returns the errors met (each logged), so a failed create can still raise its own."""
+        Returns (the targets that failed, their errors)."""
         compute, net, rg = self._client("compute"), self._client("network"), self.resource_group
         ops = {
             "vm": (compute.virtual_machines.get, compute.virtual_machines.begin_delete),
@@ -524,9 +625,10 @@ class AzureProvider(Provider):
         }
         order = {"vm": 0, "disk": 1, "nic": 2, "ip": 3}
         pending = sorted(targets, key=lambda t: order[t[0]])
-        done, errors = set(), []
+        done, errors, failed = set(), [], []
         while pending:
-            kind, name, trusted = pending.pop(0)
+            target = pending.pop(0)
+            kind, name, trusted = target
             if (kind, name) in done:
                 continue
             done.add((kind, name))
@@ -554,8 +656,10 @@ class AzureProvider(Provider):
                 continue
             except ProviderError as err:
                 log.warning("%s", err.message)
+                err.target = (kind, name)
                 errors.append(err)
-        return errors
+                failed.append(target)
+        return failed, errors
 
     def _maybe(self, fetch):
         """fetch() as REST JSON, or None when Azure says 404."""
@@ -574,6 +678,8 @@ class AzureProvider(Provider):
         configs = ((nic or {}).get("properties") or {}).get("ipConfigurations") or []
         private = (configs[0].get("properties") or {}).get("privateIPAddress") if configs else None
         status = STATUS.get(str(props.get("provisioningState") or "creating").lower(), InstanceStatus.CREATING)
+        if status is InstanceStatus.RUNNING and _power_state(vm) in POWER_FAILED:
+            status = InstanceStatus.FAILED
         if status is InstanceStatus.RUNNING and not ip_address:
             status = InstanceStatus.CREATING
         return Instance(provider=self.name, id=vm["name"], name=tags.get(TAG, vm["name"]),
@@ -607,6 +713,21 @@ def _image(image):
     if len(parts) != 4:
         raise BadRequest(f"azure: image {image!r}: expected publisher:offer:sku:version or a resource id")
     return dict(zip(("publisher", "offer", "sku", "version"), parts))
+
+
+def _tagged(resource, wanted):
+    tags = resource.get("tags") or {}
+    return all(k in tags and (w is None or tags[k] == w) for k, w in wanted.items())
+
+
+def _power_state(vm):
+    """running, stopped, deallocated...: from the instance view ($expand=instanceView); None without."""
+    view = ((vm or {}).get("properties") or {}).get("instanceView") or {}
+    for status in view.get("statuses") or []:
+        code = status.get("code") or ""
+        if code.startswith("PowerState/"):
+            return code.split("/", 1)[1].lower()
+    return None
 
 
 def _nic_ids(vm):

@@ -4,10 +4,34 @@ One module per cloud implements `Provider` (see ovh.py, azure.py, local.py, stat
 their SDKs are imported inside those modules, lazily, so a user without the Azure SDK
 can still use OVH.
 """
+import contextvars
+import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 TAG = "scitq"            # every instance scitq creates carries this tag (value: the instance name)
+
+_progress = contextvars.ContextVar("scitq_provider_progress", default=None)
+
+
+@contextmanager
+def reporting(log_line):
+    """Provider calls made inside say what they wait for through log_line (a job's progress)."""
+    token = _progress.set(log_line)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
+def say(text):
+    """A progress line for the job that made this provider call, else the log."""
+    line = _progress.get()
+    if line is None:
+        logging.getLogger("scitq.providers").info("%s", text)
+    else:
+        line(text)
 
 
 class InstanceStatus(str, Enum):
@@ -115,6 +139,21 @@ class Provider:
 
     def delete(self, instance_id):
         raise NotImplementedError(f"{self.name} cannot delete instances")
+
+
+def check_max_price(value):
+    """A spot max_price as Azure takes it: -1 (pay up to the on-demand price) or a price above 0,
+    in US dollars per hour; None (no cap given) passes."""
+    import math
+
+    from scitq.errors import BadRequest
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (value == -1 or value > 0):
+        raise BadRequest(f"max_price {value!r}: a spot price is -1 (up to the on-demand price) or "
+                         "US dollars per hour above 0")
+    return value
 
 
 def require(module, extra):

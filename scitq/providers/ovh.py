@@ -16,6 +16,16 @@ Config, every key optional (credentials otherwise come the usual way):
 
 Instance ids are "<region>/<Nova server id>": Nova ids are per region, and get/delete are not
 told the region.
+
+What a create makes: the server (its metadata {scitq: <name>} and the recruiter's tags), the
+ports Nova makes for it on `network` (Nova deletes them with the server), and one keypair per
+SSH key, "scitq-<md5 fingerprint>", shared by the servers booted with it. A failed create deletes
+the server and a keypair it made, and waits until Nova no longer lists the server; a delete
+that Nova leaves in ERROR is asked again, with back-off, until `delete_timeout`. Flavors OVH says
+are out of stock (`available: false` in /cloud/project/{id}/flavor) are left out of the catalog
+and refused before renting. openstacksdk retries nothing by itself here (keystoneauth's
+status_code_retries stay 0), so nothing waits unseen inside a job; a 429 is a Throttled error,
+which fails over.
 """
 import base64
 import hashlib
@@ -28,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound, ProviderError,
-                          QuotaExceeded, ScitqError, TransientError)
+                          QuotaExceeded, ScitqError, Throttled, TransientError)
 from scitq.providers.base import TAG, Flavor, Instance, InstanceStatus, Provider, Quota, require
 
 log = logging.getLogger(__name__)
@@ -159,8 +169,8 @@ class OVHProvider(Provider):
         price_of = self._pricing(region)
         flavors = []
         for f in nova:
-            price, os_type = price_of(f)
-            if os_type == "windows":
+            price, os_type, available = price_of(f)
+            if os_type == "windows" or not available:      # out of stock: renting it would fail
                 continue
             gpu, gpu_model = _gpu(f)
             flavors.append(Flavor(provider=self.name, region=region, name=f.name, cpu=f.vcpus,
@@ -199,6 +209,8 @@ class OVHProvider(Provider):
         try:
             with self._errors(f"create {spec.name} ({spec.flavor} in {region})"):
                 flavor = self._find_flavor(conn, region, spec.flavor)
+                if not self._in_stock(region, flavor):
+                    raise CapacityError(f"ovh: {spec.flavor} is out of stock in {region}")
                 image = self._find_image(conn, spec.image or self.config.get("image", "Debian 12"))
                 if key_name:
                     made_key = self._ensure_keypair(conn, key_name, public_key)
@@ -213,8 +225,10 @@ class OVHProvider(Provider):
                 log.info("ovh: created server %s (%s) in %s", spec.name, server_id, region)
                 server = self._wait_active(conn, server_id, spec.name)
             return self._instance(region, server)
-        except BaseException:
-            self._undo(conn, region, server_id, key_name if made_key else None)
+        except BaseException as exc:
+            left = self._undo(conn, region, server_id, key_name if made_key else None)
+            if left and isinstance(exc, ProviderError):
+                exc.leftovers = left
             raise
         finally:
             if key_name:
@@ -248,22 +262,34 @@ class OVHProvider(Provider):
             region, server_id = self._locate(instance_id)
         except InstanceNotFound:
             return
-        conn = self._conn(region)
+        with self._errors(f"delete {instance_id}"):
+            self._delete_server(self._conn(region), server_id, instance_id)
+
+    def _delete_server(self, conn, server_id, what):
+        """Delete and wait until Nova no longer lists the server, asking again (with back-off)
+        when a delete left it in ERROR; TransientError after `delete_timeout`."""
         exc_mod = require("openstack.exceptions", "ovh")
         deadline = time.monotonic() + self.config.get("delete_timeout", 120)
-        with self._errors(f"delete {instance_id}"):
-            conn.compute.delete_server(server_id, ignore_missing=True)
-            while True:
-                try:
-                    server = conn.compute.get_server(server_id)
-                except exc_mod.NotFoundException:
-                    return
-                if server.status in ("DELETED", "SOFT_DELETED"):
-                    return
-                if time.monotonic() > deadline:
-                    raise TransientError(f"ovh: {instance_id} still {server.status} "
-                                         f"({server.task_state}) after delete")
-                time.sleep(self.config.get("poll_interval", 5))
+        poll = self.config.get("poll_interval", 5)
+        again = poll
+        conn.compute.delete_server(server_id, ignore_missing=True)
+        while True:
+            try:
+                server = conn.compute.get_server(server_id)
+            except exc_mod.NotFoundException:
+                return
+            if server.status in ("DELETED", "SOFT_DELETED"):
+                return
+            if time.monotonic() > deadline:
+                raise TransientError(f"ovh: {what} still {server.status} ({server.task_state}) after delete")
+            if server.status == "ERROR" and not server.task_state:     # that delete failed: again
+                message = (server.fault or {}).get("message") or "ERROR"
+                log.warning("ovh: delete of %s failed (%s); asking again in %g s", what, message, again)
+                time.sleep(again)
+                again = min(again * 2, 30)
+                conn.compute.delete_server(server_id, ignore_missing=True)
+                continue
+            time.sleep(poll)
 
     # --- create's steps --------------------------------------------------------------------
 
@@ -272,6 +298,14 @@ class OVHProvider(Provider):
             if f.name == name or f.id == name:
                 return f
         raise BadRequest(f"ovh: no flavor {name!r} in {region}")
+
+    def _in_stock(self, region, flavor):
+        """False only when OVH's API says the flavor is out of stock (that API unwell: True)."""
+        try:
+            return self._pricing(region)(flavor)[2]
+        except ProviderError as err:
+            log.warning("ovh: stock of %s in %s unknown: %s", flavor.name, region, err.message)
+            return True
 
     def _find_image(self, conn, name):
         """The newest active image of that name (OVH keeps older builds under the same name),
@@ -333,15 +367,19 @@ class OVHProvider(Provider):
             time.sleep(self.config.get("poll_interval", 5))
 
     def _undo(self, conn, region, server_id, key_name):
-        """Delete what a failed create made; never mask the create's own error."""
+        """Delete what a failed create made, waiting until it is gone; never mask the create's own
+        error. Returns what is still there ("server <region>/<id>"), each logged."""
+        left = []
         if server_id:
             try:
-                conn.compute.delete_server(server_id, ignore_missing=True)
+                self._delete_server(conn, server_id, f"{region}/{server_id}")
                 log.info("ovh: deleted failed server %s in %s", server_id, region)
             except Exception as exc:
                 log.warning("ovh: could not delete failed server %s in %s: %s", server_id, region, exc)
+                left.append(f"server {region}/{server_id}")
         if key_name:
             self._drop_keypair(conn, key_name)
+        return left
 
     def _drop_keypair(self, conn, name):
         # Another create in flight may be about to boot with this key: leave it to that one.
@@ -401,7 +439,7 @@ class OVHProvider(Provider):
         raise InstanceNotFound(f"ovh: no server {instance_id} in any region")
 
     def _pricing(self, region):
-        """A function flavor -> (hourly price or None, osType or None).
+        """A function flavor -> (hourly price or None, osType or None, in stock).
 
         Two documented OVH API calls, since neither alone prices a flavor:
         GET /cloud/project/{serviceName}/flavor?region=R lists the project's flavors (same ids
@@ -417,7 +455,7 @@ class OVHProvider(Provider):
         if client is None:
             def by_convention(flavor):
                 os_type = "windows" if flavor.name.startswith("win-") else "linux"
-                return plans.get(f"{flavor.name}.consumption"), os_type
+                return plans.get(f"{flavor.name}.consumption"), os_type, True     # stock unknown
             return by_convention
         project = self.config.get("project_id") or self._conn(region).current_project_id
         with self._errors(f"list OVH flavors in {region}"):
@@ -429,8 +467,9 @@ class OVHProvider(Provider):
         def from_api(flavor):
             row = by_id.get(flavor.id) or by_name.get(flavor.name)
             if row is None:
-                return None, "windows" if flavor.name.startswith("win-") else None
-            return plans.get((row.get("planCodes") or {}).get("hourly")), row.get("osType")
+                return None, "windows" if flavor.name.startswith("win-") else None, True
+            return (plans.get((row.get("planCodes") or {}).get("hourly")), row.get("osType"),
+                    row.get("available", True) is not False)
         return from_api
 
     # --- errors ----------------------------------------------------------------------------
@@ -481,15 +520,22 @@ def _translate(exc, doing, not_found=None):
             req_exc and isinstance(exc, (req_exc.Timeout, req_exc.ConnectionError)) or \
             isinstance(exc, (TimeoutError, ConnectionError)):
         return TransientError(message)
+    return _by_status(status, message, "quota" in str(exc).lower(), not_found)
+
+
+def _by_status(status, message, about_quota, not_found=None):
+    """The scitq error for an HTTP error status of the OpenStack or OVH APIs."""
     if status == 401:
         return AuthError(message)
-    if status in (403, 413) and "quota" in str(exc).lower():
+    if status in (403, 413) and about_quota:
         return QuotaExceeded(message)
     if status == 403:
         return AuthError(message)
     if status == 404 and not_found:
         return InstanceNotFound(f"ovh: no server {not_found}")
-    if status is not None and (status in (408, 429) or status >= 500):
+    if status == 429:
+        return Throttled(message)
+    if status is not None and (status == 408 or status >= 500):
         return TransientError(message)
     return ProviderError(message)
 

@@ -11,9 +11,12 @@ this module does it:
 - a delete gives the worker's tasks back (no retry spent), marks the worker offline and
   queues a `delete` job; the instance's cost is closed when the provider confirms.
 Every `sweep_every` seconds it also lists each provider's hosts: a host of ours the provider no
-longer has (a spot eviction) gives its tasks back and is closed, so the policy replaces it;
-a host tagged by a recruiter that the database does not know (an orphan) is deleted after
-`orphan_grace`. Quota and capacity errors mark (provider, region, flavor) unhealthy for
+longer has (a spot eviction) gives its tasks back and is deleted through the provider (what the
+eviction left, a public IP, still bills) before it is closed, so the policy replaces it; a host
+deleting that the provider no longer lists is closed, one it still lists gets a new delete job
+when its last one gave up; a host tagged by a recruiter that the database does not know (an
+orphan) is deleted after `orphan_grace`. A host stays deleting, its cost running, until the
+provider says it is gone. Quota and capacity errors mark (provider, region, flavor) unhealthy for
 `backoff` seconds, so the next pass tries the next choice.
 
 `inline=True` keeps creates and deletes for `run_actions()` instead of queueing jobs: the
@@ -27,7 +30,7 @@ from datetime import timedelta
 from sqlalchemy import func, insert, select, update
 
 from scitq.errors import ProviderError, ScitqError
-from scitq.providers.base import TAG, InstanceSpec, InstanceStatus
+from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
 from scitq.recruit import policy
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, give_back
@@ -304,8 +307,19 @@ class Reconciler(Loop):
     # -- jobs: the slow parts, off the loop's thread ------------------------------------
 
     def handlers(self):
-        return {"create": lambda job, log_line: self.create_host(job["params"]["instance_id"], log_line),
-                "delete": lambda job, log_line: self.delete_host(job["params"]["instance_id"], log_line)}
+        def run(action):
+            def handler(job, log_line):
+                with reporting(log_line):        # a provider's waits show in the job's progress
+                    return action(job["params"]["instance_id"], log_line)
+            return handler
+        return {"create": run(self.create_host), "delete": run(self.delete_host)}
+
+    def _delete_later(self, s, instance_ids):
+        """Delete jobs for hosts already deleting (inline: actions for run_actions)."""
+        if self.inline:
+            self._actions += [(self.delete_host, i) for i in instance_ids]
+        elif instance_ids:
+            self._jobs(s, "delete", instance_ids, self.clock())
 
     def create_host(self, instance_id, log_line=log.info):
         """Rent the host (or adopt it, when an earlier attempt made it), then queue its deploy."""
@@ -324,7 +338,8 @@ class Reconciler(Loop):
                         "batch": recruiter.batch.name if recruiter else None}
         provider = self.providers.get(provider_name)
         try:
-            made = provider.list({TAG: spec_args["name"]})
+            # leftovers of a VM that is gone (DELETED) are not a host to adopt
+            made = [h for h in provider.list({TAG: spec_args["name"]}) if h.status is not InstanceStatus.DELETED]
             if made:
                 host = made[0]
                 log_line(f"{host.name} exists already (an earlier attempt made it): adopted")
@@ -336,9 +351,15 @@ class Reconciler(Loop):
         except ProviderError as err:
             with self.db.write() as s:
                 inst = s.get(Instance, instance_id)
-                inst.status, inst.error = HostStatus.FAILED.value, err.message[:1024]
-                inst.deleted_at, inst.cost = self.clock(), 0.0
-                record(s, "instance.failed", inst, error=err.message)
+                if err.leftovers:     # still billed: deleting, its cost running until they are gone
+                    inst.status = HostStatus.DELETING.value
+                    inst.error = f"{err.message} (left: {', '.join(err.leftovers)})"[:1024]
+                    record(s, "instance.deleting", inst, error=err.message, leftovers=list(err.leftovers))
+                    self._delete_later(s, [instance_id])
+                else:
+                    inst.status, inst.error = HostStatus.FAILED.value, err.message[:1024]
+                    inst.deleted_at, inst.cost = self.clock(), 0.0
+                    record(s, "instance.failed", inst, error=err.message)
             key = (provider_name, spec_args["region"], spec_args["flavor"])
             self.unhealthy[key] = self.clock() + timedelta(seconds=self.backoff)
             log_line(f"{provider_name} refused: {err.message}; {key[1]}/{key[2]} left alone for "
@@ -380,7 +401,11 @@ class Reconciler(Loop):
         if provider_id is None:       # its create may have got as far as the provider
             provider_id = next((h.id for h in provider.list({TAG: name})), None)
         if provider_id is not None:
-            provider.delete(provider_id)
+            try:
+                provider.delete(provider_id)
+            except ProviderError as err:   # it stays deleting, its cost running: tried again
+                log_line(f"{name}: {err.message}; it stays deleting until {provider_name} says it is gone")
+                raise
         self._close(instance_id, None)
         log_line(f"{name} deleted")
 
@@ -428,8 +453,9 @@ class Reconciler(Loop):
                     evicted.append(inst.id)
             if evicted:
                 self._retire(s, {i: "gone from the provider (a spot eviction?)" for i in evicted}, now)
-        for iid in evicted:
-            self._close(iid, "gone from the provider (a spot eviction?)")
+            gone = self._sweep_deleting(s, provider_name, by_name, evicted)
+        for iid in gone:
+            self._close(iid, None)
         provider = self.providers.get(provider_name)
         for name, host in by_name.items():
             inst = rows.get(name)
@@ -452,6 +478,23 @@ class Reconciler(Loop):
                                         "name": host.name}))
         if evicted:
             self.wake()
+
+    def _sweep_deleting(self, s, provider_name, by_name, evicted):
+        """Hosts deleting: those the provider no longer lists are returned (to close); the others
+        (and the evicted) get a delete job unless one is under way."""
+        deleting = s.execute(select(Instance.id, Instance.name).where(
+            Instance.provider == provider_name, Instance.status == HostStatus.DELETING.value)).all()
+        if self.inline:
+            queued = {iid for action, iid in self._actions if action == self.delete_host}
+            busy = {name for iid, name in deleting if iid in queued}
+        else:
+            busy = set(s.scalars(select(Job.target).where(
+                Job.kind == "delete", Job.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]),
+                Job.target.in_([name for _, name in deleting])))) if deleting else set()
+        gone = [iid for iid, name in deleting if name not in by_name and iid not in evicted]
+        again = [iid for iid, name in deleting if name not in busy and iid not in gone]
+        self._delete_later(s, again)
+        return gone
 
 
 def _events(s, kind, instance_ids, now, details=None):

@@ -3,7 +3,6 @@
 Configuration is a YAML mapping {provider name: its settings} (see each provider module),
 from --providers FILE, SCITQ_PROVIDERS, or DATA_DIR/providers.yaml.
 """
-import math
 import re
 import secrets
 import threading
@@ -13,7 +12,9 @@ from sqlalchemy import delete, select
 
 from scitq.errors import BadRequest, ProviderError, ScitqError
 from scitq.providers import PROVIDERS, InstanceSpec, get_provider
-from scitq.server.models import Flavor, utcnow
+from scitq.providers.base import check_max_price
+from scitq.server.models import Flavor, Instance, utcnow
+from scitq.status import HostStatus
 from scitq.server.sshkey import ensure_keypair
 
 
@@ -92,12 +93,22 @@ class Providers:
         s.add_all(Flavor(**f.to_dict(), updated_at=now) for f in flavors)
         return len(flavors)
 
+    def instances(self, s, name):
+        """The provider's scitq-tagged instances, each shown deleting while the server is still
+        deleting its host (the cloud may show it running, or show only what it left)."""
+        listed = [i.to_dict() for i in self.get(name).list()]
+        deleting = set(s.scalars(select(Instance.name).where(
+            Instance.provider == name, Instance.status == HostStatus.DELETING.value,
+            Instance.name.in_([i["name"] for i in listed])))) if listed else set()
+        for i in listed:
+            if i["name"] in deleting:
+                i["status"] = HostStatus.DELETING.value
+        return listed
+
     def create(self, name, flavor, region, count=1, spot=False, max_price=None):
         check_name("flavor", flavor)
         check_name("region", region, 64)
-        if max_price is not None and (not isinstance(max_price, (int, float)) or isinstance(max_price, bool)
-                                      or not math.isfinite(max_price) or max_price < 0):
-            raise BadRequest("max_price must be a finite number of at least 0")
+        check_max_price(max_price)
         provider = self.get(name)
         provider.check()
         _, public_key = ensure_keypair(self.data_dir)

@@ -9,13 +9,23 @@ the real client code and nothing leaves 127.0.0.1:
         cloud.fail_next_vm("QuotaExceeded")          # or a stage="async" failure, see below
         cloud.names("networkInterfaces")             # what exists now
 
-Long-running operations: a PUT answers 201 with an Azure-AsyncOperation header, a DELETE 202
-with a Location header; each operation reports InProgress `polls` times before it completes
-(the resource's provisioningState follows). Like Azure, a VM PUT makes the OS disk, and deleting
-a VM deletes the NIC and disk it marked deleteOption=Delete (`honor_delete_options`); a NIC in
-use by a VM, an IP in use by a NIC and a disk attached to a VM refuse deletion. Quotas are
-enforced from `quota` (cores per region, per family, spot cores). Every call needs the bearer
-token `token`. `requests` logs every (method, path, JSON body) for assertions.
+Long-running operations, as the REST specs' examples show them: a PUT answers 201 with an
+Azure-AsyncOperation header (VirtualMachines_CreateOrUpdate, NetworkInterfaces_CreateOrUpdate),
+a DELETE and a disk PATCH 202 with both Azure-AsyncOperation and Location (NetworkInterfaceDelete,
+PublicIpAddressDelete, Disks_Update); each operation reports InProgress `polls` times before it
+completes (the resource's provisioningState follows), and may fail asynchronously. Like Azure, a
+VM PUT makes the OS disk; deleting a VM deletes the NIC and disk it marked deleteOption=Delete
+(`honor_delete_options`), and with the NIC the public IP that says deleteOption=Delete; a NIC in
+use by a VM (NicInUse), an IP in use by a NIC (PublicIPAddressCannotBeDeleted) and a disk attached
+to a VM refuse deletion; a NIC whose VM PUT failed stays reserved for `nic_reservation` seconds
+(NicReservedForAnotherVm; Azure's window is 180 s). A VM's PowerState comes with
+$expand=instanceView; SKU lists come in pages of `sku_page` (nextLink). Quotas are enforced from
+`quota` (cores per region, per family, spot cores). Every call needs the bearer token `token`.
+`requests` logs every (method, path, JSON body) for assertions.
+
+Failures to inject: `fail_next` (any method and kind: refused outright, or accepted and failed
+asynchronously; any status, code and headers, e.g. 429 with Retry-After; `times` in a row),
+`fail_next_vm`, `nic_reservation`, `evict`, `power`.
 """
 import itertools
 import json
@@ -84,7 +94,8 @@ def error(status, code, message):
 
 
 class FakeAzure:
-    def __init__(self, subscription=SUBSCRIPTION, token=TOKEN, skus=SKUS, retail=RETAIL, quota=None, polls=1):
+    def __init__(self, subscription=SUBSCRIPTION, token=TOKEN, skus=SKUS, retail=RETAIL, quota=None, polls=1,
+                 nic_reservation=0.0, sku_page=4):
         self.subscription = subscription
         self.token = token
         self.skus = list(skus)
@@ -92,6 +103,9 @@ class FakeAzure:
         self.quota = dict(DEFAULT_QUOTA if quota is None else quota)
         self.polls = polls                      # InProgress answers before an operation completes
         self.honor_delete_options = True
+        self.nic_reservation = nic_reservation  # seconds a NIC is held after its VM PUT failed
+        self.sku_page = sku_page                # SKUs per page of the resource SKU list
+        self.reserved = {}                      # NIC name -> (until, VM id)
         self.groups = {}                        # name -> resource group
         self.store = {t: {} for _, t in KINDS.values()}
         self.operations = {}
@@ -149,7 +163,8 @@ class FakeAzure:
     def provider_config(self, **extra):
         return {"subscription_id": self.subscription, "resource_group": "scitq-test",
                 "regions": list(REGIONS), "credential": self.credential(), "base_url": self.url,
-                "allow_http": True, "polling_interval": 0.01, "retry_total": 0, "timeout": 30,
+                "allow_http": True, "polling_interval": 0.01, "retry_total": 3, "retry_backoff": 0.01,
+                "teardown_backoff": 0.05, "timeout": 30,
                 **extra}
 
     def names(self, kind):
@@ -169,13 +184,32 @@ class FakeAzure:
         """JSON bodies sent with `method` to resources of `kind`, in order."""
         return [b for m, p, b in self.requests if m == method and f"/{kind.lower()}/" in p.lower()]
 
-    def fail_next(self, method, kind, status, code, message=None, stage="request"):
-        """The next `method` on a resource of `kind` answers an error. stage "request": refused
-        outright, nothing made; stage "async" (PUT only): accepted, then the operation fails and
-        the resource stays, provisioningState Failed (a VM keeps its OS disk)."""
+    def fail_next(self, method, kind, status, code, message=None, stage="request", headers=None, times=1):
+        """The next `times` `method` calls on a resource of `kind` answer an error. stage "request":
+        refused outright, nothing made (`headers` sent too, e.g. {"Retry-After": "2"} with a 429);
+        stage "async" (PUT and DELETE): accepted, then the operation fails; a PUT's resource stays
+        with provisioningState Failed (a VM keeps its OS disk), a DELETE's stays as it was."""
         with self._lock:
-            self._failures.append({"method": method, "kind": kind.lower(), "status": status,
-                                   "code": code, "message": message or f"{code} (injected)", "stage": stage})
+            for _ in range(times):
+                self._failures.append({"method": method, "kind": kind.lower(), "status": status,
+                                       "code": code, "message": message or f"{code} (injected)",
+                                       "stage": stage, "headers": dict(headers or {})})
+
+    def pending_failures(self):
+        with self._lock:
+            return len(self._failures)
+
+    def throttle_next(self, method, kind, retry_after, times=1):
+        """ARM throttling: 429 TooManyRequests with Retry-After (seconds)."""
+        self.fail_next(method, kind, 429, "TooManyRequests",
+                       "The request is being throttled as the limit has been reached for operation type "
+                       "- Write_30Min. For more information, see - https://aka.ms/throttling",
+                       headers={"Retry-After": str(retry_after)}, times=times)
+
+    def power(self, vm_name, state):
+        """The VM's PowerState in its instance view: running, stopped, deallocated, ..."""
+        with self._lock:
+            self.store["virtualMachines"][vm_name]["_power"] = state
 
     def fail_next_vm(self, code, message=None, status=409, stage="request"):
         """The next VM creation fails: the provider has made its IP and NIC by then."""
@@ -202,13 +236,13 @@ class FakeAzure:
         if headers.get("Authorization") != f"Bearer {self.token}":
             raise error(401, "InvalidAuthenticationToken", "The access token is invalid.")
         if low[:2] == ["fake", "operations"]:
-            return self._poll(segs[2])
+            return self._poll(segs[2], query)
         if len(segs) < 2 or low[0] != "subscriptions" or segs[1] != self.subscription:
             raise error(404, "SubscriptionNotFound", f"The subscription '{segs[1:2]}' could not be found.")
         rest, srest = low[2:], segs[2:]
         with self._lock:
             if rest == ["providers", "microsoft.compute", "skus"]:
-                return 200, {"value": self._skus(query.get("$filter", ""))}, {}
+                return 200, self._sku_page(query), {}
             if len(rest) == 5 and rest[:3] == ["providers", "microsoft.compute", "locations"] and rest[4] == "usages":
                 return 200, {"value": self._usages(srest[3])}, {}
             if len(rest) >= 2 and rest[0] == "resourcegroups":
@@ -220,10 +254,10 @@ class FakeAzure:
                 if len(rest) >= 5 and rest[2] == "providers" and rest[4] in KINDS:
                     kind = KINDS[rest[4]][1]
                     if len(rest) == 5 and method == "GET":
-                        return 200, {"value": [r for r in self.store[kind].values()
+                        return 200, {"value": [self._shown(kind, r, query) for r in self.store[kind].values()
                                                if r["_group"] == group]}, {}
                     if len(rest) == 6:
-                        return self._resource(method, group, kind, srest[5], body)
+                        return self._resource(method, group, kind, srest[5], body, query)
                     if len(rest) == 8 and kind == "virtualNetworks" and rest[6] == "subnets":
                         return self._subnet(method, group, srest[5], srest[7], body)
         raise error(404, "NotFound", f"no route for {method} {path}")
@@ -261,50 +295,112 @@ class FakeAzure:
                 return self._failures.pop(i)
         return None
 
-    def _resource(self, method, group, kind, name, body):
+    def _shown(self, kind, resource, query):
+        """A resource as GET shows it: a VM's instance view only when asked ($expand=instanceView)."""
+        if kind != "virtualMachines" or query.get("$expand") != "instanceView":
+            return resource
+        shown = json.loads(json.dumps(resource))
+        state = str(resource["properties"].get("provisioningState", "Succeeded")).lower()
+        statuses = [{"code": f"ProvisioningState/{state}", "level": "Info",
+                     "displayStatus": f"Provisioning {state}"}]
+        if state == "succeeded":
+            power = resource.get("_power", "running")
+            statuses.append({"code": f"PowerState/{power}", "level": "Info", "displayStatus": f"VM {power}"})
+        shown["properties"]["instanceView"] = {"computerName": resource["name"], "statuses": statuses}
+        return shown
+
+    def _resource(self, method, group, kind, name, body, query=None):
         existing = self.store[kind].get(name)
         failure = self._injected(method, kind)
         if failure and failure["stage"] == "request":
-            raise error(failure["status"], failure["code"], failure["message"])
+            if method == "PUT" and kind == "virtualMachines":
+                self._reserve(body, self._id(group, "virtualMachines", name))
+            raise Reply(failure["status"], {"error": {"code": failure["code"], "message": failure["message"]}},
+                        failure["headers"])
         if method == "GET":
             if not existing:
                 raise error(404, "ResourceNotFound",
                             f"The Resource '{KINDS[kind.lower()][0]}/{kind}/{name}' under resource group "
                             f"'{group}' was not found.")
-            return 200, existing, {}
+            return 200, self._shown(kind, existing, query or {}), {}
         if method == "PATCH":
-            if not existing:
-                raise error(404, "ResourceNotFound", f"{kind}/{name} was not found.")
-            if "tags" in body:
-                existing["tags"] = body["tags"]
-            return 200, existing, {}
+            return self._patch(kind, name, existing, body)
         if method == "DELETE":
-            if not existing:
-                return 204, None, {}
-            self._check_deletable(kind, existing)
-            existing["properties"]["provisioningState"] = "Deleting"
-            op = self._operation(lambda: self._deleted(kind, name), style="location")
-            return 202, None, {"Location": op}
+            return self._delete(kind, name, existing, failure)
         if method == "PUT":
-            resource = getattr(self, "_put_" + kind)(group, name, body, existing)
+            try:
+                resource = getattr(self, "_put_" + kind)(group, name, body, existing)
+            except Reply:
+                if kind == "virtualMachines":
+                    self._reserve(body, self._id(group, "virtualMachines", name))
+                raise
             resource.update(id=self._id(group, kind, name), name=name, type=f"{KINDS[kind.lower()][0]}/{kind}",
                             location=body.get("location"), tags=body.get("tags") or {}, _group=group)
             resource["properties"]["provisioningState"] = "Updating" if existing else "Creating"
             self.store[kind][name] = resource
             fail = failure and {"code": failure["code"], "message": failure["message"]}
+            if fail and kind == "virtualMachines":
+                self._reserve(body, self._id(group, "virtualMachines", name))
             op = self._operation(lambda: self._provisioned(kind, name, fail))
             return (200 if existing else 201), resource, {"Azure-AsyncOperation": op}
         raise error(405, "MethodNotAllowed", method)
 
+    def _patch(self, kind, name, existing, body):
+        """Tags; a disk's update is a long-running operation (Disk_Update_ChangeTier.json: 202)."""
+        if not existing:
+            raise error(404, "ResourceNotFound", f"{kind}/{name} was not found.")
+        tags = body.get("tags")
+        if kind != "disks":
+            if tags is not None:
+                existing["tags"] = tags
+            return 200, existing, {}
+
+        def updated():
+            existing.update(tags=tags if tags is not None else existing["tags"])
+            existing["properties"]["provisioningState"] = "Succeeded"
+        op = self._operation(updated, result=lambda: self.store["disks"].get(name))
+        existing["properties"]["provisioningState"] = "Updating"
+        return 202, existing, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
+
+    def _delete(self, kind, name, existing, failure):
+        """202 with both operation headers; an injected async failure leaves the resource as it was."""
+        if not existing:
+            return 204, None, {}
+        self._check_deletable(kind, existing)
+        before = existing["properties"].get("provisioningState")
+        existing["properties"]["provisioningState"] = "Deleting"
+        if failure:
+            fail = {"code": failure["code"], "message": failure["message"]}
+            op = self._operation(lambda: existing["properties"].update(provisioningState=before) or fail)
+        else:
+            op = self._operation(lambda: self._deleted(kind, name))
+        return 202, None, {"Azure-AsyncOperation": op, "Location": op + "?final=1"}
+
+    def _reserve(self, vm_body, vm_id):
+        """A failed VM PUT holds its NICs for `nic_reservation` seconds, as Azure does for 180 s."""
+        if not self.nic_reservation:
+            return
+        until = time.monotonic() + self.nic_reservation
+        for ref in ((vm_body or {}).get("properties", {}).get("networkProfile") or {}).get("networkInterfaces") or []:
+            self.reserved[_name_of(ref.get("id"))] = (until, vm_id)
+
     def _check_deletable(self, kind, resource):
         props = resource["properties"]
+        until, vm_id = self.reserved.get(resource["name"], (0, None))
+        if kind == "networkInterfaces" and until > time.monotonic():
+            raise error(400, "NicReservedForAnotherVm",
+                        f"Nic(s) in request is reserved for another Virtual Machine for 180 seconds. Please "
+                        f"provide another nic(s) or retry after 180 seconds. Reserved VM: {vm_id}")
         if kind == "networkInterfaces" and props.get("virtualMachine"):
             raise error(400, "NicInUse", f"Network Interface {resource['id']} is used by existing resource "
-                                         f"{props['virtualMachine']['id']}.")
+                                         f"{props['virtualMachine']['id']}. In order to delete the network "
+                                         "interface, it must be dissociated from the resource.")
         if kind == "publicIPAddresses" and props.get("ipConfiguration"):
-            raise error(400, "PublicIPAddressInUse",
+            raise error(400, "PublicIPAddressCannotBeDeleted",
                         f"Public IP address {resource['id']} can not be deleted since it is still "
-                        f"allocated to resource {props['ipConfiguration']['id']}.")
+                        f"allocated to resource {props['ipConfiguration']['id']}. In order to delete the "
+                        "public IP, disassociate/detach the Public IP address from the resource.  To learn "
+                        "how to do this, see aka.ms/deletepublicip.")
         if kind == "disks" and resource.get("managedBy"):
             raise error(409, "OperationNotAllowed",
                         f"Disk {resource['name']} is attached to VM {resource['managedBy']}.")
@@ -332,6 +428,9 @@ class FakeAzure:
                 if owner and not owner["id"].startswith(nic_id + "/"):
                     raise error(400, "PublicIPAddressInUse", f"{ip['id']} is in use by {owner['id']}")
                 ip["properties"]["ipConfiguration"] = {"id": config["id"]}
+                option = (cprops["publicIPAddress"].get("properties") or {}).get("deleteOption")
+                if option:
+                    ip["properties"]["deleteOption"] = option
         res["properties"]["virtualMachine"] = (existing or {}).get("properties", {}).get("virtualMachine")
         return res
 
@@ -363,6 +462,8 @@ class FakeAzure:
                         f"The requested VM size for resource 'Following SKUs have failed for Capacity "
                         f"Restrictions: {size}' is currently not available in location '{region}'. "
                         "Please try another size or deploy to a different location or different zone.")
+        if props.get("priority") == "Spot":
+            self._check_max_price(size, (props.get("billingProfile") or {}).get("maxPrice", -1))
         if not existing:
             self._check_quota(region, sku, props.get("priority") == "Spot")
         nics = [self._lookup(n["id"], "networkInterfaces") for n in props["networkProfile"]["networkInterfaces"]]
@@ -385,6 +486,19 @@ class FakeAzure:
         props["vmId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, vm_id))
         props["timeCreated"] = (existing or {}).get("properties", {}).get("timeCreated") or _now()
         return res
+
+    def _check_max_price(self, size, max_price):
+        """Azure's spot price rules (the spot error codes of the Azure docs)."""
+        if max_price != -1 and not (isinstance(max_price, (int, float)) and max_price > 0):
+            raise error(400, "MaxPriceValueInvalid",
+                        "Invalid max price value. The only supported values for max price are -1 or a decimal "
+                        "greater than zero. Max price value of -1 indicates the Virtual Machine won't be "
+                        "evicted for price reasons.")
+        spot = [price for sku, name, _, price in self.retail if sku == size and "Spot" in name]
+        if max_price != -1 and spot and max_price < min(spot):
+            raise error(409, "VariablePriceGreaterThanProvidedMaxPrice",
+                        f"Cannot create this Virtual Machine since the provided max price is lower than the "
+                        f"current variable price {min(spot)} for spot VM size {size}.")
 
     def _check_quota(self, region, sku, spot):
         family, cpu = sku[1], sku[2]
@@ -440,26 +554,32 @@ class FakeAzure:
 
     # long-running operations
 
-    def _operation(self, finish, style="async"):
+    def _operation(self, finish, result=None):
+        """An operation's URL. `finish()` runs when it completes (an error dict: it failed);
+        `result()` is what its Location URL answers then (None: 204, no content)."""
         op_id = uuid.uuid4().hex
-        self.operations[op_id] = {"polls": self.polls, "finish": finish, "done": False, "error": None, "style": style}
+        self.operations[op_id] = {"polls": self.polls, "finish": finish, "done": False, "error": None,
+                                  "result": result}
         return f"{self.url}/fake/operations/{op_id}"
 
-    def _poll(self, op_id):
+    def _poll(self, op_id, query):
         with self._lock:
             op = self.operations.get(op_id)
             if op is None:
                 raise error(404, "NotFound", f"no operation {op_id}")
-            location = op["style"] == "location"
+            if "final" in query:                       # the Location URL, once the operation is over
+                if not op["done"]:
+                    return 202, None, {"Location": f"{self.url}/fake/operations/{op_id}?final=1",
+                                       "Retry-After": "0"}
+                if op["error"]:
+                    raise Reply(400, {"error": op["error"]})
+                found = op["result"]() if op["result"] else None
+                return (200, found, {}) if found is not None else (204, None, {})
             if op["polls"] > 0:
                 op["polls"] -= 1
-                if location:
-                    return 202, None, {"Location": f"{self.url}/fake/operations/{op_id}"}
                 return 200, {"status": "InProgress"}, {}
             if not op["done"]:
                 op["error"], op["done"] = op["finish"](), True
-            if location:
-                return 204, None, {}
             if op["error"]:
                 return 200, {"status": "Failed", "error": op["error"]}, {}
             return 200, {"status": "Succeeded"}, {}
@@ -476,8 +596,7 @@ class FakeAzure:
             return None
         resource = self.store[kind].pop(name, None)
         if resource and kind == "networkInterfaces":
-            for config in resource["properties"].get("ipConfigurations") or []:
-                ip_id = (config.get("properties", {}).get("publicIPAddress") or {}).get("id")
+            for ip_id in _nic_ip_ids(resource):
                 ip = self.store["publicIPAddresses"].get(_name_of(ip_id))
                 if ip:
                     ip["properties"]["ipConfiguration"] = None
@@ -493,7 +612,11 @@ class FakeAzure:
             if nic:
                 nic["properties"]["virtualMachine"] = None
                 if self.honor_delete_options and (ref.get("properties") or {}).get("deleteOption") == "Delete":
+                    ips = [self.store["publicIPAddresses"].get(_name_of(i)) for i in _nic_ip_ids(nic)]
                     self._deleted("networkInterfaces", nic["name"])
+                    for ip in ips:
+                        if ip and ip["properties"].get("deleteOption") == "Delete":
+                            self.store["publicIPAddresses"].pop(ip["name"], None)
         os_disk = props["storageProfile"]["osDisk"]
         disk = self.store["disks"].get(os_disk["name"])
         if disk:
@@ -503,6 +626,19 @@ class FakeAzure:
                 self.store["disks"].pop(os_disk["name"])
 
     # catalog
+
+    def _sku_page(self, query):
+        """One page of the SKU list; nextLink carries the filter and where the next page starts."""
+        skus = self._skus(query.get("$filter", ""))
+        start = int(query.get("$skiptoken", "0"))
+        page = {"value": skus[start:start + self.sku_page]}
+        if start + self.sku_page < len(skus):
+            from urllib.parse import urlencode
+            page["nextLink"] = (f"{self.url}/subscriptions/{self.subscription}/providers/Microsoft.Compute/skus?"
+                                + urlencode({"api-version": query.get("api-version", ""),
+                                             "$filter": query.get("$filter", ""),
+                                             "$skiptoken": start + self.sku_page}))
+        return page
 
     def _skus(self, flt):
         m = re.search(r"location\s+eq\s+'([^']+)'", flt or "")
@@ -561,6 +697,11 @@ class FakeAzure:
         nxt = (f"{self.prices_url}?page=1&currencyCode={query.get('currencyCode', 'USD')}"
                f"&$filter={query.get('$filter', '')}") if page == 0 else None
         return 200, {"BillingCurrency": "USD", "Items": chunk, "NextPageLink": nxt, "Count": len(chunk)}, {}
+
+
+def _nic_ip_ids(nic):
+    return [ip_id for config in nic["properties"].get("ipConfigurations") or []
+            if (ip_id := (config.get("properties", {}).get("publicIPAddress") or {}).get("id"))]
 
 
 def _public(value):

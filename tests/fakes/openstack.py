@@ -10,7 +10,14 @@ real client code and nothing leaves 127.0.0.1:
 
 Servers go BUILD -> ACTIVE `build_delay` seconds after creation (worked out on each read: no
 background thread); a deleted server shows task_state "deleting" for `delete_delay` seconds,
-then answers 404. Service calls need a token Keystone issued; OVH API calls need python-ovh's
+then answers 404. As nova's api samples and its keypairs controller say, keypair create answers
+200 before microversion 2.2 and 201 from it, keypair delete 202 then 204; the compute endpoint
+in the catalog carries no project id (OVH's, `.../v2.1`). OVH's /cloud/project/{id}/flavor rows
+say `available: false` for flavors out of stock (`unavailable`).
+
+Failures to inject: `fail_next_create` ("quota", "no_valid_host"), `fail_deletes` (the next N
+server deletes are accepted but the server ends in ERROR, as a failed delete does), `inject`
+(any status and body on the next matching call). Service calls need a token Keystone issued; OVH API calls need python-ovh's
 request signature. `requests` logs every (method, path) for assertions.
 """
 import hashlib
@@ -75,6 +82,8 @@ class _Request:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-openstack"
+    disable_nagle_algorithm = True      # headers and body in one segment: no delayed-ACK stalls
+    wbufsize = 1 << 16                  # flushed by the server after each request
 
     def log_message(self, *args):
         pass
@@ -120,6 +129,8 @@ class FakeOpenStack:
         self.ovh_keys = {"application_key": "fake-ak", "application_secret": "fake-as",
                          "consumer_key": "fake-ck"}
         self.fail_next_create = None           # "quota" | "no_valid_host": the next POST /servers only
+        self.fail_deletes = 0                   # the next N server deletes end in ERROR, not gone
+        self.unavailable = set()                # (region, flavor name) out of stock in OVH's API
         self.limits = {r: {"cores": 20, "instances": 10, "ram": 51200} for r in self.regions}
         self.servers = {r: {} for r in self.regions}
         self.keypairs = {r: {} for r in self.regions}
@@ -316,16 +327,24 @@ class FakeOpenStack:
             if req.method == "GET" and len(parts) == 2:
                 return 200, {}, {"server": self._server(region, server, mv)}
             if req.method == "DELETE" and len(parts) == 2:
-                if server.get("deleted_at") is None:
-                    server["deleted_at"] = time.monotonic() + self.delete_delay
-                    server["task_state"] = "deleting"
-                return 204, {}, None
+                return self._delete_server(server)
             return self._nova_error(405, "computeFault", "method not allowed")
         if head == "os-keypairs":
             return self._keypairs(req, region, ident, mv)
         if head == "limits" and req.method == "GET":
             return 200, {}, {"limits": {"absolute": self._absolute_limits(region, mv), "rate": []}}
         return self._nova_error(404, "itemNotFound", "/".join(parts))
+
+    def _delete_server(self, server):
+        """204; the server goes after `delete_delay`, or (fail_deletes) ends in ERROR."""
+        if self.fail_deletes > 0:
+            self.fail_deletes -= 1
+            server.update(status="ERROR", vm_state="error", task_state=None, fault={
+                "code": 500, "created": _iso(), "message": "Failed to delete the instance (injected)"})
+        elif server.get("deleted_at") is None:
+            server["deleted_at"] = time.monotonic() + self.delete_delay
+            server["task_state"] = "deleting"
+        return 204, {}, None
 
     def _flavor_id(self, region, name):
         return str(uuid.uuid5(_NS, f"{region}/flavor/{name}"))
@@ -457,29 +476,35 @@ class FakeOpenStack:
                                                        ("name", "public_key", "fingerprint", "type")}}
                                           for kp in pairs.values()]}
         if name is None and req.method == "POST":
-            body = (req.json or {}).get("keypair") or {}
-            if not body.get("name") or not body.get("public_key"):
-                return self._nova_error(400, "badRequest", "Invalid input for field/attribute keypair.")
-            if body["name"] in pairs:
-                return self._nova_error(409, "conflictingRequest", f"Key pair '{body['name']}' already exists.")
-            try:
-                fp = fingerprint(body["public_key"])
-            except (IndexError, ValueError):
-                return self._nova_error(400, "badRequest", "Keypair data is invalid: failed to generate fingerprint")
-            pairs[body["name"]] = {"name": body["name"], "public_key": body["public_key"], "fingerprint": fp,
-                                   "user_id": self.user_id, "type": body.get("type", "ssh"),
-                                   "id": len(pairs) + 1, "created_at": _iso(), "deleted": False,
-                                   "deleted_at": None, "updated_at": None}
-            kp = pairs[body["name"]]
-            return 200, {}, {"keypair": {k: kp[k] for k in ("name", "public_key", "fingerprint", "user_id", "type")}}
+            return self._create_keypair(req, region, mv)
         if name not in pairs:
             return self._nova_error(404, "itemNotFound", f"Keypair {name} not found for user {self.user_id}")
         if req.method == "GET":
             return 200, {}, {"keypair": pairs[name]}
         if req.method == "DELETE":
             del pairs[name]
-            return 202, {}, None
+            return (204 if mv >= (2, 2) else 202), {}, None
         return self._nova_error(405, "computeFault", "method not allowed")
+
+    def _create_keypair(self, req, region, mv):
+        """200 before microversion 2.2, 201 from it (with `type`), as nova's controller answers."""
+        pairs = self.keypairs[region]
+        body = (req.json or {}).get("keypair") or {}
+        if not body.get("name") or not body.get("public_key"):
+            return self._nova_error(400, "badRequest", "Invalid input for field/attribute keypair.")
+        if body["name"] in pairs:
+            return self._nova_error(409, "conflictingRequest", f"Key pair '{body['name']}' already exists.")
+        try:
+            fp = fingerprint(body["public_key"])
+        except (IndexError, ValueError):
+            return self._nova_error(400, "badRequest", "Keypair data is invalid: failed to generate fingerprint")
+        pairs[body["name"]] = {"name": body["name"], "public_key": body["public_key"], "fingerprint": fp,
+                               "user_id": self.user_id, "type": body.get("type", "ssh"),
+                               "id": len(pairs) + 1, "created_at": _iso(), "deleted": False,
+                               "deleted_at": None, "updated_at": None}
+        kp = pairs[body["name"]]
+        shown = ("name", "public_key", "fingerprint", "user_id") + (("type",) if mv >= (2, 2) else ())
+        return (201 if mv >= (2, 2) else 200), {}, {"keypair": {k: kp[k] for k in shown}}
 
     # --- Neutron and Glance ----------------------------------------------------------------
 
@@ -569,7 +594,8 @@ class FakeOpenStack:
         name, vcpus, ram, disk, _, os_type = flavor
         return {"id": self._flavor_id(region, name), "name": name, "region": region, "vcpus": vcpus,
                 "ram": ram // 1000, "disk": disk, "type": "ovh.ssd.eg", "osType": os_type,
-                "inboundBandwidth": 250, "outboundBandwidth": 250, "available": True, "quota": 10,
+                "inboundBandwidth": 250, "outboundBandwidth": 250,
+                "available": (region, name) not in self.unavailable, "quota": 10,
                 "planCodes": {"hourly": f"{name}.consumption", "monthly": f"{name}.monthly.postpaid"},
                 "capabilities": [{"name": "resize", "enabled": True}, {"name": "snapshot", "enabled": True}]}
 

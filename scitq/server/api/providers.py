@@ -33,7 +33,8 @@ create_in = ns.model("InstancesIn", {
     "region": fields.String(required=True, min_length=1, max_length=64),
     "count": fields.Integer(min=1, max=100, default=1),
     "spot": fields.Boolean(default=False),
-    "max_price": fields.Float(min=0),
+    "max_price": fields.Float(description="spot: US dollars per hour above 0, or -1 (up to the "
+                                          "on-demand price)"),
 })
 
 flavor_args = reqparse.RequestParser()
@@ -117,9 +118,9 @@ class Instances(Resource):
     @ns.marshal_list_with(instance)
     def get(self, name):
         """The provider's scitq-tagged instances, as the provider sees them."""
-        p = providers().get(name)
-        p.check()
-        return [i.to_dict() for i in p.list()]
+        providers().get(name).check()
+        with state().db.read() as s:
+            return providers().instances(s, name)
 
     @ns.response(409, "No capacity, or a quota would be exceeded", error)
     @ns.expect(create_in, validate=True)
