@@ -12,6 +12,35 @@ import pgcluster  # noqa: E402
 from hosts import real_part_missing  # noqa: E402
 
 
+# --- Hermetic: never the user's HOME, data dir, config file or server ----------
+
+XDG = {"XDG_CONFIG_HOME": ".config", "XDG_DATA_HOME": ".local/share", "XDG_CACHE_HOME": ".cache",
+       "XDG_STATE_HOME": ".local/state"}
+
+
+def pytest_configure(config):
+    """For the whole session (and every process it starts): a HOME and XDG dirs of its own,
+    and no SCITQ_* setting but the tests' own (SCITQ_TEST_*), so that neither the user's
+    token, data dir and config file, nor a `scitq up` on port 5000, can reach a test."""
+    home = tempfile.mkdtemp(prefix="scitq-test-home-")
+    config._scitq_saved_env = dict(os.environ)
+    config._scitq_home = home
+    for name in [n for n in os.environ if n.startswith("SCITQ_") and not n.startswith("SCITQ_TEST_")]:
+        del os.environ[name]
+    os.environ["HOME"] = home
+    for name, sub in XDG.items():
+        os.environ[name] = os.path.join(home, sub)
+
+
+def pytest_unconfigure(config):
+    saved = getattr(config, "_scitq_saved_env", None)
+    if saved is None:
+        return
+    os.environ.clear()
+    os.environ.update(saved)
+    shutil.rmtree(config._scitq_home, ignore_errors=True)
+
+
 # --- Databases ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,14 @@ class Procs:
         self.tmp = tmp_path
         self.started = []
 
-    def spawn(self, args, log_name, env=None):
+    def spawn(self, args, log_name, env=None, cwd=None, script=False):
+        """`python -m scitq.cli ARGS`, or with script=True the `scitq` command itself (as a user
+        types it: the current folder is not on its path)."""
         log = open(self.tmp / log_name, "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "scitq.cli", *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        exe = [os.path.join(os.path.dirname(sys.executable), "scitq")] if script else \
+            [sys.executable, "-m", "scitq.cli"]
+        proc = subprocess.Popen([*exe, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True)
         proc.log_path = self.tmp / log_name
         log.close()   # the child has its own copy
         self.started.append(proc)

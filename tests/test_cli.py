@@ -93,28 +93,25 @@ def test_task_output_follows_a_running_task(live, procs):
     assert follow.stdout == "line 1\nline 2\nline 3\n"
 
 
-def _port_free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+def fresh_home_env(home):
+    """A user's environment with nothing of scitq's yet: no SCITQ_*, no XDG dirs, a new HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCITQ_", "XDG_"))}
+    env["HOME"] = str(home)
+    return env
 
 
 def test_scitq_up_then_echo_hi(tmp_path, procs):
-    """Acceptance 6: no config at all (a fresh HOME), `scitq up`, add a task, read `hi`.
+    """No config at all (a fresh HOME), `scitq up`, add a task, read `hi`: the CLI finds the
+    server and its admin token through the default data dir, on whatever port it got.
     `scitq up` is the SQLite default by definition, so this one runs on SQLite only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}
-    env["HOME"] = str(tmp_path / "home")
-    env.pop("XDG_DATA_HOME", None)
-    if not _port_free(5000):                # the default port is taken on this machine:
-        pytest.fail("port 5000 is in use; `scitq up` needs its default port for this test")
-    up = procs.spawn(["up", "--concurrency", "2"], "up.log", env=env)
+    env = fresh_home_env(tmp_path / "home")
+    up = procs.spawn(["up", "--concurrency", "2", "--port", "0"], "up.log", env=env)
     url = wait_for_url(up)
-    assert url == "http://127.0.0.1:5000"
+    assert url.startswith("http://127.0.0.1:")
     log = up.log_path.read_text()
-    assert f"{tmp_path}/home/.local/share/scitq/scitq.db" in log   # the path is printed
+    data_dir = tmp_path / "home" / ".local/share/scitq"
+    assert f"{data_dir}/scitq.db" in log                              # the path is printed
+    assert f"work folder {data_dir}/worker" in log
 
     added = scitq("task", "add", "echo hi", env=env)
     assert added.returncode == 0, added.stderr
@@ -124,6 +121,7 @@ def test_scitq_up_then_echo_hi(tmp_path, procs):
     out = scitq("task", "output", tid, env=env)
     assert out.returncode == 0 and out.stdout == "hi\n"
     assert procs.stop(up) == 0
+    assert not (data_dir / "server.json").exists()      # a stopped server is nobody's default
 
 
 def test_worker_client_and_cli_import_nothing_of_the_server():

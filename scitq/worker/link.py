@@ -18,6 +18,7 @@ class WorkerGone(Exception):
 class ServerLink:
     retry_min = 0.5      # seconds before the first retry
     retry_max = 30.0     # longest back-off between retries
+    abandoned = False    # set when nobody is left to answer: calls stop retrying
 
     def __init__(self, url, token=None, poll_wait=20.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -39,6 +40,8 @@ class ServerLink:
         as long as `retry` holds; a 4xx raises the matching scitq error at once."""
         delay = self.retry_min
         while True:
+            if self.abandoned:
+                raise ConnectionError("the worker gave up its server")
             try:
                 resp = await self.http.request(method, path, **kwargs)
                 if resp.status_code < 500:
@@ -46,7 +49,7 @@ class ServerLink:
                 problem = f"HTTP {resp.status_code}"
             except (httpx.TransportError, http11.TransportError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            if not retry:
+            if not retry or self.abandoned:
                 raise ConnectionError(problem)
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
             await asyncio.sleep(delay * (0.75 + random.random() / 2))
