@@ -29,10 +29,14 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def server(self, db_url, *args, command="server", env=None):
-        """A server on a free port, returned once it listens (its URL as `.url`)."""
-        proc = self.spawn([command, "--db", db_url, "--data-dir", str(self.tmp / "data"),
-                           "--port", "0", *args], f"{command}.log", env=env)
+    def server(self, db_url, *args, command="server", env=None, data_dir=None):
+        """A server on a free port, returned once it listens (its URL as `.url`, its data dir
+        as `.data_dir`)."""
+        log = f"{command}-{data_dir.name}.log" if data_dir else f"{command}.log"
+        data_dir = data_dir or self.tmp / "data"
+        proc = self.spawn([command, "--db", db_url, "--data-dir", str(data_dir),
+                           "--port", "0", *args], log, env=env)
+        proc.data_dir = data_dir
         proc.url = wait_for_url(proc)
         return proc
 
