@@ -189,19 +189,33 @@ class Client:
     def follow_output(self, task_id, stream="stdout", interval=0.5, execution_id=None):
         """Yield output chunks as they arrive, until the execution has ended (a task that
         has not started yet is waited for)."""
+        for _, data in self.follow_streams(task_id, (stream,), interval, execution_id):
+            yield data
+
+    def latest_execution(self, task_id, interval=0.5):
+        """The id of the task's latest execution, once it has one (waited for)."""
+        while not (executions := self.task(task_id)["executions"]):
+            time.sleep(interval)
+        return executions[-1]["id"]
+
+    def follow_streams(self, task_id, streams=("stdout", "stderr"), interval=0.5, execution_id=None):
+        """Yield (stream, chunk) for each of `streams` as they arrive, until the execution
+        has ended; the execution followed is the task's latest once it has one (waited for)."""
         if execution_id is None:
-            while not self.task(task_id)["executions"]:
-                time.sleep(interval)
-        offset = 0
+            execution_id = self.latest_execution(task_id, interval)
+        offsets = dict.fromkeys(streams, 0)
         while True:
-            data, size, complete = self.output(task_id, stream, offset, execution_id=execution_id)
-            if data:
-                offset += len(data)
-                yield data
-            if offset >= size:
-                if complete:
-                    return
-                time.sleep(interval)
+            ended = True
+            for stream in streams:
+                data, size, complete = self.output(task_id, stream, offsets[stream],
+                                                   execution_id=execution_id)
+                if data:
+                    offsets[stream] += len(data)
+                    yield stream, data
+                ended = ended and complete and offsets[stream] >= size
+            if ended:
+                return
+            time.sleep(interval)
 
     # -- executions -------------------------------------------------------------
     def executions(self, task_id=None, worker_id=None, status=None, after=None, limit=100):

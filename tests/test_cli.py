@@ -93,6 +93,21 @@ def test_task_output_follows_a_running_task(live, procs):
     assert follow.stdout == "line 1\nline 2\nline 3\n"
 
 
+def test_following_a_failed_task_shows_its_stderr_and_exits_1(live, procs):
+    """Acceptance 6 (its `task output -f` half): the end of the task is said, and a failure is
+    the command's exit status."""
+    procs.worker(live.url, "w", 1)
+    failed = live.add_task("echo out; echo oops >&2; exit 3")["id"]
+    follow = scitq("task", "output", str(failed), "-f", server=live.url)
+    assert follow.returncode == 1
+    assert follow.stdout == "out\n"
+    assert follow.stderr == f"oops\ntask {failed}: failed (exit code 3)\n"
+    fine = live.add_task("echo fine")["id"]
+    follow = scitq("task", "output", str(fine), "-f", server=live.url)
+    assert (follow.returncode, follow.stdout) == (0, "fine\n")
+    assert follow.stderr == f"task {fine}: succeeded (exit code 0)\n"
+
+
 def fresh_home_env(home):
     """A user's environment with nothing of scitq's yet: no SCITQ_*, no XDG dirs, a new HOME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCITQ_", "XDG_"))}
