@@ -139,6 +139,22 @@ def test_scitq_up_then_echo_hi(tmp_path, procs):
     assert not (data_dir / "server.json").exists()      # a stopped server is nobody's default
 
 
+def test_every_command_has_a_help_line():
+    """Walks the whole command tree: a command without help shows a blank in `scitq X -h`."""
+    from scitq.cli import cli
+
+    def walk(cmd, path):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    commands = list(walk(cli, "scitq"))
+    assert len(commands) > 60 and any(p == "scitq batch resume" for p, _ in commands)
+    missing = [p for p, c in commands if not c.hidden and not (c.help or "").strip()]
+    assert missing == []
+    assert all(c.get_short_help_str() for _, c in commands if not c.hidden)
+
+
 def test_worker_client_and_cli_import_nothing_of_the_server():
     """A worker host needs only the worker's few packages."""
     code = ("import sys, scitq.cli, scitq.worker, scitq.client; "
