@@ -39,6 +39,7 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(live, tmp_path):
         ("task", "list", "--status", "bogus"),
         ("task", "list", "--batch", "no-such-batch"),
         ("batch", "show", "no-such-batch"),
+        ("batch", "wait", "no-such-batch"),
         ("batch", "pause", "bad/name"),
         ("worker", "set", "nobody", "--concurrency", "2"),
         ("worker", "set", "nobody"),
@@ -46,7 +47,9 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(live, tmp_path):
         ("no-such-command",),
     ]
     for args in cases:
-        assert_one_line_error(scitq(*args, server=url))
+        result = scitq(*args, server=url)
+        assert_one_line_error(result)
+        assert result.stdout == "", (args, result.stdout)     # no table, no bar: nothing
     assert live.tasks(limit=1000)["items"] == before
 
 
@@ -82,6 +85,25 @@ def test_batch_wait_exits_nonzero_when_a_task_failed(live, procs):
     result = scitq("batch", "wait", "doomed", "--interval", "0.2", server=live.url)
     assert result.returncode == 1
     assert "1 task(s) failed" in result.stderr
+
+
+def test_a_batch_whose_tasks_all_ended_is_done_until_tasks_are_added(live, procs):
+    import json
+    procs.worker(live.url, "w", 1)
+    live.add_task("true", batch="finished")
+    live.wait_batch("finished", interval=0.2, timeout=60)
+
+    def status():
+        listed = json.loads(scitq("batch", "list", "--json", server=live.url).stdout)
+        return {b["name"]: b["status"] for b in listed}["finished"]
+    assert status() == "done"
+    assert " done " in scitq("batch", "list", server=live.url).stdout
+    sleeper = live.add_task("sleep 60", batch="finished")["id"]
+    assert status() == "active"
+    live.kill_task(sleeper)
+    wait_until(lambda: status() == "done", 30, what="the batch done again")
+    assert scitq("batch", "pause", "finished", server=live.url).stdout.strip() == \
+        "batch finished: paused"                # paused is said over done: it holds what comes
 
 
 def test_task_output_follows_a_running_task(live, procs):

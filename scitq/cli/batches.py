@@ -120,6 +120,7 @@ def batch_delete(ctx, ref, yes):
 @click.pass_obj
 def batch_wait(ctx, ref, interval, timeout):
     """Draw progress until nothing remains; exit 1 if any task failed."""
+    ctx.client.batch(ref)           # no such batch: one line, before any bar is drawn
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
