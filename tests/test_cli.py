@@ -8,6 +8,8 @@ import pytest
 
 from procs import wait_for_url, wait_until
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def scitq(*args, server=None, env=None, input=None):
     argv = [sys.executable, "-m", "scitq.cli"] + (["--server", server] if server else []) + list(args)
@@ -175,6 +177,32 @@ def test_every_command_has_a_help_line():
     missing = [p for p, c in commands if not c.hidden and not (c.help or "").strip()]
     assert missing == []
     assert all(c.get_short_help_str() for _, c in commands if not c.hidden)
+
+
+def test_shell_completion_works_as_the_readme_says():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert 'eval "$(_SCITQ_COMPLETE=bash_source scitq)"' in readme
+    exe = os.path.join(os.path.dirname(sys.executable), "scitq")
+    source = subprocess.run([exe], env={**os.environ, "_SCITQ_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=60)
+    assert source.returncode == 0 and "complete -o nosort -F _scitq_completion scitq" in source.stdout
+    done = subprocess.run([exe], env={**os.environ, "_SCITQ_COMPLETE": "bash_complete",
+                                      "COMP_WORDS": "scitq batch re", "COMP_CWORD": "2"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["plain,resume"]
+
+
+def test_license_and_classifiers_say_what_is_true():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    meta = cfg["metadata"]
+    assert meta["license"] == "MIT"
+    assert open(os.path.join(REPO, meta["license_files"])).readline().strip() == "MIT License"
+    classifiers = meta["classifiers"].split("\n")
+    running = f"Programming Language :: Python :: {sys.version_info.major}.{sys.version_info.minor}"
+    assert running in classifiers                        # the Python this suite runs on
+    assert "License :: OSI Approved :: MIT License" in classifiers
 
 
 def test_worker_client_and_cli_import_nothing_of_the_server():
