@@ -328,7 +328,8 @@ def test_worker_register_list_show(client):
     assert (w["batch"], w["running"], w["hostname"]) == ("only-this", 0, "node-1.lab")
     assert batch_of(client, "only-this")["counts"]["total"] == 0     # created on the fly
     plain = register(client, "node-2")
-    assert (plain["concurrency"], plain["prefetch"], plain["batch"]) == (1, 0, None)
+    # no prefetch given: the worker sizes it (null), from depth 0 until it says otherwise
+    assert (plain["concurrency"], plain["prefetch"], plain["depth"], plain["batch"]) == (1, None, 0, None)
 
     assert [x["name"] for x in call(client, "GET", "/workers")] == ["node-1", "node-2"]
     assert call(client, "GET", f"/workers/{w['id']}") == call(client, "GET", "/workers/node-1")

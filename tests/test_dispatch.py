@@ -92,7 +92,7 @@ def test_poll_waits_at_most_a_third_of_the_lease(client):
 
 def test_poll_answers_at_once_when_settings_differ(client):
     wid = register(client, "w1", concurrency=1)
-    said = {"concurrency": 3, "prefetch": 0, "status": "running"}
+    said = {"concurrency": 3, "prefetch": None, "status": "running"}     # prefetch: auto
     call(client, "PUT", f"/workers/{wid}", json={"concurrency": 3})
 
     start = time.monotonic()
@@ -103,7 +103,12 @@ def test_poll_answers_at_once_when_settings_differ(client):
     start = time.monotonic()
     answer = poll(client, wid, wait=30, **dict(said, concurrency=1))
     assert time.monotonic() - start < 0.2
-    assert (answer["concurrency"], answer["prefetch"], answer["status"]) == (3, 0, "running")
+    assert (answer["concurrency"], answer["prefetch"], answer["status"]) == (3, None, "running")
+
+    call(client, "PUT", f"/workers/{wid}", json={"prefetch": 5})       # pinned by a user
+    start = time.monotonic()
+    answer = poll(client, wid, wait=30, **said)
+    assert time.monotonic() - start < 0.2 and answer["prefetch"] == 5
 
 
 def test_poll_wakes_up_for_new_work(app, client):

@@ -44,7 +44,7 @@ def add(client, expect=201, **changes):
 def test_recruiters_round_trip(app, client):
     first = add(client, rank=5)
     assert first["batch"] == "align" and first["flavor"] == "static-8c"
-    assert (first["prefetch"], first["idle_timeout"], first["spot"], first["gpu"]) == (0, 300.0, False, False)
+    assert (first["prefetch"], first["idle_timeout"], first["spot"], first["gpu"]) == (None, 300.0, False, False)
     assert first["cost"] == {"spent": 0.0, "hourly": 0.0, "hosts": 0} and first["remaining"] == 0
     second = add(client, batch="call", flavor=..., min_cpu=4, min_ram=16, min_disk=50.5, gpu=True,
                  regions=["static", "static"], budget=12.5, max_hourly_cost=0.5, spot=True,

@@ -5,6 +5,7 @@ import time
 import click
 
 from scitq.cli import cli
+from scitq.cli.options import PREFETCH, PREFETCH_HELP, prefetch_value
 from scitq.cli.render import ago, json_option, print_json, table, write_bytes
 
 ENGINE = click.option("--engine", type=click.Choice(["pyinfra", "ansible"]),
@@ -39,7 +40,7 @@ def _follow(client, jobs):
 @cli.command()
 @click.argument("hosts", nargs=-1, required=True)
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=1, show_default=True)
-@click.option("--prefetch", "-p", type=click.IntRange(0, 1024), default=0, show_default=True)
+@click.option("--prefetch", "-p", type=PREFETCH, default="auto", show_default=True, help=PREFETCH_HELP)
 @click.option("--batch", "-b", help="The workers take only tasks of this batch.")
 @click.option("--server-url", help="How the hosts reach the server (default: its --public-url).")
 @click.option("--attempts", type=click.IntRange(1, 20), default=3, show_default=True,
@@ -53,7 +54,7 @@ def _follow(client, jobs):
 def deploy(ctx, hosts, concurrency, prefetch, batch, server_url, attempts, engine, user, port, wait,
            as_json):
     """Bootstrap a worker on each SSH host (the server's SSH key must be authorized there)."""
-    jobs = ctx.client.deploy(list(hosts), concurrency=concurrency, prefetch=prefetch, batch=batch,
+    jobs = ctx.client.deploy(list(hosts), concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
                              server_url=server_url, engine=engine, user=user, port=port,
                              max_attempts=attempts)
     if as_json:

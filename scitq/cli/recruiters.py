@@ -3,6 +3,7 @@ rent hosts for a batch, and the hosts rented with what they cost."""
 import click
 
 from scitq.cli import cli
+from scitq.cli.options import PREFETCH, PREFETCH_HELP, prefetch_value
 from scitq.cli.render import json_option, print_json, table
 
 UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
@@ -72,7 +73,7 @@ def recruiter():
               help="One host per this many remaining tasks.")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), required=True,
               help="Tasks each worker runs at once.")
-@click.option("--prefetch", type=click.IntRange(0, 1024), help="Tasks each worker takes ahead.")
+@click.option("--prefetch", type=PREFETCH, help=PREFETCH_HELP)
 @click.option("--idle-timeout", type=click.FloatRange(0), help="Seconds a host may run nothing "
               "before it is deleted (default 300).")
 @click.option("--max-hourly-cost", type=click.FloatRange(0, min_open=True),
@@ -85,6 +86,7 @@ def recruiter():
 @click.pass_obj
 def recruiter_add(ctx, batch, provider, regions, as_json, **options):
     """Rent hosts for BATCH (created if missing). Prints the recruiter's id."""
+    options["prefetch"] = prefetch_value(options["prefetch"])
     if regions is not None:
         options["regions"] = [r.strip() for r in regions.split(",") if r.strip()]
     r = ctx.client.add_recruiter(batch, provider, **options)

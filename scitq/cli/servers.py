@@ -14,6 +14,15 @@ from scitq.errors import BadRequest
 from scitq.log import setup as setup_logging
 
 
+def _green():
+    """Make blocking calls cooperative (sockets, locks, sleeps, subprocesses, threads) before
+    the server's packages are imported, so that each of them sees gevent's versions: the
+    server (scitq.server.serve) runs every connection and every loop as a greenlet."""
+    from gevent import monkey
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+
+
 def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine, recruit_tick=None,
               auth=False):
     from scitq.server import create_app, default_data_dir, default_db_url
@@ -36,10 +45,11 @@ def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_en
         raise click.ClickException(f"cannot open the database: {str(exc).splitlines()[0]}")
 
 
-def _serve(app, host, port, threads, on_ready, before_stop=None):
+def _serve(app, host, port, max_connections, on_ready, before_stop=None):
     from scitq.server.serve import serve
     try:
-        serve(app, host=host, port=port, threads=threads, ready=on_ready, before_stop=before_stop)
+        serve(app, host=host, port=port, max_connections=max_connections, ready=on_ready,
+              before_stop=before_stop)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
@@ -51,8 +61,9 @@ server_options = [
                  help="Where the database file and task outputs live (or SCITQ_DATA_DIR)."),
     click.option("--host", default="127.0.0.1", show_default=True),
     click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True),
-    click.option("--threads", type=click.IntRange(4, 4096), default=64, show_default=True,
-                 help="HTTP threads (each waiting worker poll holds one)."),
+    click.option("--max-connections", type=click.IntRange(16), help="Connections served at once; "
+                 "more are answered 503 (default: the open-files limit, raised to its hard "
+                 "limit, less 256)."),
     click.option("--providers", envvar="SCITQ_PROVIDERS", type=click.Path(dir_okay=False, exists=True),
                  help="YAML file of provider settings (default: providers.yaml in the data dir)."),
     click.option("--public-url", envvar="SCITQ_PUBLIC_URL",
@@ -103,11 +114,12 @@ def with_server_options(f):
 
 @cli.command()
 @with_server_options
-def server(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
+def server(db, data_dir, host, port, max_connections, providers, public_url, deploy_engine, job_backoff,
            recruit_tick, lease, log_level, auth, insecure):
     """Run the scitq server (API, dispatcher, recruitment) until SIGTERM."""
     auth = bool(auth)
     _check_exposure(host, auth, insecure)
+    _green()
     setup_logging(log_level)
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
                     recruit_tick, auth)
@@ -121,7 +133,7 @@ def server(db, data_dir, host, port, threads, providers, public_url, deploy_engi
         _say_admin_token(state)
 
     try:
-        _serve(app, host, port, threads, ready)
+        _serve(app, host, port, max_connections, ready)
     finally:
         config.remove_server_note(state.data_dir)
 
@@ -154,11 +166,12 @@ def _local_url(url):
 @with_server_options
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
               show_default=True, help="Tasks the local worker runs at once.")
-def up(db, data_dir, host, port, threads, providers, public_url, deploy_engine, job_backoff,
+def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_engine, job_backoff,
        recruit_tick, lease, log_level, auth, insecure, concurrency):
     """The embedded default: a server on SQLite plus one local worker."""
     auth = auth is not False
     _check_exposure(host, auth, insecure)
+    _green()
     setup_logging(log_level)
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
                     recruit_tick, auth)
@@ -197,7 +210,7 @@ def up(db, data_dir, host, port, threads, providers, public_url, deploy_engine, 
             w.stop()
 
     try:
-        _serve(app, host, port, threads, ready, before_stop=stop_worker)
+        _serve(app, host, port, max_connections, ready, before_stop=stop_worker)
     finally:
         stop_worker()
         config.remove_server_note(state.data_dir)

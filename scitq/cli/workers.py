@@ -4,6 +4,7 @@ import os
 import click
 
 from scitq.cli import cli
+from scitq.cli.options import PREFETCH, PREFETCH_HELP, prefetch_value
 from scitq.cli.render import ago, json_option, print_json, table
 
 
@@ -25,8 +26,7 @@ def worker():
 @click.argument("url")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Tasks run at once.")
-@click.option("--prefetch", "-p", type=click.IntRange(0, 1024), default=0, show_default=True,
-              help="Tasks taken ahead, ready to start when a slot frees.")
+@click.option("--prefetch", "-p", type=PREFETCH, default="auto", show_default=True, help=PREFETCH_HELP)
 @click.option("--name", "-n", help="Worker name (default: the host name).")
 @click.option("--batch", "-b", help="Only take tasks of this batch.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch space for tasks.")
@@ -44,7 +44,7 @@ def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, 
     from scitq.worker import Worker
 
     setup_logging(log_level)
-    w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch, batch=batch,
+    w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
                workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host,
                parent_fd=parent_fd)
     raise SystemExit(asyncio.run(w.run()))
@@ -60,14 +60,14 @@ def worker_list(ctx, as_json):
         return print_json(workers)
     table(workers, [("id", "id"), ("name", "name"), ("status", "status"),
                     ("running", lambda w: f"{w['running']}/{w['concurrency']}"),
-                    ("prefetch", "prefetch"), ("batch", "batch"), ("load", "load"),
+                    ("prefetch", _prefetch), ("batch", "batch"), ("load", "load"),
                     ("mem %", "memory"), ("disk %", "disk"), ("seen", lambda w: ago(w["last_seen"]))])
 
 
 @worker.command("set")
 @click.argument("ref")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024))
-@click.option("--prefetch", "-p", type=click.IntRange(0, 1024))
+@click.option("--prefetch", "-p", type=PREFETCH, help="A number, or auto (the worker sizes it).")
 @click.option("--status", type=click.Choice(["running", "paused", "draining"]),
               help="paused: takes nothing new; draining: finishes its tasks and exits.")
 @click.option("--batch", "-b", help="Only take tasks of this batch ('' for any).")
@@ -77,6 +77,8 @@ def worker_set(ctx, ref, concurrency, prefetch, status, batch, as_json):
     """Change a worker (by name or id); it applies the change at once."""
     changes = {k: v for k, v in {"concurrency": concurrency, "prefetch": prefetch,
                                  "status": status}.items() if v is not None}
+    if prefetch is not None:
+        changes["prefetch"] = prefetch_value(prefetch)
     if batch is not None:
         changes["batch"] = batch or None
     if not changes:
@@ -85,7 +87,7 @@ def worker_set(ctx, ref, concurrency, prefetch, status, batch, as_json):
     if as_json:
         return print_json(w)
     click.echo(f"worker {w['name']}: {w['status']}, concurrency {w['concurrency']}, "
-               f"prefetch {w['prefetch']}")
+               f"prefetch {_prefetch(w)}")
 
 
 @worker.command("delete")
@@ -111,3 +113,7 @@ def _status(verb, status, doc):
 _status("pause", "paused", "Take nothing new; running tasks go on.")
 _status("resume", "running", "Take tasks again after a pause.")
 _status("drain", "draining", "Finish running tasks, give back the others, then exit.")
+
+
+def _prefetch(w):
+    return w["prefetch"] if w["prefetch"] is not None else f"auto ({w.get('depth', 0)})"

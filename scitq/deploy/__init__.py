@@ -46,7 +46,7 @@ class WorkerSettings:
     wheelhouse_url: str                    # pip --find-links URL served by the server
     name: str                              # worker name
     concurrency: int = 1
-    prefetch: int = 0
+    prefetch: int | None = None     # None: the worker sizes it (auto)
     batch: str | None = None
     token: str | None = None
     extra_env: dict = field(default_factory=dict)

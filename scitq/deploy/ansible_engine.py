@@ -54,7 +54,7 @@ def extravars(settings):
         "scitq_wheelhouse_url": settings.wheelhouse_url,
         "scitq_worker_name": settings.name,
         "scitq_concurrency": settings.concurrency,
-        "scitq_prefetch": settings.prefetch,
+        "scitq_prefetch": "auto" if settings.prefetch is None else settings.prefetch,
         "scitq_batch": settings.batch or "",
         "scitq_token": settings.token or "",
         "scitq_version": scitq.__version__,

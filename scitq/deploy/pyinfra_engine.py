@@ -199,7 +199,7 @@ def worker_env(settings):
     """The text of worker.env: SCITQ_* variables that `python -m scitq.worker` reads, quoted
     so that systemd's EnvironmentFile and sh's `.` read them alike."""
     values = {"SCITQ_SERVER": settings.server_url, "SCITQ_NAME": settings.name,
-              "SCITQ_CONCURRENCY": settings.concurrency, "SCITQ_PREFETCH": settings.prefetch,
+              "SCITQ_CONCURRENCY": settings.concurrency, "SCITQ_PREFETCH": "auto" if settings.prefetch is None else settings.prefetch,
               "SCITQ_BATCH": settings.batch or "", "SCITQ_TOKEN": settings.token or "",
               "SCITQ_WORKDIR": WORKDIR, **settings.extra_env}
     lines = ["# scitq worker settings, written by scitq's deploy (changes here are overwritten)\n"]

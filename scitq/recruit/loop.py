@@ -320,7 +320,7 @@ class Reconciler(Loop):
                          "spot": inst.spot, "tags": {RECRUITED: str(inst.id)}}
             provider_name = inst.provider
             settings = {"concurrency": recruiter.concurrency if recruiter else 1,
-                        "prefetch": recruiter.prefetch if recruiter else 0,
+                        "prefetch": recruiter.prefetch if recruiter else None,
                         "batch": recruiter.batch.name if recruiter else None}
         provider = self.providers.get(provider_name)
         try:

@@ -124,7 +124,7 @@ def check_recruiter(spec, providers):
         "max_workers": _int(spec, "max_workers", 1, MAX_WORKERS),
         "tasks_per_worker": _int(spec, "tasks_per_worker", 1, MAX_TASKS_PER_WORKER),
         "concurrency": _int(spec, "concurrency", 1, MAX_CONCURRENCY),
-        "prefetch": _int(spec, "prefetch", 0, MAX_PREFETCH, default=0),
+        "prefetch": _int(spec, "prefetch", 0, MAX_PREFETCH, default=None),   # None: auto
         "idle_timeout": _idle_timeout(spec),
         "max_hourly_cost": _positive(spec, "max_hourly_cost", MAX_MONEY),
         "budget": _positive(spec, "budget", MAX_MONEY),

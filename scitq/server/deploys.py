@@ -33,7 +33,7 @@ def deploy_params(body, public_url, default_engine="pyinfra"):
                          "._+@:=-, starting with a letter or digit, not digits alone")
     return {"engine": engine, "user": body.get("user") or "root", "port": body.get("port") or 22,
             "server_url": server_url.rstrip("/"), "concurrency": body.get("concurrency") or 1,
-            "prefetch": body.get("prefetch") or 0, "batch": body.get("batch"),
+            "prefetch": body.get("prefetch"), "batch": body.get("batch"),
             "name": body.get("name")}
 
 

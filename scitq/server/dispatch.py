@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from scitq.server import lifecycle
 from scitq.server.db import insert_rows, insert_with_ids, record
 from scitq.server.loop import Loop
-from scitq.server.models import Batch, Event, Execution, Task, Worker, utcnow
+from scitq.server.models import Batch, Event, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,8 @@ class Dispatcher(Loop):
             # A worker whose reports are being applied (its row is locked) fills itself in
             # their transaction (claim_for): this pass leaves it alone.
             workers = s.execute(
-                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.batch_id,
-                       Worker.idle_since)
+                select(Worker.id, Worker.name, Worker.concurrency, Worker.prefetch, Worker.depth,
+                       Worker.batch_id, Worker.idle_since)
                 .where(Worker.status == WorkerStatus.RUNNING.value)
                 .order_by(Worker.id).with_for_update(skip_locked=True)).all()
             if not workers:
@@ -293,7 +293,7 @@ class Dispatcher(Loop):
                 while i < len(workers) and workers[i].batch_id is None:
                     group.append(workers[i])
                     i += 1
-            free = [max(g.concurrency + g.prefetch - active.get(g.id, 0), 0) for g in group]
+            free = [max(g.concurrency + ahead(g) - active.get(g.id, 0), 0) for g in group]
             if not sum(free) or (exhausted and w.batch_id is None):
                 continue
             ids = self._claim(conn, w, sum(free), room, now,

@@ -117,6 +117,12 @@ class TaskDependency(Base):
                                                primary_key=True, index=True)
 
 
+def ahead(worker):
+    """How many tasks a worker (a row or a Worker) holds beyond its concurrency: its pinned
+    prefetch, else the depth it asked for."""
+    return worker.prefetch if worker.prefetch is not None else worker.depth
+
+
 class Worker(Base):
     __tablename__ = "worker"
 
@@ -125,7 +131,11 @@ class Worker(Base):
     hostname: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.RUNNING.value)
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
-    prefetch: Mapped[int] = mapped_column(Integer, default=0)
+    # Tasks it holds beyond its concurrency: a number set by a user, or None (the default):
+    # the worker sizes its queue from its tasks' durations and round trips, and says how deep
+    # it wants it (`depth`) in its calls.
+    prefetch: Mapped[int | None] = mapped_column(Integer, default=None)
+    depth: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When set, the worker only takes tasks of this batch.
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id", ondelete="SET NULL"))
     cpus: Mapped[int | None] = mapped_column(Integer)
@@ -144,8 +154,8 @@ class Worker(Base):
     def to_dict(self, running=None):
         return {"id": self.id, "name": self.name, "hostname": self.hostname,
                 "status": self.status, "concurrency": self.concurrency,
-                "prefetch": self.prefetch, "batch": self.batch.name if self.batch else None,
-                "cpus": self.cpus, "version": self.version, "load": self.load,
+                "prefetch": self.prefetch, "depth": ahead(self),
+                "batch": self.batch.name if self.batch else None, "cpus": self.cpus, "version": self.version, "load": self.load,
                 "memory": self.memory, "disk": self.disk, "running": running,
                 "last_seen": iso(self.last_seen), "idle_since": iso(self.idle_since),
                 "created_at": iso(self.created_at)}
@@ -264,7 +274,7 @@ class Recruiter(Base):
     max_workers: Mapped[int] = mapped_column(Integer)
     tasks_per_worker: Mapped[int] = mapped_column(Integer)
     concurrency: Mapped[int] = mapped_column(Integer)
-    prefetch: Mapped[int] = mapped_column(Integer, default=0)
+    prefetch: Mapped[int | None] = mapped_column(Integer, default=None)   # None: the workers size it
     idle_timeout: Mapped[float] = mapped_column(default=300.0)     # seconds
     max_hourly_cost: Mapped[float | None]
     budget: Mapped[float | None]

@@ -34,7 +34,8 @@ def get_worker(s, worker_id, lock=False):
 def worker_settings(s, worker_id):
     """What a poll needs of its worker (status, concurrency, prefetch, last_seen), without
     loading the whole row and its batch."""
-    row = s.execute(select(Worker.status, Worker.concurrency, Worker.prefetch, Worker.last_seen)
+    row = s.execute(select(Worker.status, Worker.concurrency, Worker.prefetch, Worker.depth,
+                           Worker.last_seen)
                     .where(Worker.id == worker_id)).first()
     if row is None:
         raise NotFound(f"no worker {worker_id}")
@@ -43,8 +44,8 @@ def worker_settings(s, worker_id):
 
 def check_settings(changes):
     """Validate the user-settable fields of a worker."""
-    for key in ("concurrency", "prefetch"):
-        if key in changes:
+    for key in ("concurrency", "prefetch", "depth"):
+        if key in changes and not (key != "concurrency" and changes[key] is None):   # None: auto
             value = changes[key]
             low = 1 if key == "concurrency" else 0
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_CONCURRENCY:
@@ -76,7 +77,8 @@ def register(s, info):
         given_back = give_back(s, worker.id, "worker restarted")
     worker.hostname = info.get("hostname")
     worker.concurrency = info.get("concurrency", 1)
-    worker.prefetch = info.get("prefetch", 0)
+    worker.prefetch = info.get("prefetch")
+    worker.depth = info.get("depth") or 0
     worker.cpus = info.get("cpus")
     worker.version = info.get("version")
     worker.batch = get_or_create_batch(s, info["batch"]) if info.get("batch") else None
@@ -135,6 +137,20 @@ def needs_heartbeat(worker, lease):
     transaction per task. A few times per lease is enough."""
     return (worker.status == WorkerStatus.LOST.value
             or (utcnow() - worker.last_seen).total_seconds() >= min(HEARTBEAT_EVERY, lease / 4))
+
+
+def new_depth(worker, depth):
+    """The depth a worker that sizes its own prefetch told, when it is news (else None)."""
+    if worker.prefetch is None and isinstance(depth, int) and not isinstance(depth, bool) \
+            and depth != worker.depth:
+        return max(0, min(depth, MAX_CONCURRENCY))
+    return None
+
+
+def keep_depth(worker, depth):
+    depth = new_depth(worker, depth)
+    if depth is not None:
+        worker.depth = depth
 
 
 def heartbeat(s, worker, stats):

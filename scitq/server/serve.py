@@ -1,69 +1,211 @@
-"""Run the server for real: waitress (threaded, production grade) plus the dispatcher."""
-import logging
-import signal
-import sys
-import threading
+"""Run the server for real: gevent's WSGI server (one greenlet per connection) plus the loops.
 
-from waitress import create_server
+A worker's long poll waits most of its life. Under waitress each waiting poll held one of a
+fixed set of threads, so 200 workers took them all and a UI read waited 20 s; here a waiting
+poll is a parked greenlet (a few KiB), the loops (dispatcher, jobs, recruitment) are greenlets
+too (the CLI monkey-patches the process before it imports the server), and psycopg 3 yields
+to them while PostgreSQL answers.
+
+Running out of descriptors never kills the server: it raises its open-files limit to the hard
+limit at start, answers connections past `max_connections` with a 503 and Retry-After (plain
+HTTP; under TLS they are closed, which clients retry the same way), and when accept() itself
+fails for want of descriptors it pauses accepting, logs one line, and serves the connections
+it has.
+"""
+import errno
+import logging
+import resource
+import signal
+import time
 
 log = logging.getLogger("scitq.server")
 
+IDLE_TIMEOUT = 300.0        # seconds a kept-alive connection may stay silent between requests
+RESERVE_FDS = 256           # descriptors kept for the database, output files and jobs
+RETRY_AFTER = 5             # seconds a refused client is asked to wait
+REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
+REFUSAL_BODY = b'{"error": "the server is at its connection limit: retry later", "detail": null}'
 
-def serve(app, host="127.0.0.1", port=5000, threads=64, ready=None, before_stop=None):
+
+def raise_open_files_limit():
+    """The soft limit up to the hard one: each connection costs a descriptor. Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %s to %s: %s", soft, target, exc)
+    return soft
+
+
+def default_max_connections(fd_limit):
+    return max(16, fd_limit - RESERVE_FDS)
+
+
+def _server_classes():
+    """Built on first use: importing gevent.pywsgi is only for the process that serves."""
+    from gevent import pywsgi
+
+    class Handler(pywsgi.WSGIHandler):
+        """A connection silent between requests for IDLE_TIMEOUT is closed (a dead client
+        must not hold a descriptor forever); a poll waiting on the server reads nothing and
+        is not affected."""
+
+        def __init__(self, sock, address, server, rfile=None):
+            sock.settimeout(IDLE_TIMEOUT)
+            super().__init__(sock, address, server, rfile)
+
+        def read_request(self, raw_requestline):
+            # Counted from its request line on: a kept-alive connection waiting for its next
+            # request (inside handle_one_request too) is idle, and a stop does not wait for it.
+            self.counted = True
+            self.server.busy += 1
+            return super().read_request(raw_requestline)
+
+        def handle_one_request(self):
+            self.counted = False
+            try:
+                result = super().handle_one_request()
+            finally:
+                if self.counted:
+                    self.server.busy -= 1
+            # A stopping server ends each connection after its request: a worker whose poll
+            # was just answered would, else, poll again at once on the same connection.
+            return None if self.server.closing and result is True else result
+
+        def log_request(self):
+            pass        # the app logs its own requests; a line per poll here would be noise
+
+    class Server(pywsgi.WSGIServer):
+        handler_class = Handler
+
+        def __init__(self, listener, app, max_connections, **kwargs):
+            super().__init__(listener, app, log=None, error_log=_ErrorLog(), **kwargs)
+            self.max_connections = max_connections
+            self.open = 0           # connections being served
+            self.busy = 0           # of those, in a request (not idle between two)
+            self.refused = 0
+            self.closing = False
+            self._last_warning = 0.0
+
+        def do_read(self):
+            try:
+                return super().do_read()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                self._warn(f"cannot accept a connection ({exc.strerror}): serving the "
+                           f"{self.open} open ones, accepting again in 1 s")
+                self.stop_accepting()
+                self._timer = self.loop.timer(1.0)
+                self._timer.start(self._start_accepting_if_started)
+                return None
+
+        def do_handle(self, sock, address):
+            if self.open >= self.max_connections:
+                self.refused += 1
+                self._warn(f"{self.open} connections open, the limit: refusing new ones "
+                           f"with 503 (refused so far: {self.refused})")
+                _refuse(sock, tls=self.ssl_enabled)
+                return
+            self.open += 1
+            super().do_handle(sock, address)
+
+        def do_close(self, sock, *args):
+            self.open -= 1
+            super().do_close(sock, *args)
+
+        def _warn(self, message):
+            now = time.monotonic()
+            if now - self._last_warning >= 10:      # one line, not one per connection
+                self._last_warning = now
+                log.warning("%s", message)
+
+    return Server
+
+
+class _ErrorLog:
+    """gevent's error log (a broken request, a failed handshake) into ours, one line each."""
+
+    def write(self, text):
+        text = text.strip()
+        if text:
+            log.warning("http: %s", text.splitlines()[-1])
+
+    def flush(self):
+        pass
+
+
+def _refuse(sock, tls):
+    try:
+        if not tls:
+            sock.setblocking(False)
+            sock.send(REFUSAL % (RETRY_AFTER, len(REFUSAL_BODY), REFUSAL_BODY))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_connections=None,
+          ssl_context=None):
     """Serve until SIGTERM or SIGINT; `ready(url)` is called once the socket listens.
 
-    `before_stop()` runs on the signal while the server still answers (in a thread: the
-    main thread must keep serving), and the server closes when it returns.
-    """
+    `before_stop()` runs on the signal while the server still answers, and the server closes
+    when it returns. `ssl_context`: serve TLS with it (an ssl.SSLContext, server side)."""
+    import gevent
+    import gevent.event
+
+    fd_limit = raise_open_files_limit()
     state = app.extensions["scitq"]
-    # Request threads hand work to the dispatcher and back: a 1 ms GIL switch interval
-    # (instead of 5) keeps a busy thread from delaying a woken one.
-    sys.setswitchinterval(0.001)
-    server = create_server(app, host=host, port=port, threads=threads,
-                           channel_timeout=300, connection_limit=4096, ident="scitq")
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{server.effective_port}"
-    state.port = server.effective_port
+    server = _server_classes()((host, port), app, max_connections or default_max_connections(fd_limit),
+                               **({"ssl_context": ssl_context} if ssl_context else {}))
+    server.init_socket()
+    scheme = "https" if ssl_context else "http"
+    bound = server.socket.getsockname()[1]
+    url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound}"
+    state.port = bound
     state.dispatcher.start()
     state.jobs.start()
     state.reconciler.start()
-    stopping = threading.Event()
+    stopped = gevent.event.Event()
+    stopping = []
 
     def close():
         try:
             if before_stop:
                 before_stop()
         finally:
-            state.notifier.close()       # answer the waiting polls, then let threads finish
-            server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
-            # Workers keep their connections open (and poll again at once): close them too,
-            # in the loop's own thread, or the loop would serve them forever.
-            server.trigger.pull_trigger(lambda: _close_all(server))
+            server.closing = True
+            state.notifier.close()          # answer the waiting polls
+            server.close()                  # accept no more
+            deadline = time.monotonic() + 5
+            while server.busy and time.monotonic() < deadline:
+                gevent.sleep(0.05)          # requests in flight finish; idle connections do not wait
+            stopped.set()
 
-    def stop(signum, _frame):
-        if not stopping.is_set():
-            stopping.set()
+    def stop(signum):
+        if not stopping:
+            stopping.append(signum)
             log.info("signal %s: stopping", signum)
-            threading.Thread(target=close, name="scitq-stop").start()
+            gevent.spawn(close)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-    if ready:
-        ready(url)
+    handlers = [gevent.signal_handler(sig, stop, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
+    server.start()
+    log.info("serving %s (at most %d connections, open-files limit %d)", url,
+             server.max_connections, fd_limit)
     try:
-        server.run()
-    except OSError:
-        if not stopping.is_set():   # waitress raises on its closed socket when told to stop
-            raise
+        if ready:
+            ready(url)
+        stopped.wait()
     finally:
+        for h in handlers:
+            h.cancel()
+        server.stop(timeout=1)
         state.reconciler.stop()
         state.dispatcher.stop()
         state.jobs.stop()
         state.db.dispose()
-
-
-def _close_all(server):
-    for channel in list(server._map.values()):
-        if channel is not server and channel is not server.trigger:
-            channel.close()
-    server.close()

@@ -22,6 +22,10 @@ def count(low):
     return parse
 
 
+def prefetch(text):
+    return None if text == "auto" else count(0)(text)
+
+
 def parser(env=os.environ):
     p = argparse.ArgumentParser(prog="python -m scitq.worker",
                                 description="Run a scitq worker until SIGTERM (which drains it).")
@@ -29,8 +33,9 @@ def parser(env=os.environ):
                    help="URL of the scitq server (or SCITQ_SERVER)")
     p.add_argument("--concurrency", "-c", type=count(1), default=env.get("SCITQ_CONCURRENCY", "1"),
                    help="tasks run at once (default 1)")
-    p.add_argument("--prefetch", "-p", type=count(0), default=env.get("SCITQ_PREFETCH", "0"),
-                   help="tasks taken ahead, ready to start when a slot frees (default 0)")
+    p.add_argument("--prefetch", "-p", type=prefetch, default=env.get("SCITQ_PREFETCH", "auto"),
+                   help="tasks taken ahead, ready to start when a slot frees: a number, or auto "
+                        "(the default: sized from the tasks' durations and the round trips)")
     p.add_argument("--name", "-n", default=env.get("SCITQ_NAME") or None,
                    help="worker name (default: the host name)")
     p.add_argument("--batch", "-b", default=env.get("SCITQ_BATCH") or None, help="only take tasks of this batch")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from scitq import __version__
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, ScitqError, Unauthorized
+from scitq.worker.depth import Depth
 from scitq.worker.link import ServerLink
 from scitq.worker.process import Execution, ScratchDirs
 
@@ -34,11 +35,14 @@ class Worker:
 
     staging_parallel = 4      # downloads of different tasks at once
 
-    def __init__(self, server, name=None, concurrency=1, prefetch=0, batch=None,
+    def __init__(self, server, name=None, concurrency=1, prefetch=None, batch=None,
                  workdir=None, token=None, docker_host=None, parent_fd=None):
         self.name = name or socket.gethostname()
         self.concurrency = concurrency
-        self.prefetch = prefetch
+        self.prefetch = prefetch            # pinned by a user, or None: sized by self.sizer
+        self.sizer = Depth()
+        self._auto_depth = 0
+        self._started_at = {}               # execution id -> loop time its run began
         self.batch = batch
         self.status = "running"
         self.workdir = Path(workdir or tempfile.gettempdir()) / f"scitq-{self.name}"
@@ -52,7 +56,7 @@ class Worker:
         self._unsent_starts = {}            # execution id -> its `running` report, not yet sent
         self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
-        self._queue_low = asyncio.Event()   # set when the queue falls under half the prefetch
+        self._queue_low = asyncio.Event()   # set when the queue falls under half the depth
         self._running_timer = None          # sends held `running` reports when it fires
         self._last_report = 0.0             # loop time of the last report request
         self._news = None                   # "draining" / "offline", sent with the next reports
@@ -61,6 +65,11 @@ class Worker:
         self._stop_now = False
         self._registering = None
         self.parent_fd = parent_fd          # a pipe's read end: EOF when the parent is gone
+
+    @property
+    def depth(self):
+        """Tasks held beyond those running: the pinned prefetch, else the measured need."""
+        return self.prefetch if self.prefetch is not None else self._auto_depth
 
     # -- life cycle ---------------------------------------------------------
 
@@ -151,7 +160,8 @@ class Worker:
 
     async def _register(self):
         info = {"name": self.name, "hostname": socket.gethostname(), "concurrency": self.concurrency,
-                "prefetch": self.prefetch, "cpus": CPUS, "version": __version__}
+                "prefetch": self.prefetch, "depth": self.depth, "cpus": CPUS,
+                "version": __version__}
         if self.batch:
             info["batch"] = self.batch
         me = await self.link.call("POST", "/workers", json=info)
@@ -166,7 +176,7 @@ class Worker:
         # already: it would then answer at once that they are no longer this worker's).
         ending = {r["execution_id"] for r in self.reports if r["status"] in FINAL}
         body = {"known": sorted(self.held - ending), "wait": self.poll_wait,
-                "concurrency": self.concurrency, "prefetch": self.prefetch,
+                "concurrency": self.concurrency, "prefetch": self.prefetch, "depth": self.depth,
                 "status": self.status, "stats": self.stats(),
                 "signaled": [[eid, seq] for eid, seq in self.signaled.items() if eid in self.held]}
         self._poll = asyncio.create_task(self.link.call("POST", f"/workers/{self.id}/poll", json=body))
@@ -253,6 +263,7 @@ class Worker:
         while self.queue and len(self.running) < self.concurrency and not self.draining:
             ex = self.queue.popleft()
             self.running[ex.id] = ex
+            self._started_at[ex.id] = asyncio.get_running_loop().time()
             task = asyncio.create_task(ex.run())
             task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
         if self._queue_is_low():
@@ -261,10 +272,14 @@ class Worker:
     def _queue_is_low(self):
         """Fewer tasks wait here than half the prefetch: the server must hear now (the
         answer to reports brings the next tasks)."""
-        return not self.queue or len(self.queue) * 2 < self.prefetch
+        return not self.queue or len(self.queue) * 2 < self.depth
 
     def _finished(self, execution_id, task):
         self.running.pop(execution_id, None)
+        started = self._started_at.pop(execution_id, None)
+        if started is not None and not task.cancelled():
+            self.sizer.task_ended(asyncio.get_running_loop().time() - started)
+            self._auto_depth = self.sizer.wanted(self.concurrency, self.report_gap)
         if not task.cancelled() and task.exception() is not None:
             log.error("execution %s crashed in the worker: %r", execution_id, task.exception())
             self._report({"execution_id": execution_id, "status": "failed",
@@ -326,7 +341,7 @@ class Worker:
                     self._running_timer = None
                 sent = self._outgoing(1 if one_by_one else self.report_batch)
                 news = self._news
-                body = {"reports": sent, "queued": len(self.queue)}
+                body = {"reports": sent, "queued": len(self.queue), "depth": self.depth}
                 if news:
                     body["status"] = news
                 elif not self.draining and self.status == "running":
@@ -334,6 +349,7 @@ class Worker:
                 self._last_report = asyncio.get_running_loop().time()
                 try:
                     answer = await self.link.call("POST", f"/workers/{self.id}/reports", json=body)
+                    self.sizer.answered(asyncio.get_running_loop().time() - self._last_report)
                 except NotFound:
                     log.error("worker %s is unknown to the server: stopping", self.name)
                     self._stop_now = True

@@ -27,7 +27,7 @@ deploy_in = ns.model("DeployIn", {
     "port": fields.Integer(min=1, max=65535, default=22),
     "engine": fields.String(enum=list(ENGINES), description="default: the server's --deploy-engine"),
     "concurrency": fields.Integer(min=1, max=1024, default=1),
-    "prefetch": fields.Integer(min=0, max=1024, default=0),
+    "prefetch": NullableInteger(min=0, max=1024, description="null (the default): the worker sizes it"),
     "batch": fields.String(max_length=128),
     "name": fields.String(max_length=128, description="worker name (one host only; default: the host)"),
     "server_url": fields.String(max_length=512, description="how the hosts reach this server"),

@@ -35,8 +35,8 @@ recruiter_fields = {
                                        description="one more host per this many remaining tasks"),
     "concurrency": fields.Integer(required=True, min=1, max=rules.MAX_CONCURRENCY,
                                   description="tasks each of its workers runs at once"),
-    "prefetch": fields.Integer(min=0, max=rules.MAX_PREFETCH, default=0,
-                               description="tasks each worker takes ahead"),
+    "prefetch": NullableInteger(min=0, max=rules.MAX_PREFETCH, description="tasks each worker "
+                                "takes ahead; null (the default): each worker sizes it"),
     "idle_timeout": fields.Float(min=0, max=rules.MAX_IDLE_TIMEOUT, default=300,
                                  description="seconds a host may run nothing before it is deleted"),
     # Above 0 (checked by the rules: JSON Schema drafts disagree on exclusiveMinimum).

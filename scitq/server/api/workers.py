@@ -12,18 +12,28 @@ from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, 
 from scitq.server.api.fastcheck import compile_model
 from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
-from scitq.server.models import MAX_INT, Worker
+from scitq.server.models import MAX_INT, Worker, ahead
 from scitq.status import WorkerStatus
 
 ns = Namespace("workers", description="Worker processes, their settings and their work")
 
 MAX_WAIT = 60.0          # seconds a poll may hang
-RECHECK = 5.0            # seconds between looks at the database while a poll hangs
+# Seconds between looks at the database while a poll hangs and nothing woke it. This process
+# wakes the polls of everything it changes (assignments, settings, signals); the looks are
+# for changes made by another server process on the same database. A thousand waiting polls
+# looked every 5 s cost 200 reads a second for nothing.
+RECHECK = 15.0
 
+PREFETCH = ("tasks it takes beyond its concurrency, ready to start; null (the default): the "
+            "worker sizes that from its tasks' durations and its round trips, and says `depth`")
+DEPTH = fields.Integer(min=0, max=reports.MAX_CONCURRENCY, description="with prefetch null: "
+                       "how many tasks beyond its concurrency the worker wants now")
 error = ns.model("Error", ERROR_FIELDS)
 worker = ns.model("Worker", {
     "id": fields.Integer, "name": fields.String, "hostname": NullableString,
-    "status": fields.String, "concurrency": fields.Integer, "prefetch": fields.Integer,
+    "status": fields.String, "concurrency": fields.Integer,
+    "prefetch": NullableInteger(description=PREFETCH),
+    "depth": fields.Integer(description="tasks it holds beyond its concurrency now"),
     "batch": NullableString(description="it only takes tasks of this batch (null: any)"),
     "cpus": NullableInteger, "version": NullableString,
     "load": NullableFloat(description="null until it reports"), "memory": NullableFloat,
@@ -36,14 +46,15 @@ register_in = ns.model("WorkerRegistration", {
                           description="no '/' nor spaces, not digits alone (those name ids)"),
     "hostname": fields.String(max_length=255),
     "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY, default=1),
-    "prefetch": fields.Integer(min=0, max=reports.MAX_CONCURRENCY, default=0),
+    "prefetch": NullableInteger(min=0, max=reports.MAX_CONCURRENCY, description=PREFETCH),
+    "depth": DEPTH,
     "batch": fields.String(max_length=128),
     "cpus": fields.Integer(min=1, max=MAX_INT),
     "version": fields.String(max_length=32),
 })
 settings_in = ns.model("WorkerSettings", {
     "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY),
-    "prefetch": fields.Integer(min=0, max=reports.MAX_CONCURRENCY),
+    "prefetch": NullableInteger(min=0, max=reports.MAX_CONCURRENCY, description=PREFETCH),
     "status": fields.String(enum=[s.value for s in reports.SETTABLE_STATUSES]),
     "batch": NullableString(max_length=128, description="only take tasks of this batch (null: any)"),
 })
@@ -51,8 +62,8 @@ stats = ns.model("WorkerStats", {"load": fields.Float, "memory": fields.Float, "
 poll_in = ns.model("Poll", {
     "known": fields.List(fields.Integer, description="execution ids the worker holds already"),
     "wait": fields.Float(min=0, max=MAX_WAIT, default=20, description="seconds to wait for work"),
-    "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
-    "stats": fields.Nested(stats),
+    "concurrency": fields.Integer, "prefetch": NullableInteger, "depth": DEPTH,
+    "status": fields.String, "stats": fields.Nested(stats),
     "signaled": fields.List(fields.List(fields.Integer), description="[execution id, seq] of "
                             "signals the worker applied already (not sent again)"),
 })
@@ -69,7 +80,7 @@ poll_out = ns.model("PollAnswer", {
     "signals": fields.List(fields.Nested(signal)),
     "gone": fields.List(fields.Integer, description="executions it holds that are no longer its "
                                                     "(given back while it was silent): stop them"),
-    "concurrency": fields.Integer, "prefetch": fields.Integer, "status": fields.String,
+    "concurrency": fields.Integer, "prefetch": NullableInteger, "status": fields.String,
 })
 chunk = ns.model("OutputChunk", {"offset": fields.Integer(min=0, required=True),
                                  "data": fields.String(required=True, description="base64")})
@@ -94,6 +105,7 @@ reports_in = ns.model("Reports", {
                              "wait up to 0.1 s and serve several reports; else it is made at once)"),
     "status": fields.String(enum=["draining", "offline"],
                             description="the worker's own news: it drains, or it exits"),
+    "depth": DEPTH,
     "more": fields.Boolean(description="fill it up in the answer: new assignments, up to its "
                            "concurrency + prefetch (else a dispatch pass gives them to its poll)"),
 })
@@ -206,7 +218,8 @@ class Poll(Resource):
             # assigned to it, the signals for it and what it holds that is no longer its own.
             with st.db.read() as s:
                 w = reports.worker_settings(s, worker_id)
-                stale = first and reports.needs_heartbeat(w, st.dispatcher.lease)
+                stale = first and (reports.needs_heartbeat(w, st.dispatcher.lease)
+                                   or reports.new_depth(w, body.get("depth")) is not None)
                 settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
                 if not stale:
                     new, signals, left, live = reports.pending_work(s, worker_id, known)
@@ -216,7 +229,9 @@ class Poll(Resource):
             first = False
             if stale:       # a few times per lease (it may bring a lost worker back): then look again
                 with st.db.write() as s:
-                    reports.heartbeat(s, reports.get_worker(s, worker_id), body.get("stats") or {})
+                    w = reports.get_worker(s, worker_id)
+                    reports.heartbeat(s, w, body.get("stats") or {})
+                    reports.keep_depth(w, body.get("depth"))
                 continue
             if gone is None:        # the first look
                 gone = left         # what it holds and is no longer its own: told once
@@ -225,12 +240,17 @@ class Poll(Resource):
                 # waking a pass for each of its polls would race its own reports.
                 if not live:
                     st.dispatcher.wake()
-            changed = any(body.get(k) is not None and body[k] != v for k, v in settings.items())
+            changed = any(k in body and body[k] != v for k, v in settings.items())
             news = any((x["execution_id"], x["seq"]) not in applied for x in signals)
-            remaining = deadline - time.monotonic()
-            if new or news or gone or changed or remaining <= 0 or st.notifier.closing:
-                return {"assignments": new, "signals": signals, "gone": gone, **settings}
-            st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
+            answer = {"assignments": new, "signals": signals, "gone": gone, **settings}
+            while True:
+                remaining = deadline - time.monotonic()
+                if new or news or gone or changed or remaining <= 0 or st.notifier.closing:
+                    return answer
+                woken = st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
+                # Its time is up and nothing changed since the look: that look's answer holds.
+                if woken or deadline - time.monotonic() > 0:
+                    break
 
 
 @ns.route(f"/<{ID}:worker_id>/reports")
@@ -252,6 +272,7 @@ class Reports(Resource):
             # lease, not once per request (polls keep it fresh too).
             if reports.needs_heartbeat(w, st.dispatcher.lease):
                 reports.heartbeat(s, w, {})
+            reports.keep_depth(w, body.get("depth"))
             acked, refused = reports.apply_reports(s, w, body.get("reports") or [], st.outputs)
             if body.get("status"):
                 reports.worker_news(s, w, body["status"])
@@ -264,7 +285,7 @@ class Reports(Resource):
             # A worker with tasks queued (half its prefetch at least) keeps its slots busy:
             # its next tasks may wait for a pass that serves several reports at once.
             queued = body.get("queued") or 0
-            st.dispatcher.wake(at_once=not queued or queued * 2 < w.prefetch)
+            st.dispatcher.wake(at_once=not queued or queued * 2 < ahead(w))
         answer = {"acked": acked, "refused": refused}
         if body.get("more"):
             answer["assignments"] = claimed or []

@@ -1,0 +1,323 @@
+"""Fleet: N workers speaking the real protocol against one real `scitq server` on PostgreSQL.
+
+    python bench/fleet.py [--workers 50 200 1000] [--concurrency 4] [--min 10 --max 30]
+                          [--window 60] [--warmup 45] [--sim-processes auto]
+
+The server is `scitq server --auth` with its defaults otherwise (a fleet is never served
+without auth), on a throwaway PostgreSQL. The workers are scitq's own `Worker` objects, each
+with a worker token of its own, run many to a process by `--sim` child processes of this
+script: they register, long-poll, report, size their prefetch and take the next tasks from
+the answers to their reports exactly as a deployed worker does. Only the task itself is
+simulated: an execution sleeps for the `sleep N` of its command instead of forking it (4,000
+real processes would measure the fork, not the server).
+
+Each task is `sleep D`, D drawn uniformly in [min, max] s (fixed seed); the ideal rate is
+workers x concurrency / mean(D). After `--warmup` s (every slot busy, the first tasks
+ended) the bench counts the tasks that end during `--window` s, while a probe, every 0.5 s
+in this process, reads the batch list, reads a page of pending tasks, and submits a task.
+
+Printed per N: done rate against ideal, probe p50/p99 per call, errors (calls a worker had
+to retry, probe failures), workers lost, tasks seen with two live executions, and the
+server's peak RSS, threads and descriptors. Every call goes to 127.0.0.1.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else float("nan")
+
+
+# -- the simulated fleet: a child process running many real Worker objects -------------------
+
+SLEEP = re.compile(r"^sleep ([0-9.]+)$")
+
+
+def sim_main(url, tokens_file, concurrency, workdir):
+    import logging
+
+    from scitq.worker import worker as worker_module
+
+    class SleepExecution:
+        """An execution whose process is simulated: it sleeps for the task's `sleep N`."""
+
+        def __init__(self, assignment, link, report, *_args):
+            self.a, self.id, self.report = assignment, assignment["execution_id"], report
+            self.killed = None
+            self._sleep = None
+
+        def stage(self):
+            return None
+
+        def discard(self):
+            pass
+
+        async def run(self):
+            m = SLEEP.match(self.a["command"].strip())
+            self.report({"execution_id": self.id, "status": "running", "pid": os.getpid()})
+            self._sleep = asyncio.ensure_future(asyncio.sleep(float(m.group(1)) if m else 0))
+            try:
+                await self._sleep
+                self.report({"execution_id": self.id, "status": "succeeded", "return_code": 0})
+            except asyncio.CancelledError:
+                if self.killed is None:
+                    raise
+                self.report({"execution_id": self.id, "status": "failed", "reason": "killed",
+                             "error": "killed on request"})
+
+        def kill(self, reason="killed"):
+            self.killed = reason
+            if self._sleep is not None:
+                self._sleep.cancel()
+
+        def pause(self):
+            pass
+
+        def resume(self):
+            pass
+
+    worker_module.Execution = SleepExecution
+    retries = {"n": 0}
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if "retrying" in record.getMessage() or record.levelno >= logging.ERROR:
+                retries["n"] += 1
+                if retries["n"] <= 5:
+                    sys.stderr.write(f"sim: {record.getMessage()[:300]}\n")
+
+    logging.getLogger("scitq.worker").addHandler(Count())
+    logging.getLogger("scitq.worker").setLevel(logging.WARNING)
+    logging.getLogger("scitq.worker").propagate = False
+    names_tokens = json.loads(Path(tokens_file).read_text())
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        workers = []
+        for name, token in names_tokens:
+            w = worker_module.Worker(url, name=name, concurrency=concurrency, token=token,
+                                     workdir=workdir)
+            workers.append(w)
+        runs = []
+        for w in workers:           # registrations spread over a few seconds, as hosts boot
+            runs.append(asyncio.create_task(w.run()))
+            await asyncio.sleep(0.005)
+        for sig in (signal.SIGTERM, signal.SIGINT):     # one drain for all (each run set its own)
+            loop.add_signal_handler(sig, lambda: [w.drain("SIGTERM") for w in workers])
+        await asyncio.gather(*runs)
+
+    asyncio.run(main())
+    print(json.dumps({"retries": retries["n"]}), flush=True)
+
+
+# -- the bench ------------------------------------------------------------------------------
+
+class Probe(threading.Thread):
+    """What a user does meanwhile: the batch list, a page of pending tasks, a submission."""
+
+    def __init__(self, url, token, batch):
+        super().__init__(daemon=True)
+        import httpx
+        self.http = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=30)
+        self.batch = batch
+        self.times = {"batch list": [], "pending page": [], "submit": []}
+        self.errors = []
+        self.stop = threading.Event()
+
+    def call(self, kind, method, path, **kw):
+        t0 = time.perf_counter()
+        try:
+            r = self.http.request(method, path, **kw)
+            if r.status_code >= 400:
+                self.errors.append(f"{kind}: HTTP {r.status_code} {r.text[:120]}")
+        except Exception as exc:        # a timeout is a figure too: counted, then the next look
+            self.errors.append(f"{kind}: {exc!r}")
+        self.times[kind].append((time.perf_counter() - t0) * 1000)
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            self.call("batch list", "GET", "/batches")
+            self.call("pending page", "GET", "/tasks", params={"batch": self.batch,
+                                                               "status": "pending", "limit": 50})
+            self.call("submit", "POST", "/tasks", json={"command": "sleep 0", "batch": "probe"})
+
+
+class Sampler(threading.Thread):
+    """The server process's peak RSS, threads and open descriptors, and its CPU time."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        import psutil
+        self.proc = psutil.Process(pid)
+        self.rss = self.threads = self.fds = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            try:
+                self.rss = max(self.rss, self.proc.memory_info().rss)
+                self.threads = max(self.threads, self.proc.num_threads())
+                self.fds = max(self.fds, self.proc.num_fds())
+            except Exception:
+                return
+
+    def cpu(self):
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+
+def live_duplicates(db_url):
+    """Tasks with two executions assigned or running at once (must be none)."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            return c.execute(sqlalchemy.text(
+                "SELECT count(*) FROM (SELECT task_id FROM execution WHERE status IN "
+                "('assigned', 'running') GROUP BY task_id HAVING count(*) > 1) d")).scalar()
+    finally:
+        engine.dispose()
+
+
+def run_fleet(cluster, n, args, tmp):
+    from procs import Procs, wait_until
+
+    from scitq.client import Client
+    db_url = cluster.create_database(f"fleet{n}")
+    (tmp / f"fleet{n}").mkdir()
+    procs = Procs(tmp / f"fleet{n}")
+    sims = []
+    try:
+        server = procs.server(db_url, "--auth", "--log-level", "WARNING")
+        token = (procs.tmp / "data" / "admin.token").read_text().strip()
+        with Client(server.url, token=token, timeout=120) as c:
+            per = -(-n // args.sim_processes)
+            for k in range(args.sim_processes):
+                names = [f"w{i:05d}" for i in range(k * per, min(n, (k + 1) * per))]
+                if not names:
+                    continue
+                pairs = [(name, c.create_token(name, "worker")["token"]) for name in names]
+                tf = procs.tmp / f"tokens{k}.json"
+                tf.write_text(json.dumps(pairs))
+                log = open(procs.tmp / f"sim{k}.log", "w")
+                sims.append((subprocess.Popen(
+                    [sys.executable, __file__, "--sim", server.url, str(tf), str(args.concurrency),
+                     str(procs.tmp / "work")], stdout=subprocess.PIPE, stderr=log, text=True), log))
+            rng = random.Random(n)
+            ideal = n * args.concurrency / ((args.min + args.max) / 2)
+            total = int(ideal * (args.warmup + args.window) * 1.3) + n * args.concurrency * 2
+            c.add_tasks([{"command": f"sleep {rng.uniform(args.min, args.max):.2f}"} for _ in range(total)],
+                        batch="fleet")
+            wait_until(lambda: len(c.workers()) >= n, 120 + n / 10, interval=1, what=f"{n} workers")
+            sampler = Sampler(server.pid)
+            sampler.start()
+            time.sleep(args.warmup)
+            probe = Probe(server.url, token, "fleet")
+            done0, t0, cpu0 = c.batch("fleet")["counts"]["succeeded"], time.monotonic(), sampler.cpu()
+            probe.start()
+            dups = 0
+            for _ in range(max(1, int(args.window // 10))):
+                time.sleep(args.window / max(1, int(args.window // 10)))
+                dups = max(dups, live_duplicates(db_url))
+            done1, t1, cpu1 = c.batch("fleet")["counts"]["succeeded"], time.monotonic(), sampler.cpu()
+            probe.stop.set()
+            probe.join()
+            sampler.stop.set()
+            statuses = [w["status"] for w in c.workers()]
+            lost = sum(s == "lost" for s in statuses)
+            failed = c.batch("fleet")["counts"]["failed"]
+        retries = 0
+        for proc, log in sims:
+            proc.send_signal(signal.SIGTERM)
+        for proc, log in sims:
+            try:
+                out, _ = proc.communicate(timeout=60)
+                retries += json.loads(out.strip().splitlines()[-1])["retries"]
+            except Exception:
+                proc.kill()
+                retries = float("nan")
+        rate = (done1 - done0) / (t1 - t0)
+        return {"workers": n, "rate": rate, "ideal": ideal, "probe": probe.times,
+                "probe_errors": probe.errors, "retries": retries, "lost": lost, "dups": dups,
+                "failed": failed, "rss": sampler.rss, "threads": sampler.threads, "fds": sampler.fds,
+                "server_cpu": (cpu1 - cpu0) / (t1 - t0)}
+    finally:
+        for proc, log in sims:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+        procs.cleanup()
+        cluster.drop_database(f"fleet{n}")
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--sim":
+        return sim_main(*sys.argv[2:4], int(sys.argv[4]), sys.argv[5])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, nargs="+", default=[50, 200, 1000])
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--min", type=float, default=10.0, help="shortest task, seconds")
+    ap.add_argument("--max", type=float, default=30.0, help="longest task, seconds")
+    ap.add_argument("--warmup", type=float, default=45.0)
+    ap.add_argument("--window", type=float, default=60.0)
+    ap.add_argument("--sim-processes", type=int, default=0, help="processes the workers are "
+                    "spread over (default: one per 1,000 workers)")
+    args = ap.parse_args()
+    if not 0 < args.min <= args.max or args.concurrency < 1 or min(args.workers) < 1:
+        ap.error("--min must be positive and at most --max; --concurrency and --workers at least 1")
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))    # the sims' connections
+    import pgcluster
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o755)
+        cluster = pgcluster.start(tmp / "pg")
+        try:
+            for n in args.workers:
+                a = argparse.Namespace(**vars(args))
+                a.sim_processes = args.sim_processes or max(1, -(-n // 1000))
+                rows.append(run_fleet(cluster, n, a, tmp))
+                report(rows[-1], a)
+        finally:
+            cluster.stop()
+    print(f"\nfleet: tasks of {args.min:g}-{args.max:g} s, concurrency {args.concurrency} per worker, "
+          f"server `scitq server --auth` on PostgreSQL, {os.cpu_count()} cores for everything "
+          f"(server, PostgreSQL, simulated workers, probe)")
+    print(f"{'workers':>8}{'done/s':>9}{'ideal':>8}{'%':>6}{'list p50/p99':>16}{'page p50/p99':>16}"
+          f"{'submit p50/p99':>17}{'errors':>8}{'lost':>6}{'dup':>5}{'RSS MB':>8}{'thr':>5}{'fds':>6}{'CPU':>6}")
+    for r in rows:
+        t = r["probe"]
+        cells = "".join(f"{pct(t[k], 50):>8.0f}/{pct(t[k], 99):<7.0f}" for k in ("batch list", "pending page", "submit"))
+        print(f"{r['workers']:>8}{r['rate']:>9.1f}{r['ideal']:>8.1f}{100 * r['rate'] / r['ideal']:>6.0f} {cells}"
+              f"{r['retries'] + len(r['probe_errors']):>8}{r['lost']:>6}{r['dups']:>5}"
+              f"{r['rss'] / 2**20:>8.0f}{r['threads']:>5}{r['fds']:>6}{100 * r['server_cpu']:>5.0f}%")
+
+
+def report(r, args):
+    print(f"{r['workers']} workers: {r['rate']:.1f} tasks/s done (ideal {r['ideal']:.1f}), "
+          f"{r['retries']} worker retries, {len(r['probe_errors'])} probe errors "
+          f"{r['probe_errors'][:3]}, {r['lost']} lost, {r['dups']} dup, {r['failed']} failed, "
+          f"server CPU {100 * r['server_cpu']:.0f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
