@@ -1,6 +1,7 @@
 """Shared pytest fixtures for the scitq test suite."""
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -30,6 +31,11 @@ def pytest_configure(config):
     os.environ["HOME"] = home
     for name, sub in XDG.items():
         os.environ[name] = os.path.join(home, sub)
+    # A command a test runs without --server goes to a port held closed for the session:
+    # refused at once, never the machine's own scitq on 5000.
+    config._scitq_nowhere = socket.socket()
+    config._scitq_nowhere.bind(("127.0.0.1", 0))
+    os.environ["SCITQ_SERVER"] = f"http://127.0.0.1:{config._scitq_nowhere.getsockname()[1]}"
 
 
 def pytest_unconfigure(config):
@@ -38,6 +44,7 @@ def pytest_unconfigure(config):
         return
     os.environ.clear()
     os.environ.update(saved)
+    config._scitq_nowhere.close()
     shutil.rmtree(config._scitq_home, ignore_errors=True)
 
 
