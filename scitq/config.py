@@ -86,11 +86,9 @@ def login(url, token, make_default=None, path=None):
     """Keep url -> token; the first server kept (or make_default=True) becomes the default."""
     key = normalize(url)
     cfg = load(path)
-    servers = cfg.setdefault("servers", {}) or {}
+    servers = cfg.get("servers") or {}
+    servers[key] = {"token": token, "ca": (servers.get(key) or {}).get("ca")}
     cfg["servers"] = servers
-    entry = servers.setdefault(key, {}) or {}
-    entry.update({"token": token, "ca": entry.get("ca")})
-    servers[key] = entry
     if make_default or (make_default is None and not cfg.get("default")):
         cfg["default"] = key
     save(cfg, path)

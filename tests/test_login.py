@@ -106,3 +106,16 @@ def test_bad_config_file_and_bad_url_are_one_line_errors(tmp_path):
     assert "is not valid YAML" in broken.stderr
     bad_url = scitq("login", "ftp://x", "--token", "t", env=user_env(tmp_path / "elsewhere"))
     assert bad_url.returncode == 2 and bad_url.stderr.startswith("error: not a server URL")
+
+
+def test_the_suite_runs_in_a_home_of_its_own():
+    """Acceptance 5's ground: no test sees the user's HOME, data dir, config file or server."""
+    import tempfile
+
+    from scitq import config
+    home = os.environ["HOME"]
+    assert home.startswith(tempfile.gettempdir()) and "scitq-test-home-" in home
+    assert config.config_path().startswith(home) and config.data_dir().startswith(home)
+    assert sorted(n for n in os.environ if n.startswith("SCITQ_") and not n.startswith("SCITQ_TEST_")) \
+        == ["SCITQ_SERVER"]
+    assert config.default_server() == (os.environ["SCITQ_SERVER"], "SCITQ_SERVER")
