@@ -119,3 +119,27 @@ def test_the_suite_runs_in_a_home_of_its_own():
     assert sorted(n for n in os.environ if n.startswith("SCITQ_") and not n.startswith("SCITQ_TEST_")) \
         == ["SCITQ_SERVER"]
     assert config.default_server() == (os.environ["SCITQ_SERVER"], "SCITQ_SERVER")
+
+
+def test_a_dead_servers_note_is_nobodys(tmp_path, monkeypatch):
+    """A killed server leaves its server.json behind: its pid is gone, so neither its URL nor
+    its admin token is used."""
+    from scitq import config
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "admin.token").write_text("scitq_admin_of_a_dead_server_xxxxxxxx\n")
+    (data / "server.json").write_text(f'{{"url": "http://127.0.0.1:5123", "bind": "127.0.0.1", '
+                                      f'"pid": {dead.pid}}}')
+    monkeypatch.setenv("SCITQ_DATA_DIR", str(data))
+    monkeypatch.delenv("SCITQ_SERVER")
+    assert config.default_server() == (config.DEFAULT_SERVER, "the built-in default")
+    assert config.find_token("http://127.0.0.1:5123") == (None, None)
+    config.write_server_note(str(data), "http://192.0.2.7:5123", "0.0.0.0")    # alive: this pid
+    assert config.default_server()[0] == "http://192.0.2.7:5123"
+    for url in ("http://127.0.0.1:5123", "http://localhost:5123/", "http://192.0.2.7:5123"):
+        assert config.find_token(url)[0] == "scitq_admin_of_a_dead_server_xxxxxxxx", url
+    assert config.find_token("http://127.0.0.1:5124") == (None, None)
+    config.remove_server_note(str(data))
+    assert not (data / "server.json").exists()
