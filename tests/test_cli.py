@@ -4,8 +4,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from procs import wait_for_url, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
