@@ -11,7 +11,7 @@ import time
 import httpx
 
 from scitq import config
-from scitq.errors import ServerUnreachable, Unauthorized, from_status
+from scitq.errors import Forbidden, ServerUnreachable, Unauthorized, from_status
 
 
 class Client:
@@ -57,7 +57,7 @@ class Client:
                 body = {}
             err = from_status(resp.status_code, (body or {}).get("error") or
                               f"HTTP {resp.status_code} {resp.reason_phrase}", (body or {}).get("detail"))
-            if isinstance(err, Unauthorized):
+            if isinstance(err, (Unauthorized, Forbidden)):    # which token, then
                 err.message += (f" (the token sent came from {self.token_source})" if self.token_source
                                 else f" (no token was sent: `scitq login {self.server} --token T`)")
             raise err

@@ -56,6 +56,9 @@ def test_login_to_two_servers_each_gets_its_token(db_url, procs, tmp_path):
         assert listed.returncode == 0, listed.stderr
         assert [b["name"] for b in yaml.safe_load(listed.stdout)] == [batch]
 
+    denied = scitq("token", "list", env=env)                # a user token: not for tokens
+    assert denied.returncode == 2 and f"came from {config} ({one.url})" in denied.stderr
+
     # A wrong token is refused before it is kept; each source is named in the error.
     wrong = scitq("login", two.url, "--token", "scitq_not_a_real_token_at_all_x", env=env)
     assert wrong.returncode == 2 and "unknown or revoked token" in wrong.stderr
