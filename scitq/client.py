@@ -11,7 +11,7 @@ import time
 import httpx
 
 from scitq import config
-from scitq.errors import Forbidden, ServerUnreachable, Unauthorized, from_status
+from scitq.errors import Forbidden, ServerUnreachable, TasksFailed, Unauthorized, from_status
 
 
 class Client:
@@ -98,19 +98,32 @@ class Client:
     def delete_batch(self, ref):
         return self._json("DELETE", f"/batches/{ref}")
 
-    def wait_batch(self, ref, interval=1.0, timeout=None, progress=None):
-        """Block until nothing remains in the batch; returns its last summary.
-        `progress(summary)` is called at each look."""
+    def wait_for_batch(self, ref, wait=20.0):
+        """The batch's summary once nothing remains in it, or after `wait` seconds (one call
+        that the server answers at its last task's end)."""
+        return self._json("GET", f"/batches/{ref}/wait", params={"timeout": wait},
+                          timeout=httpx.Timeout(self.http.timeout.connect, read=wait + 30.0))
+
+    def wait_batch(self, ref, interval=1.0, timeout=None, progress=None, check=True):
+        """Block until nothing remains in the batch; returns its last summary. Raises
+        TasksFailed if tasks of it failed or were canceled (check=False: return anyway),
+        TimeoutError after `timeout` s. `progress(summary)` is called every `interval` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            b = self.batch(ref)
+            wait = interval if progress else 20.0
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            b = self.wait_for_batch(ref, wait)
             if progress:
                 progress(b)
-            if b["counts"]["remaining"] == 0:
+            c = b["counts"]
+            if c["remaining"] == 0:
+                if check and (c["failed"] or c["canceled"]):
+                    raise TasksFailed(f"batch {b['name']}: {c['failed']} task(s) failed, "
+                                      f"{c['canceled']} canceled (of {c['total']})", b)
                 return b
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"batch {ref} still has {b['counts']['remaining']} task(s) to do")
-            time.sleep(interval)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {ref} still has {c['remaining']} task(s) to do")
 
     # -- tasks ------------------------------------------------------------------
     def add_task(self, command, name=None, batch=None, shell=True, **options):

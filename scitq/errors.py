@@ -45,6 +45,14 @@ class TooLarge(BadRequest):
     http_status = 413
 
 
+class TasksFailed(ScitqError):
+    """A batch waited for ended with tasks failed or canceled; `batch` is its last summary."""
+
+    def __init__(self, message, batch):
+        super().__init__(message, detail={"counts": batch["counts"]})
+        self.batch = batch
+
+
 class ServerUnreachable(ScitqError, ConnectionError):
     """The client could not talk to the server at all."""
 

@@ -348,12 +348,19 @@ class Workflow:
             counts = self.counts()
             if show:
                 show(counts)
-            left = sum(c["remaining"] for c in counts.values())
+            left = [name for name, c in counts.items() if c["remaining"]]
             if not left:
                 return counts
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"workflow {self.name} still has {left} task(s) to do")
-            time.sleep(refresh)
+                raise TimeoutError(f"workflow {self.name} still has "
+                                   f"{sum(counts[n]['remaining'] for n in left)} task(s) to do")
+            # The server answers this wait at the end of the step's last task, or after
+            # `refresh` s (the bars move): the workflow's end is seen at once, not up to
+            # `refresh` s late.
+            wait = refresh if show else 20.0
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            self.client.wait_for_batch(self.steps[left[-1]].batch, wait)
 
     def _raise_failures(self, counts):
         bad = {name: c for name, c in counts.items() if c["failed"] or c["canceled"]}

@@ -7,6 +7,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import psutil
+import pytest
+
+from scitq.errors import TasksFailed
 
 from procs import wait_until
 
@@ -55,7 +58,10 @@ def test_a_failing_task_keeps_its_code_and_stderr(live, procs):
     ok = live.add_tasks([{"command": f"echo fine {i}"} for i in range(5)], batch="mixed")
     bad = live.add_task("echo partial; echo 'it broke' >&2; exit 3", batch="mixed")["id"]
     more = live.add_tasks([{"command": "echo after"} for _ in range(5)], batch="mixed")
-    summary = live.wait_batch("mixed", interval=0.2, timeout=60)
+    with pytest.raises(TasksFailed) as failed:          # a failed task cannot be missed
+        live.wait_batch("mixed", interval=0.2, timeout=60)
+    summary = failed.value.batch
+    assert "1 task(s) failed" in failed.value.message
 
     assert summary["counts"]["failed"] == 1 and summary["counts"]["succeeded"] == 10
     task = live.task(bad)

@@ -120,7 +120,7 @@ def batch_delete(ctx, ref, yes):
 @click.pass_obj
 def batch_wait(ctx, ref, interval, timeout):
     """Draw progress until nothing remains; exit 1 if any task failed."""
-    ctx.client.batch(ref)           # no such batch: one line, before any bar is drawn
+    ctx.client.batch(ref)           # an unknown batch is an error before any bar is drawn
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -133,7 +133,8 @@ def batch_wait(ctx, ref, interval, timeout):
                                    f"remaining {c['remaining']}")
 
         try:
-            b = ctx.client.wait_batch(ref, interval=interval, timeout=timeout, progress=show)
+            b = ctx.client.wait_batch(ref, interval=interval, timeout=timeout, progress=show,
+                                      check=False)
         except TimeoutError as err:
             progress.stop()
             click.echo(f"error: {err}", err=True)

@@ -70,6 +70,8 @@ class Notifier:
         self._versions = {}
         self._delivered = {}    # worker id -> execution ids given in reports answers
         self.closing = False
+        self._ended = threading.Condition()     # batch waits: tasks ended (or went away)
+        self._ends = 0
 
     def _cond(self, worker_id):
         with self._lock:
@@ -113,12 +115,27 @@ class Notifier:
             sent &= live
             return [eid for eid in execution_ids if eid not in sent]
 
+    def tasks_ended(self):
+        """Tasks ended or were taken out of a batch in this process: batch waits look again."""
+        with self._ended:
+            self._ends += 1
+            self._ended.notify_all()
+
+    def ends(self):
+        return self._ends
+
+    def wait_ends(self, seen, timeout):
+        """Block until tasks_ended() happens after `seen`, or timeout; whether it did."""
+        with self._ended:
+            return self._ended.wait_for(lambda: self._ends != seen or self.closing, timeout)
+
     def close(self):
-        """The server stops: every waiting poll answers now."""
+        """The server stops: every waiting poll and batch wait answers now."""
         self.closing = True
         with self._lock:
             workers = list(self._conds)
         self.notify(*workers)
+        self.tasks_ended()
 
 
 class Dispatcher(Loop):

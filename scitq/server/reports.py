@@ -139,6 +139,9 @@ def needs_heartbeat(worker, lease):
             or (utcnow() - worker.last_seen).total_seconds() >= min(HEARTBEAT_EVERY, lease / 4))
 
 
+FINAL_REPORTS = ("succeeded", "failed", "released")     # report statuses that end an execution
+
+
 def new_depth(worker, depth):
     """The depth a worker that sizes its own prefetch told, when it is news (else None)."""
     if worker.prefetch is None and isinstance(depth, int) and not isinstance(depth, bool) \

@@ -16,6 +16,7 @@ import errno
 import logging
 import resource
 import signal
+import socket
 import time
 
 log = logging.getLogger("scitq.server")
@@ -56,6 +57,12 @@ def _server_classes():
 
         def __init__(self, sock, address, server, rfile=None):
             sock.settimeout(IDLE_TIMEOUT)
+            # pywsgi sends a response's headers and body in two writes: with Nagle's algorithm
+            # the body waited for the client's delayed ACK, 40 ms on every answer.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass        # not TCP (a Unix socket)
             super().__init__(sock, address, server, rfile)
 
         def read_request(self, raw_requestline):

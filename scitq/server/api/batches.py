@@ -1,6 +1,9 @@
-"""Batches: named groups of tasks, their progress, pause and resume."""
+"""Batches: named groups of tasks, their progress, a wait for their end, pause and resume."""
+import time
+
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
+from scitq.errors import BadRequest
 from scitq.server import lifecycle, queue
 from scitq.server.api import ERROR_FIELDS, NullableInteger, state
 from scitq.status import BatchStatus
@@ -27,6 +30,11 @@ deleted = ns.model("BatchDeleted", {"deleted": fields.String(description="the ba
 stop_args = reqparse.RequestParser()
 stop_args.add_argument("requeue", type=inputs.boolean, default=False,
                        help="put the killed tasks back to pending (else they fail)")
+MAX_WAIT = 60.0     # seconds a batch wait may hang
+MIN_LOOK_GAP = 0.02     # seconds between two looks of one wait, at least (and twice a look's time)
+wait_args = reqparse.RequestParser()
+wait_args.add_argument("timeout", type=float, default=20.0,
+                       help=f"seconds to wait at most (0 to {MAX_WAIT:g})")
 pause_args = reqparse.RequestParser()
 pause_args.add_argument("running", type=inputs.boolean, default=False,
                         help="also suspend (SIGSTOP) its running tasks")
@@ -80,7 +88,41 @@ class OneBatch(Resource):
         with st.db.write() as s:
             execution_ids = queue.delete_batch(s, queue.get_batch(s, ref))
         st.outputs.delete(execution_ids)
+        st.notifier.tasks_ended()
         return {"deleted": ref}
+
+
+@ns.route("/<ref>/wait")
+@ns.param("ref", "batch id or name")
+@ns.response(404, "No such batch", error)
+class WaitBatch(Resource):
+    @ns.response(400, "Invalid timeout", error)
+    @ns.expect(wait_args)
+    @ns.marshal_with(batch)
+    def get(self, ref):
+        """The batch's summary as soon as nothing remains in it, else after `timeout` seconds.
+
+        A client waits for a batch with one call instead of a look every second, and hears
+        of its last task's end at once: each end in this server wakes the waits, which look
+        again (at most every 20 ms, or twice as long as a look takes on a big batch)."""
+        timeout = wait_args.parse_args()["timeout"]
+        if not 0 <= timeout <= MAX_WAIT:        # also NaN
+            raise BadRequest(f"timeout must be a number of seconds from 0 to {MAX_WAIT:g}")
+        st = state()
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = st.notifier.ends()
+            started = time.monotonic()
+            with st.db.read() as s:
+                out = queue.batch_summary(s, queue.get_batch(s, ref))
+            now = time.monotonic()
+            left = deadline - now
+            if not out["counts"]["remaining"] or left <= 0 or st.notifier.closing:
+                return out
+            # Another server process's ends wake no one here: look again within 1 s anyway.
+            st.notifier.wait_ends(seen, min(left, 1.0))
+            time.sleep(max(0.0, min(deadline, started + max(MIN_LOOK_GAP, 2 * (now - started)))
+                           - time.monotonic()))
 
 
 def _steer(ref, change):
@@ -91,6 +133,7 @@ def _steer(ref, change):
         workers = change(s, b) or ()
         out = queue.batch_summary(s, b)
     st.notifier.notify(*[w for w in workers if w is not None])
+    st.notifier.tasks_ended()
     st.dispatcher.wake()
     return out
 

@@ -281,6 +281,8 @@ class Reports(Resource):
                 if claimed:
                     st.notifier.delivered(worker_id, claimed)
                     claimed = reports.assignments(s, claimed)
+        if acked and any(r.get("status") in reports.FINAL_REPORTS for r in body.get("reports") or ()):
+            st.notifier.tasks_ended()
         if claimed is None and (acked or body.get("status")):
             # A worker with tasks queued (half its prefetch at least) keeps its slots busy:
             # its next tasks may wait for a pass that serves several reports at once.
