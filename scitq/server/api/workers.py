@@ -1,12 +1,13 @@
 """Workers: registration, the long poll that hands them work, their reports, and settings."""
 import math
+import random
 import threading
 import time
 
 from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
-from scitq.errors import BadRequest
+from scitq.errors import BadRequest, Overloaded
 from scitq.server import reports, tokens
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
@@ -29,10 +30,39 @@ PREFETCH = ("tasks it takes beyond its concurrency, ready to start; null (the de
             "worker sizes that from its tasks' durations and its round trips, and says `depth`")
 DEPTH = fields.Integer(min=0, max=reports.MAX_CONCURRENCY, description="with prefetch null: "
                        "how many tasks beyond its concurrency the worker wants now")
-# Worker calls (registrations, reports, a poll's looks) running at once, at most; the others
-# wait parked. Hundreds of workers reporting together would, else, each take the CPU in turn
-# between two steps of a user's read, which then waited a second.
-WORKER_CALLS = threading.BoundedSemaphore(8)
+class Admission:
+    """Worker calls (registrations, reports, a poll's looks) run `running` at once at most;
+    the others wait parked, up to `waiting` of them, and past that are refused with a 503
+    and a Retry-After spread over a few seconds. Hundreds of workers reporting together
+    would, else, each take the CPU in turn between two steps of a user's read (it waited a
+    second), and a fleet larger than the machine can serve would queue without end."""
+
+    def __init__(self, running=8, waiting=512):
+        self._slots = threading.BoundedSemaphore(running)
+        self._lock = threading.Lock()
+        self.waiting, self.max_waiting, self.refused = 0, waiting, 0
+
+    def __enter__(self):
+        if self._slots.acquire(blocking=False):
+            return self
+        with self._lock:
+            if self.waiting >= self.max_waiting:
+                self.refused += 1
+                raise Overloaded(f"{self.waiting} worker calls wait already: retry later",
+                                 retry_after=random.randint(5, 15))
+            self.waiting += 1
+        try:
+            self._slots.acquire()
+        finally:
+            with self._lock:
+                self.waiting -= 1
+        return self
+
+    def __exit__(self, *exc):
+        self._slots.release()
+
+
+WORKER_CALLS = Admission()
 error = ns.model("Error", ERROR_FIELDS)
 worker = ns.model("Worker", {
     "id": fields.Integer, "name": fields.String, "hostname": NullableString,
