@@ -23,7 +23,10 @@ CPUS = os.cpu_count() or 1     # read once: it reads /sys each time (measured: 6
 
 
 class Worker:
-    poll_wait = 20.0          # seconds a poll may hang on the server (also the heartbeat)
+    # Seconds a poll may hang on the server (also the heartbeat; the server ends it by a third
+    # of the lease): each poll costs the server a look at the database, so a fleet's idle
+    # polls cost less the longer they hang.
+    poll_wait = 25.0
     report_batch = 500        # reports sent in one request at most
     # A task's start is told at most this late (seconds): a task that ends sooner has its
     # start and its end sent in one request and applied in one transaction.

@@ -20,11 +20,12 @@ from scitq.status import WorkerStatus
 ns = Namespace("workers", description="Worker processes, their settings and their work")
 
 MAX_WAIT = 60.0          # seconds a poll may hang
-# Seconds between looks at the database while a poll hangs and nothing woke it. This process
-# wakes the polls of everything it changes (assignments, settings, signals); the looks are
-# for changes made by another server process on the same database. A thousand waiting polls
-# looked every 5 s cost 200 reads a second for nothing.
-RECHECK = 15.0
+# Seconds between looks at the database while a poll hangs and nothing woke it: longer than
+# a poll, so a poll looks when it starts and when it is woken. This process wakes the polls
+# of everything it changes (assignments, settings, signals); a change made by another
+# server process on the same database is seen at the worker's next poll. A thousand waiting
+# polls looked every 5 s cost 200 reads a second for nothing.
+RECHECK = 30.0
 
 PREFETCH = ("tasks it takes beyond its concurrency, ready to start; null (the default): the "
             "worker sizes that from its tasks' durations and its round trips, and says `depth`")
