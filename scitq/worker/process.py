@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scitq.errors import Conflict, ContainerError, StagingError
 from scitq.worker import child
+from scitq.worker.credential import is_secret
 
 log = logging.getLogger("scitq.worker")
 
@@ -352,7 +353,7 @@ class Execution:
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=names["temp"],
-            env=dict(os.environ, **self.env()), start_new_session=True)
+            env=task_environment(self.env()), start_new_session=True)
         self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
         return pumps, _pumped(pumps, (self.proc.stdout, self.proc.stderr), self.proc.wait())
 
@@ -472,12 +473,12 @@ _BASE_ENV = None
 
 
 def task_environment(variables):
-    """The worker's environment with a task's `variables`, as bytes (Popen takes them so,
-    and encodes text for each process). The worker's own is read and encoded once:
-    os.environ decodes every variable on each read."""
+    """The worker's environment without its secrets, with a task's `variables`, as bytes
+    (Popen takes them so, and encodes text for each process). The worker's own is read and
+    encoded once: os.environ decodes every variable on each read."""
     global _BASE_ENV
     if _BASE_ENV is None:
-        _BASE_ENV = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        _BASE_ENV = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items() if not is_secret(k)}
     env = _BASE_ENV.copy()
     for k, v in variables.items():
         env[k.encode()] = os.fsencode(v)
