@@ -5,8 +5,12 @@ import re
 
 import pytest
 
+from sqlalchemy import select
+
+from apicalls import API, dispatch
 from procs import wait_until
 from scitq.client import Client
+from scitq.server.models import Batch, Worker
 
 
 def _env(**extra):
@@ -61,3 +65,115 @@ def test_secret_names_reach_no_task():
     assert take_token(env) == "scitq_x"
     assert env == {"SCITQ_SERVER": "http://s", "SCITQ_BATCH": "b"}
     assert is_secret(b"SCITQ_TOKEN") and not is_secret("SCITQ_TASK_ID")
+
+
+# --- a worker token reaches its own worker only ----------------------------------------
+
+@pytest.fixture
+def secured(db_url, tmp_path):
+    from scitq.server import create_app
+    app = create_app({"DATA_DIR": tmp_path / "data", "DATABASE": db_url, "AUTH": True, "LEASE": 3})
+    yield app
+    app.extensions["scitq"].db.dispose()
+
+
+def call(client, method, path, token=None, expect=200, **kwargs):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = client.open(API + path, method=method, headers=headers, **kwargs)
+    assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.get_data()[:300]!r}"
+    if expect >= 400:
+        assert r.is_json and r.get_json()["error"], r.get_data()[:300]
+    return r.get_json() if r.is_json else r
+
+
+def _worker_tokens(c, admin, *names):
+    return {n: call(c, "POST", "/tokens", admin, 201, json={"name": n, "role": "worker"})["token"]
+            for n in names}
+
+
+def test_a_worker_token_takes_no_other_workers_name(secured):
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    tok = _worker_tokens(c, admin, "wa", "wb", "spare")
+    wa = call(c, "POST", "/workers", tok["wa"], 201, json={"name": "wa"})["id"]
+    call(c, "POST", "/workers", admin, 201, json={"name": "byadmin"})
+    # Unbound, it may not take over a worker registered by someone else...
+    call(c, "POST", "/workers", tok["spare"], 409, json={"name": "wa"})
+    call(c, "POST", "/workers", tok["spare"], 409, json={"name": "byadmin"})
+    # ... nor, once bound, register as another name.
+    call(c, "POST", "/workers", tok["wa"], 403, json={"name": "byadmin"})
+    call(c, "POST", "/workers", tok["wa"], 403, json={"name": "new"})
+    assert call(c, "POST", "/workers", tok["wa"], 201, json={"name": "wa"})["id"] == wa   # a restart
+    # The worker deleted, its token is dead: its name is free for no one holding it.
+    call(c, "DELETE", "/workers/wa", admin)
+    call(c, "POST", "/workers", tok["wa"], 401, json={"name": "wa"})
+    # A token revoked: dead at once, on every call.
+    wb = call(c, "POST", "/workers", tok["wb"], 201, json={"name": "wb"})["id"]
+    call(c, "DELETE", "/tokens/wb", admin)
+    call(c, "POST", f"/workers/{wb}/poll", tok["wb"], 401, json={"wait": 0})
+    with secured.extensions["scitq"].db.read() as s:
+        assert sorted(w.name for w in s.scalars(select(Worker))) == ["byadmin", "wb"]
+
+
+def test_a_worker_token_creates_no_batch(secured):
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    tok = _worker_tokens(c, admin, "wa")
+    call(c, "POST", "/workers", tok["wa"], 404, json={"name": "wa", "batch": "invented"})
+    call(c, "POST", "/batches", tok["wa"], 403, json={"name": "other"})
+    with secured.extensions["scitq"].db.read() as s:
+        assert s.scalars(select(Batch.name)).all() == []
+        assert s.scalars(select(Worker)).all() == []
+    call(c, "POST", "/batches", admin, 201, json={"name": "real"})
+    assert call(c, "POST", "/workers", tok["wa"], 201, json={"name": "wa", "batch": "real"})["batch"] == "real"
+    call(c, "PUT", "/workers/wa", tok["wa"], 403, json={"batch": "invented"})
+
+
+def _held(secured, c, token, wid):
+    dispatch(secured)
+    return call(c, "POST", f"/workers/{wid}/poll", token, json={"wait": 0})["assignments"]
+
+
+def test_an_ended_execution_takes_no_more_output(secured):
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    tok = _worker_tokens(c, admin, "wa")
+    wa = call(c, "POST", "/workers", tok["wa"], 201, json={"name": "wa"})["id"]
+    tid = call(c, "POST", "/tasks", admin, 201, json={"command": "echo ok"})["id"]
+    (a,) = _held(secured, c, tok["wa"], wa)
+    e = a["execution_id"]
+    call(c, "POST", f"/executions/{e}/output?stream=stdout&offset=0", tok["wa"], data=b"ok\n")
+    done = call(c, "POST", f"/workers/{wa}/reports", tok["wa"],
+                json={"reports": [{"execution_id": e, "status": "succeeded", "return_code": 0}]})
+    assert done["acked"] == [e]
+    call(c, "POST", f"/executions/{e}/output?stream=stdout&offset=3", tok["wa"], 409, data=b"forged\n")
+    call(c, "POST", f"/executions/{e}/output?stream=stderr&offset=0", tok["wa"], 409, data=b"forged\n")
+    late = call(c, "POST", f"/workers/{wa}/reports", tok["wa"], json={"reports": [
+        {"execution_id": e, "status": "failed", "return_code": 1, "stderr": {"offset": 0, "data": "Zm9yZ2Vk"}}]})
+    assert late["acked"] == [] and late["refused"][0]["status"] == 409
+    assert call(c, "GET", f"/tasks/{tid}/output", admin).get_data() == b"ok\n"
+    assert call(c, "GET", f"/tasks/{tid}/output?stream=stderr", admin).get_data() == b""
+    assert call(c, "GET", f"/tasks/{tid}", admin)["status"] == "succeeded"
+
+
+def test_cached_from_names_no_other_workers_execution(secured):
+    """wb cannot read wa's output by saying its own execution reused wa's."""
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    tok = _worker_tokens(c, admin, "wa", "wb")
+    wa = call(c, "POST", "/workers", tok["wa"], 201, json={"name": "wa"})["id"]
+    call(c, "POST", "/tasks", admin, 201, json={"command": "cat secret"})
+    (a,) = _held(secured, c, tok["wa"], wa)
+    call(c, "POST", f"/workers/{wa}/reports", tok["wa"], json={"reports": [
+        {"execution_id": a["execution_id"], "status": "succeeded", "return_code": 0,
+         "stdout": {"offset": 0, "data": "c2VjcmV0Cg=="}}]})
+    call(c, "PUT", "/workers/wa", admin, json={"status": "paused"})
+    wb = call(c, "POST", "/workers", tok["wb"], 201, json={"name": "wb"})["id"]
+    mine = call(c, "POST", "/tasks", admin, 201, json={"command": "echo mine", "use_cache": True})["id"]
+    (b,) = _held(secured, c, tok["wb"], wb)
+    answer = call(c, "POST", f"/workers/{wb}/reports", tok["wb"], json={"reports": [
+        {"execution_id": b["execution_id"], "status": "succeeded", "return_code": 0,
+         "cached_from": a["execution_id"]}]})
+    assert answer["acked"] == [] and answer["refused"][0]["status"] == 403
+    assert call(c, "GET", f"/executions/{b['execution_id']}/output", tok["wb"]).get_data() == b""
+    assert call(c, "GET", f"/tasks/{mine}", admin)["status"] != "succeeded"

@@ -111,7 +111,7 @@ class ExecutionOutput(Resource):
             return output_response(get_execution(s, execution_id), output_args.parse_args())
 
     @ns.response(200, "Stored", appended)
-    @ns.response(409, "A gap before the chunk, or the execution is lost", error)
+    @ns.response(409, "A gap before the chunk, or the execution has ended", error)
     @ns.response(413, "A chunk too large", error)
     @ns.expect(append_args)
     def post(self, execution_id):
@@ -128,8 +128,8 @@ class ExecutionOutput(Resource):
         st = state()
         with st.db.read() as s:
             ex = get_execution(s, execution_id)
-            if ex.status == ExecutionStatus.LOST.value:
-                raise Conflict(f"execution {execution_id} is lost: output refused")
+            if not ExecutionStatus(ex.status).is_active:      # its output is final once it ended
+                raise Conflict(f"execution {execution_id} is {ex.status}: output refused")
         size = st.outputs.append(execution_id, a["stream"], a["offset"], data)
         return {"execution_id": execution_id, "stream": a["stream"], "size": size}
 
