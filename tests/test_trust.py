@@ -177,3 +177,43 @@ def test_cached_from_names_no_other_workers_execution(secured):
     assert answer["acked"] == [] and answer["refused"][0]["status"] == 403
     assert call(c, "GET", f"/executions/{b['execution_id']}/output", tok["wb"]).get_data() == b""
     assert call(c, "GET", f"/tasks/{mine}", admin)["status"] != "succeeded"
+
+
+# --- the cache ----------------------------------------------------------------------
+
+def test_a_worker_cannot_poison_the_cache(secured):
+    """The issue's poisoning: a worker stores a result under the key another task's command
+    would have, and that task then gets it as a cache hit. The server makes the key now, from
+    what it stored; what a worker says about a key is ignored."""
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    tok = _worker_tokens(c, admin, "evil")
+    wid = call(c, "POST", "/workers", tok["evil"], 201, json={"name": "evil"})["id"]
+    forged = {"key": "ee" * 32, "inputs": [{"path": "reads.fq", "sha256": "11" * 32}]}
+
+    call(c, "POST", "/tasks", admin, 201, json={"command": "echo poisoned", "use_cache": True})
+    (a,) = _held(secured, c, tok["evil"], wid)
+    assert call(c, "POST", f"/executions/{a['execution_id']}/cache", tok["evil"], json=forged)["hit"] is None
+    call(c, "POST", f"/workers/{wid}/reports", tok["evil"], json={"reports": [
+        {"execution_id": a["execution_id"], "status": "succeeded", "return_code": 0,
+         "stdout": {"offset": 0, "data": "cG9pc29uZWQK"}}]})
+
+    victim = call(c, "POST", "/tasks", admin, 201, json={"command": "sha256sum $INPUT/reads.fq",
+                                                          "use_cache": True})["id"]
+    (b,) = _held(secured, c, tok["evil"], wid)
+    assert call(c, "POST", f"/executions/{b['execution_id']}/cache", tok["evil"], json=forged)["hit"] is None
+    refused = call(c, "POST", f"/workers/{wid}/reports", tok["evil"], json={"reports": [
+        {"execution_id": b["execution_id"], "status": "succeeded", "return_code": 0,
+         "cached_from": a["execution_id"]}]})
+    assert refused["refused"][0]["status"] == 403
+    assert call(c, "GET", f"/tasks/{victim}/output", admin).get_data() == b""
+
+    # The same command on the same input contents is a hit; other contents are not.
+    same = call(c, "POST", "/tasks", admin, 201, json={"command": "echo poisoned", "use_cache": True})["id"]
+    other = call(c, "POST", "/tasks", admin, 201, json={"command": "echo poisoned", "use_cache": True})["id"]
+    call(c, "PUT", "/workers/evil", admin, json={"concurrency": 4})
+    held = {x["task_id"]: x["execution_id"] for x in _held(secured, c, tok["evil"], wid)}
+    hit = call(c, "POST", f"/executions/{held[same]}/cache", tok["evil"], json=forged)["hit"]
+    assert hit["execution_id"] == a["execution_id"]
+    changed = {"inputs": [{"path": "reads.fq", "sha256": "22" * 32}]}
+    assert call(c, "POST", f"/executions/{held[other]}/cache", tok["evil"], json=changed)["hit"] is None
