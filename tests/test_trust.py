@@ -2,6 +2,10 @@
 hit is never another command's. Real servers and workers on loopback, both databases."""
 import os
 import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +221,54 @@ def test_a_worker_cannot_poison_the_cache(secured):
     assert hit["execution_id"] == a["execution_id"]
     changed = {"inputs": [{"path": "reads.fq", "sha256": "22" * 32}]}
     assert call(c, "POST", f"/executions/{held[other]}/cache", tok["evil"], json=changed)["hit"] is None
+
+
+# --- files --------------------------------------------------------------------------
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_data_dir_and_its_files_are_the_servers_own(db_url, tmp_path):
+    from scitq.server import create_app
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    app = create_app({"DATA_DIR": data, "DATABASE": db_url})
+    try:
+        c = app.test_client()
+        st = app.extensions["scitq"]
+        tid = c.post(API + "/tasks", json={"command": "echo x", "use_cache": True}).get_json()["id"]
+        wid = c.post(API + "/workers", json={"name": "w"}).get_json()["id"]
+        (a,) = _held(app, c, None, wid)
+        e = a["execution_id"]
+        assert c.post(API + f"/executions/{e}/output?stream=stdout&offset=0", data=b"x\n").status_code == 200
+        c.post(API + f"/executions/{e}/cache", json={"inputs": []})
+        c.post(API + f"/workers/{wid}/reports", json={"reports": [
+            {"execution_id": e, "status": "succeeded", "return_code": 0}]})
+        c.post(API + "/tasks", json={"command": "echo x", "use_cache": True})
+        (b,) = _held(app, c, None, wid)
+        assert c.post(API + f"/executions/{b['execution_id']}/cache", json={"inputs": []}).get_json()["hit"]
+        c.post(API + f"/workers/{wid}/reports", json={"reports": [
+            {"execution_id": b["execution_id"], "status": "succeeded", "return_code": 0, "cached_from": e}]})
+        assert c.get(API + f"/executions/{b['execution_id']}/output").get_data() == b"x\n"
+        st.job_logs.extend(1, "log", b"a job's line\n")
+        assert _mode(data) == 0o700
+        for stream_path in (st.outputs.path(e, "stdout"), st.outputs.path(b["execution_id"], "stdout"),
+                            st.job_logs.path(1, "log")):
+            assert _mode(stream_path) == 0o600, stream_path
+        if db_url.startswith("sqlite"):
+            db_file = Path(db_url.split("///", 1)[1])
+            assert _mode(db_file) == 0o600
+            assert all(_mode(p) == 0o600 for p in db_file.parent.glob(db_file.name + "-*"))   # -wal, -shm
+        assert tid
+    finally:
+        app.extensions["scitq"].db.dispose()
+
+
+def test_a_password_in_db_is_refused_on_the_command_line(tmp_path):
+    env = _env()
+    out = subprocess.run([sys.executable, "-m", "scitq.cli", "server", "--db", "postgresql://u:hunter2@127.0.0.1:9/x",
+                          "--data-dir", str(tmp_path / "d"), "--port", "0"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "SCITQ_DB" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -110,7 +110,8 @@ def create_app(config=None):
                       RESTX_ERROR_404_HELP=False, JSON_SORT_KEYS=False)
     app.config.update(config or {})
     data_dir = Path(app.config.get("DATA_DIR") or default_data_dir())
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)       # it holds the database, outputs, job logs, keys and tokens
     db = Database(app.config.get("DATABASE") or default_db_url(data_dir))
     db.migrate()
     notifier = Notifier()
