@@ -272,3 +272,33 @@ def test_a_password_in_db_is_refused_on_the_command_line(tmp_path):
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and "SCITQ_DB" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# --- the UI -----------------------------------------------------------------------------
+
+def test_every_answer_says_no_inline_script_no_sniffing_no_framing(secured):
+    c = secured.test_client()
+    for path in ("/ui/", "/ui/login", "/ui/tasks", API + "/tasks", API + "/docs", "/nowhere",
+                 "/ui/static/common.js"):
+        r = c.get(path)
+        csp = r.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", path
+        if path.startswith("/ui/") and not path.endswith(".js"):
+            assert "unsafe-inline" not in csp.split("script-src", 1)[1].split(";")[0]
+            assert not re.search(r"<script(?![^>]*\bsrc=)", r.get_data(as_text=True)), path
+            assert not re.search(r"\son[a-z]+=", r.get_data(as_text=True)), path
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "/\r\n/x", "//evil.example",
+                                    "/\\evil.example", "https://evil.example/", "/%09/evil.example"])
+def test_login_next_stays_on_this_site(secured, target):
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    r = c.post("/ui/login", data={"token": admin, "next": target})
+    assert r.status_code == 302
+    location = r.headers["Location"]
+    cleaned = re.sub(r"[\t\r\n]", "", location)          # as a browser reads it
+    assert cleaned.startswith("/") and cleaned[1:2] not in ("/", "\\"), location
+    assert location == "/ui/" or target == "/%09/evil.example"
+    assert c.get("/ui/login?next=" + target.replace("\n", "%0A").replace("\t", "%09")).status_code == 200

@@ -187,6 +187,9 @@ def _int_arg(name, default, low, high):
 def _next_url():
     """Where to go after logging in: a path of this site only (never another host)."""
     target = request.values.get("next") or ""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+    # A browser drops tabs and line breaks from a URL (`/\t/evil.example` is `//evil.example`),
+    # and a line break in a Location header is no answer at all: no control character passes.
+    if not target.startswith("/") or target.startswith("//") or "\\" in target \
+            or any(c < " " or c == "\x7f" for c in target):
         return url_for("ui.dashboard_page")
     return target
