@@ -11,7 +11,7 @@ import pytest
 
 from sqlalchemy import select
 
-from apicalls import API, dispatch
+from apicalls import API, call_as, dispatch
 from procs import wait_until
 from scitq.client import Client
 from scitq.server.models import Batch, Worker
@@ -73,21 +73,12 @@ def test_secret_names_reach_no_task():
 
 # --- a worker token reaches its own worker only ----------------------------------------
 
-@pytest.fixture
-def secured(db_url, tmp_path):
-    from scitq.server import create_app
-    app = create_app({"DATA_DIR": tmp_path / "data", "DATABASE": db_url, "AUTH": True, "LEASE": 3})
-    yield app
-    app.extensions["scitq"].db.dispose()
-
-
 def call(client, method, path, token=None, expect=200, **kwargs):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    r = client.open(API + path, method=method, headers=headers, **kwargs)
-    assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.get_data()[:300]!r}"
+    """call_as, and every refusal a JSON error of one message."""
+    out = call_as(client, method, path, token, expect, **kwargs)
     if expect >= 400:
-        assert r.is_json and r.get_json()["error"], r.get_data()[:300]
-    return r.get_json() if r.is_json else r
+        assert isinstance(out, dict) and out["error"], out
+    return out
 
 
 def _worker_tokens(c, admin, *names):
@@ -302,3 +293,43 @@ def test_login_next_stays_on_this_site(secured, target):
     assert cleaned.startswith("/") and cleaned[1:2] not in ("/", "\\"), location
     assert location == "/ui/" or target == "/%09/evil.example"
     assert c.get("/ui/login?next=" + target.replace("\n", "%0A").replace("\t", "%09")).status_code == 200
+
+
+def test_the_ui_session_holds_no_token_and_dies_at_logout(secured):
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    user = call(c, "POST", "/tokens", admin, 201, json={"name": "alice", "role": "user"})["token"]
+    r = c.post("/ui/login", data={"token": user, "next": "/ui/tasks"})
+    assert r.status_code == 302
+    cookie = r.headers["Set-Cookie"]
+    sid = re.match(r"scitq_session=([^;]+);", cookie).group(1)
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert user not in cookie and user[6:20] not in sid
+    page = c.get("/ui/tasks").get_data(as_text=True)
+    assert user not in page
+    csrf = re.search(r'<meta name="scitq-csrf" content="([^"]+)">', page).group(1)
+    # The cookie reads; a change needs the page's CSRF token too (another site has not got it).
+    assert c.get(API + "/tasks").status_code == 200
+    r = c.post(API + "/tasks", json={"command": "echo csrf"})
+    assert r.status_code == 403 and "CSRF" in r.get_json()["error"]
+    assert c.post("/ui/api/batches/default/relaunch-failed").status_code == 403
+    assert c.post(API + "/tasks", json={"command": "echo ok"}, headers={"X-CSRF-Token": csrf}).status_code == 201
+    assert c.post("/ui/logout").status_code == 403                  # no CSRF: not logged out
+    assert c.post("/ui/logout", data={"csrf": csrf}).status_code == 302
+    # The old cookie, replayed after logout, reaches nothing.
+    c.set_cookie("scitq_session", sid)
+    r = c.get(API + "/tasks")
+    assert r.status_code == 401 and r.get_json()["error"]
+    # A session dies with its token.
+    c2 = secured.test_client()
+    c2.post("/ui/login", data={"token": user})
+    assert c2.get(API + "/tasks").status_code == 200
+    call(c, "DELETE", "/tokens/alice", admin)
+    assert c2.get(API + "/tasks").status_code == 401
+
+
+def test_the_session_cookie_is_secure_under_tls(secured):
+    c = secured.test_client()
+    admin = secured.extensions["scitq"].new_admin_token
+    r = c.post("/ui/login", data={"token": admin}, base_url="https://localhost")
+    assert "Secure" in r.headers["Set-Cookie"]
