@@ -104,3 +104,9 @@ def run_all(app, client, workers):
     return done
 
 
+def call_as(client, method, path, token=None, expect=200, **kwargs):
+    """A call with a bearer token (none: without one), its answer's JSON (else the response)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = client.open(API + path, method=method, headers=headers, **kwargs)
+    assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.get_data()[:300]!r}"
+    return r.get_json() if r.is_json else r

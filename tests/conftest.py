@@ -134,6 +134,15 @@ from scitq.client import Client  # noqa: E402
 
 
 @pytest.fixture
+def secured(db_url, tmp_path):
+    """The app with auth on; its first admin token in .extensions["scitq"].new_admin_token."""
+    from scitq.server import create_app
+    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "AUTH": True, "LEASE": 3})
+    yield app
+    app.extensions["scitq"].db.dispose()
+
+
+@pytest.fixture
 def procs(tmp_path):
     p = Procs(tmp_path)
     try:

@@ -5,28 +5,12 @@ import hashlib
 import subprocess
 import sys
 
-import pytest
 from sqlalchemy import select
 
-from apicalls import API, dispatch
+from apicalls import API, call_as as call, dispatch
 from procs import wait_until
 from scitq.client import Client
 from scitq.server.models import Execution, Task, Token
-
-
-@pytest.fixture
-def secured(db_url, tmp_path):
-    from scitq.server import create_app
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "AUTH": True, "LEASE": 3})
-    yield app
-    app.extensions["scitq"].db.dispose()
-
-
-def call(client, method, path, token=None, expect=200, **kwargs):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    r = client.open(API + path, method=method, headers=headers, **kwargs)
-    assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.get_data()[:300]!r}"
-    return r.get_json() if r.is_json else r
 
 
 def rows(app, model):

@@ -439,13 +439,16 @@ def test_mixed_reports_in_one_request(app, client):
     wid = register(client, "w1", concurrency=5)
     held = {a["task_id"]: a["execution_id"] for a in assign(app, client, wid)}
     ok, fails, back, paused = (held[t] for t in ids[:4])
+    call(client, "POST", f"/executions/{held[ids[4]]}/cache", json={"inputs": []})
     acked(client, wid, rep(held[ids[4]], "running"), rep(held[ids[4]], "succeeded", return_code=0),
           rep(paused, "running", pid=12))
     call(client, "POST", f"/tasks/{ids[3]}/pause")
     seq = poll(client, wid, known=list(held.values()))["signals"][0]["seq"]
-    (cached,) = submit(client, "cached 2")
+    cached = call(client, "POST", "/tasks", 201, json={"command": "cached", "use_cache": True})["id"]
     dispatch(app)
     (c,) = poll(client, wid, known=list(held.values()))["assignments"]
+    assert call(client, "POST", f"/executions/{c['execution_id']}/cache",
+                json={"inputs": []})["hit"]["execution_id"] == held[ids[4]]
     mark = last_event(app)
 
     answer = send(client, wid,

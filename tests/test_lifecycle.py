@@ -317,15 +317,15 @@ def test_a_batch_cap_holds_over_all_workers(app, client):
 # --- the cache --------------------------------------------------------------------
 
 def test_the_cache_reuses_a_succeeded_execution(app, client):
-    key = "ab" * 32
+    key = {"inputs": [{"path": "reads.fq", "sha256": "ab" * 32}]}
     first = add(client, command="expensive", use_cache=True)["id"]
     wid = register(client, "w", concurrency=1)
     (a,) = start(app, client, wid)
-    assert call(client, "POST", f"/executions/{a['execution_id']}/cache", json={"key": key}) == {"hit": None}
+    assert call(client, "POST", f"/executions/{a['execution_id']}/cache", json=key) == {"hit": None}
     finish(client, wid, a, stdout=chunk(b"42\n"))
     second = add(client, command="expensive", use_cache=True, output="file:///tmp/out2/")["id"]
     (b,) = start(app, client, wid)
-    hit = call(client, "POST", f"/executions/{b['execution_id']}/cache", json={"key": key})["hit"]
+    hit = call(client, "POST", f"/executions/{b['execution_id']}/cache", json=key)["hit"]
     assert hit == {"execution_id": a["execution_id"], "task_id": first, "output": None}
     finish(client, wid, b, cached_from=a["execution_id"])
     t = task(client, second)
@@ -336,8 +336,11 @@ def test_the_cache_reuses_a_succeeded_execution(app, client):
     # Without use_cache, the key is stored but nothing is reused.
     add(client, command="expensive")
     (c,) = start(app, client, wid)
-    assert call(client, "POST", f"/executions/{c['execution_id']}/cache", json={"key": key}) == {"hit": None}
-    call(client, "POST", f"/executions/{c['execution_id']}/cache", 400, json={"key": "nothex"})
+    assert call(client, "POST", f"/executions/{c['execution_id']}/cache", json=key) == {"hit": None}
+    call(client, "POST", f"/executions/{c['execution_id']}/cache", 400,
+         json={"inputs": [{"path": "a", "sha256": "nothex"}]})
+    call(client, "POST", f"/executions/{c['execution_id']}/cache", 400,
+         json={"inputs": [{"path": "a", "sha256": "ab" * 32}, {"path": "a", "sha256": "cd" * 32}]})
     refused = send(client, wid, rep(c["execution_id"], "succeeded", return_code=0, cached_from=c["execution_id"]))
     assert refused["refused"] and refused["refused"][0]["status"] == 400
 

@@ -240,7 +240,7 @@ def test_pages_render_and_only_posts_change_anything(app, client):
         r = client.get(path)
         assert r.status_code == 200, path
         html = r.get_data(as_text=True)
-        assert '<meta name="scitq-token" content="">' in html
+        assert '<meta name="scitq-csrf" content="">' in html
         assert "/ui/static/common.js" in html and 'name="viewport"' in html
     for name in ("common.js", "dashboard.js", "tasks.js", "task.js", "workers.js",
                  "recruiters.js", "jobs.js", "app.css"):
@@ -250,27 +250,16 @@ def test_pages_render_and_only_posts_change_anything(app, client):
     assert changing == {"ui.login", "ui.logout", "ui.relaunch_failed"}
     js = "".join(client.get(f"/ui/static/{n}").get_data(as_text=True)
                  for n in ("common.js", "dashboard.js", "task.js"))
-    assert 'credentials: "same-origin"' in js and "/ui/login" in js and "Bearer " in js
+    assert 'credentials: "same-origin"' in js and "/ui/login" in js and "X-CSRF-Token" in js
 
 
-def test_login_keeps_the_token_in_the_session_when_the_server_has_a_secret(app, client):
+def test_with_auth_off_login_keeps_nothing(app, client):
     off = client.get("/ui/login").get_data(as_text=True)
     assert "Authentication is off" in off and 'name="token"' not in off
-    r = client.post("/ui/login", data={"token": "t0k"})       # no secret: nothing kept
+    r = client.post("/ui/login", data={"token": "t0k"})       # nothing to log in to
     assert r.status_code == 200 and "Authentication is off" in r.get_data(as_text=True)
-
-    app.secret_key = "test-secret"
-    page = client.get("/ui/login?next=/ui/workers").get_data(as_text=True)
-    assert 'name="token"' in page and 'type="password"' in page and 'value="/ui/workers"' in page
-    assert client.post("/ui/login", data={"token": " "}).status_code == 400
-    r = client.post("/ui/login", data={"token": "scitq_abc", "next": "/ui/workers"})
-    assert r.status_code == 302 and r.headers["Location"] == "/ui/workers"
-    assert '<meta name="scitq-token" content="scitq_abc">' in client.get("/ui/").get_data(as_text=True)
-    for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):   # local only
-        r = client.post("/ui/login", data={"token": "scitq_abc", "next": evil})
-        assert r.headers["Location"] == "/ui/", evil
-    assert client.post("/ui/logout").status_code == 302
-    assert '<meta name="scitq-token" content="">' in client.get("/ui/").get_data(as_text=True)
+    assert "Set-Cookie" not in r.headers
+    assert '<meta name="scitq-csrf" content="">' in client.get("/ui/").get_data(as_text=True)
 
 
 @pytest.fixture
@@ -297,14 +286,20 @@ def test_with_auth_on_the_ui_json_needs_a_user_token_and_login_checks_it(auth_ap
     assert client.post("/ui/api/batches/x/relaunch-failed",
                        headers=bearer(auth_app.user_token)).status_code == 404   # past the check
 
-    assert 'name="token"' in client.get("/ui/login").get_data(as_text=True)
+    page = client.get("/ui/login?next=/ui/workers").get_data(as_text=True)
+    assert 'name="token"' in page and 'type="password"' in page and 'value="/ui/workers"' in page
+    assert client.post("/ui/login", data={"token": " "}).status_code == 400
     bad = client.post("/ui/login", data={"token": "scitq_nope"})
     assert bad.status_code == 401 and "unknown or revoked token" in bad.get_data(as_text=True)
     assert client.post("/ui/login", data={"token": auth_app.worker_token}).status_code == 403
-    assert '<meta name="scitq-token" content="">' in client.get("/ui/").get_data(as_text=True)
+    assert '<meta name="scitq-csrf" content="">' in client.get("/ui/").get_data(as_text=True)
     r = client.post("/ui/login", data={"token": auth_app.user_token, "next": "/ui/jobs"})
     assert r.status_code == 302 and r.headers["Location"] == "/ui/jobs"
-    assert f'content="{auth_app.user_token}"' in client.get("/ui/").get_data(as_text=True)
+    page = client.get("/ui/").get_data(as_text=True)
+    assert auth_app.user_token not in page and '<meta name="scitq-csrf" content="">' not in page
+    for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):   # local only
+        r = client.post("/ui/login", data={"token": auth_app.user_token, "next": evil})
+        assert r.headers["Location"] == "/ui/", evil
 
 
 def test_with_auth_on_the_browser_logs_in_then_sees_the_data(auth_app, page, shots):

@@ -64,9 +64,19 @@ def _extra(name):
     return click.get_current_context().meta.get("scitq.server", {}).get(name)
 
 
+def _no_password(ctx, param, value):
+    """A password on the command line shows in `ps` to every local user: refused there."""
+    if value and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE \
+            and urlsplit(value).password:
+        raise click.BadParameter("a password here shows in `ps`: put the URL in SCITQ_DB "
+                                 "(or the password in ~/.pgpass)")
+    return value
+
+
 server_options = [
-    click.option("--db", envvar="SCITQ_DB", help="Database URL: sqlite:///FILE or postgresql://... "
-                 "(default: a SQLite file in the data dir; or SCITQ_DB)."),
+    click.option("--db", envvar="SCITQ_DB", callback=_no_password,
+                 help="Database URL: sqlite:///FILE or postgresql://... "
+                 "(default: a SQLite file in the data dir; or SCITQ_DB, where a password goes)."),
     click.option("--data-dir", envvar="SCITQ_DATA_DIR", type=click.Path(file_okay=False),
                  help="Where the database file and task outputs live (or SCITQ_DATA_DIR)."),
     click.option("--host", default="127.0.0.1", show_default=True),

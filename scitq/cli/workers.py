@@ -1,6 +1,4 @@
 """scitq worker URL (run one) and scitq worker list|set|delete"""
-import os
-
 import click
 
 from scitq.cli import cli
@@ -42,11 +40,15 @@ def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, 
 
     from scitq.log import setup as setup_logging
     from scitq.worker import Worker
+    from scitq.worker.credential import take_token
 
+    try:
+        token = take_token()
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     setup_logging(log_level)
     w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
-               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host,
-               parent_fd=parent_fd)
+               workdir=workdir, token=token, docker_host=docker_host, parent_fd=parent_fd)
     raise SystemExit(asyncio.run(w.run()))
 
 

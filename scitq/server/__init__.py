@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, redirect, send_from_directory
+from flask import Flask, Request, jsonify, redirect, request, send_from_directory
 from werkzeug.exceptions import BadRequest as HTTPBadRequest, HTTPException
 
 from scitq.server.db import Database
@@ -98,6 +98,11 @@ def _start_auth(app, state):
             f.write(state.new_admin_token + "\n")
 
 
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+DOCS_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
+
+
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
@@ -110,7 +115,8 @@ def create_app(config=None):
                       RESTX_ERROR_404_HELP=False, JSON_SORT_KEYS=False)
     app.config.update(config or {})
     data_dir = Path(app.config.get("DATA_DIR") or default_data_dir())
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)       # it holds the database, outputs, job logs, keys and tokens
     db = Database(app.config.get("DATABASE") or default_db_url(data_dir))
     db.migrate()
     notifier = Notifier()
@@ -156,6 +162,18 @@ def create_app(config=None):
     def wheelhouse(name="index.html"):
         """The worker's packages, for hosts with no package index (pip --find-links)."""
         return send_from_directory(data_dir / "wheelhouse", name)
+
+    @app.after_request
+    def security_headers(response):
+        """Every answer: no script but our files, no sniffing, no framing (the UI's Kill and
+        Delete buttons must not be clickable through another site's page)."""
+        # The API's Swagger page (no data, no token in it) starts itself by an inline script.
+        csp = DOCS_CSP if request.endpoint == "api.doc" else CSP
+        response.headers.setdefault("Content-Security-Policy", csp)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(e):

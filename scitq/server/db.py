@@ -2,6 +2,7 @@
 import collections
 import contextlib
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Database:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
+            _private_file(self.url.database)
             self.engine = create_engine(self.url, connect_args={"timeout": 30})
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
             self._writer = threading.RLock()
@@ -94,6 +96,18 @@ class Database:
         if self.is_sqlite:
             return f"SQLite file {self.url.database}"
         return self.url.render_as_string(hide_password=True)
+
+
+def _private_file(path):
+    """The SQLite file made (or kept) mode 0600 before SQLite opens it: its -wal and -shm
+    files take the database's mode."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError:         # a read-only place or not ours: SQLite says why when it opens it
+        pass
 
 
 def _sqlite_pragmas(dbapi_conn, _record):

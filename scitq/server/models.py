@@ -377,6 +377,18 @@ class Token(Base):
                 "revoked_at": iso(self.revoked_at)}
 
 
+class UiSession(Base):
+    """A login to the web UI: the browser holds a random id (only its sha256 is kept here), the
+    token it was exchanged for stays on the server; logout or the token's revocation ends it."""
+
+    __tablename__ = "ui_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("token.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Event(Base):
     """Append-only audit: one row per state change, written in the change's transaction."""
 

@@ -31,7 +31,7 @@ class OutputStore:
 
     def __init__(self, root, streams=STREAMS):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._root = str(self.root)
         self.streams = streams
         self._locks = [threading.Lock() for _ in range(64)]
@@ -68,8 +68,7 @@ class OutputStore:
             if skip >= len(data):
                 return size
             with self._space():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "ab") as f:
+                with _append(path) as f:
                     f.write(memoryview(data)[skip:])
             return size + len(data) - skip
 
@@ -77,8 +76,7 @@ class OutputStore:
         """Append at the end (for what the server writes itself, such as job logs)."""
         path = self.path(object_id, stream)
         with self._locks[object_id % len(self._locks)]:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
+            with _append(path) as f:
                 f.write(data)
 
     @contextlib.contextmanager
@@ -112,8 +110,8 @@ class OutputStore:
         for stream in self.streams:
             src, dst = self.path(source_id, stream), self.path(target_id, stream)
             if src.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+                with open(src, "rb") as f, _append(dst, truncate=True) as g:
+                    shutil.copyfileobj(f, g)
 
     def delete(self, execution_ids):
         for eid in execution_ids:
@@ -122,3 +120,11 @@ class OutputStore:
 
     def free_bytes(self):
         return shutil.disk_usage(self.root).free
+
+
+def _append(path, truncate=False):
+    """`path` open to append, made mode 0600 in a 0700 directory: outputs are no other
+    local user's to read."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    return os.fdopen(os.open(path, flags, 0o600), "wb" if truncate else "ab")

@@ -8,10 +8,10 @@ from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import joinedload, lazyload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
-from scitq.server import lifecycle
+from scitq.server import lifecycle, tokens
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, BATCH, EVENT, EXECUTION, TASK, give_back
-from scitq.server.models import MAX_ID, MAX_INT, Execution, TaskDependency, Worker, utcnow
+from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, TaskDependency, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 
@@ -58,9 +58,10 @@ def check_settings(changes):
         check_batch_name(changes["batch"])
 
 
-def register(s, info):
+def register(s, info, create_batch=True):
     """A worker process starts. A previous process of the same name is gone, so whatever it
-    held goes back to the queue before the new one gets anything."""
+    held goes back to the queue before the new one gets anything. Without `create_batch`
+    (a worker token's registration), its batch must exist."""
     check_settings(info)
     name = info["name"]
     if not isinstance(name, str) or not WORKER_NAME.fullmatch(name):
@@ -83,11 +84,22 @@ def register(s, info):
     worker.depth = info.get("depth") or 0
     worker.cpus = info.get("cpus")
     worker.version = info.get("version")
-    worker.batch = get_or_create_batch(s, info["batch"]) if info.get("batch") else None
+    worker.batch = _batch(s, info.get("batch"), create_batch)
     worker.status = WorkerStatus.RUNNING.value
     worker.last_seen = worker.idle_since = utcnow()
     record(s, "worker.registered", worker, hostname=worker.hostname, given_back=given_back)
     return worker
+
+
+def _batch(s, name, create):
+    if not name:
+        return None
+    if create:
+        return get_or_create_batch(s, name)
+    batch = s.scalar(select(Batch).where(Batch.name == check_batch_name(name)))
+    if batch is None:
+        raise NotFound(f"no batch {name!r}: a worker token cannot create one (submit to it first)")
+    return batch
 
 
 def change_worker(s, worker, changes):
@@ -106,6 +118,7 @@ def change_worker(s, worker, changes):
 def delete_worker(s, worker):
     """Forget a worker; its live executions are lost and their tasks requeued."""
     n = give_back(s, worker.id, "worker deleted")
+    tokens.revoke_worker_tokens(s, worker.id)
     record(s, "worker.deleted", worker, name=worker.name, given_back=n)
     s.delete(worker)
     return n
@@ -446,6 +459,9 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         source = s.get(Execution, cached_from) if isinstance(cached_from, int) and 0 < cached_from <= MAX_ID else None
         if source is None or source.status != ExecutionStatus.SUCCEEDED.value:
             raise BadRequest(f"execution {ex.id}: cached_from names no succeeded execution")
+        if not ex.task.use_cache or ex.cache_key is None or source.cache_key != ex.cache_key:
+            raise Forbidden(f"execution {ex.id}: cached_from {source.id} is not the cache's answer "
+                            "for it (same cache key, its task with use_cache)")
         outputs.copy(source.id, ex.id)
         ex.cached_from = source.id
         reason = "cached"

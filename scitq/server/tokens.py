@@ -185,18 +185,30 @@ def authorize(db, principal, method, endpoint, view_args):
 
 
 def bind_worker(s, principal, name):
-    """A worker token registers its worker: the first registration binds the token to it;
-    later ones must be the same worker."""
+    """A worker token registers its worker. A token bound to a worker registers that one
+    only; an unbound one a new name, or the name it was minted for (`NAME` or `worker:NAME`),
+    and the first registration binds it for good (a deleted worker's tokens are revoked)."""
     if principal is None or principal.role != Role.WORKER.value:
         return
     existing = s.scalar(select(Worker.id).where(Worker.name == name))
     if principal.worker_id is not None and existing != principal.worker_id:
         raise Forbidden(f"this worker token belongs to another worker, not {name!r}")
-    if principal.worker_id is None and existing is not None:
-        bound = s.scalar(select(Token.id).where(Token.worker_id == existing,
-                                                Token.revoked_at.is_(None)))
-        if bound is not None:
-            raise Conflict(f"worker {name!r} is another token's")
+    if principal.worker_id is None and existing is not None \
+            and principal.name not in (name, f"worker:{name}"):
+        raise Conflict(f"worker {name!r} exists: a worker token registers a new worker or the "
+                       "one it was made for")
+
+
+def revoke_worker_tokens(s, worker_id):
+    """The tokens bound to a worker that is deleted: no one may take its name with them."""
+    for row in s.scalars(select(Token).where(Token.worker_id == worker_id, Token.revoked_at.is_(None))):
+        row.revoked_at = utcnow()
+        record(s, "token.revoked", row, name=row.name)
+    CACHE.clear()
+
+
+def is_worker(principal):
+    return principal is not None and principal.role == Role.WORKER.value
 
 
 def bound(s, principal, worker_id):

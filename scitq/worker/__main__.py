@@ -3,7 +3,8 @@
 This is how deployed hosts run it. Every option also reads a SCITQ_* variable, so a service
 can keep its whole configuration in one environment file (SCITQ_SERVER, SCITQ_CONCURRENCY,
 SCITQ_PREFETCH, SCITQ_NAME, SCITQ_BATCH, SCITQ_WORKDIR, SCITQ_DOCKER_HOST, SCITQ_LOG_LEVEL); the token is
-SCITQ_TOKEN only, never an argument (it would show in `ps`).
+SCITQ_TOKEN_FILE (a file of mode 0600) or SCITQ_TOKEN, never an argument (it would show in
+`ps`); either is taken out of the environment before any task starts.
 """
 import argparse
 import asyncio
@@ -11,6 +12,7 @@ import os
 
 from scitq.log import setup as setup_logging
 from scitq.worker import Worker
+from scitq.worker.credential import take_token
 
 
 def count(low):
@@ -48,10 +50,15 @@ def parser(env=os.environ):
 
 
 def main(argv=None, env=os.environ):
-    args = parser(env).parse_args(argv)
+    p = parser(env)
+    args = p.parse_args(argv)
+    try:
+        token = take_token(env)
+    except ValueError as err:
+        p.error(str(err))
     setup_logging(args.log_level)
     worker = Worker(args.url, name=args.name, concurrency=args.concurrency, prefetch=args.prefetch,
-                    batch=args.batch, workdir=args.workdir, token=env.get("SCITQ_TOKEN") or None,
+                    batch=args.batch, workdir=args.workdir, token=token,
                     docker_host=args.docker_host)
     return asyncio.run(worker.run())
 

@@ -13,6 +13,7 @@ import shlex
 import threading
 
 from scitq.errors import ContainerError
+from scitq.worker.credential import is_secret
 
 log = logging.getLogger("scitq.worker")
 
@@ -47,7 +48,7 @@ def _env(kw, value):
     if not name:
         raise ValueError(f"expected NAME=VALUE, got {value!r}")
     if not eq:                      # `-e NAME` passes the worker's own value, as docker does
-        if name not in os.environ:
+        if name not in os.environ or is_secret(name):     # the worker's token is no task's
             return
         val = os.environ[name]
     kw.setdefault("environment", {})[name] = val

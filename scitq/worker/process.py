@@ -3,7 +3,6 @@ streamed, its $OUTPUT uploaded."""
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 import os
 import shlex
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from scitq.errors import Conflict, ContainerError, StagingError
 from scitq.worker import child
+from scitq.worker.credential import is_secret
 
 log = logging.getLogger("scitq.worker")
 
@@ -241,9 +241,9 @@ class Execution:
                     await asyncio.to_thread(self.resources.prepare, self.a["resources"],
                                             self.dirs["resource"], deadline)
                 if self.a.get("use_cache"):
-                    key = await asyncio.to_thread(cache_key, self.a, self.dirs["input"])
+                    hashes = await asyncio.to_thread(input_hashes, self.dirs["input"])
                     answer = await self.link.call("POST", f"/executions/{self.id}/cache",
-                                                  json={"key": key})
+                                                  json={"inputs": hashes})
                     hit = answer.get("hit")
                     # A result is reusable when its outputs can be copied to ours (or none is wanted).
                     if hit and (not self.a.get("output") or hit.get("output")):
@@ -352,7 +352,7 @@ class Execution:
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=names["temp"],
-            env=dict(os.environ, **self.env()), start_new_session=True)
+            env=task_environment(self.env()), start_new_session=True)
         self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
         return pumps, _pumped(pumps, (self.proc.stdout, self.proc.stderr), self.proc.wait())
 
@@ -472,29 +472,26 @@ _BASE_ENV = None
 
 
 def task_environment(variables):
-    """The worker's environment with a task's `variables`, as bytes (Popen takes them so,
-    and encodes text for each process). The worker's own is read and encoded once:
-    os.environ decodes every variable on each read."""
+    """The worker's environment without its secrets, with a task's `variables`, as bytes
+    (Popen takes them so, and encodes text for each process). The worker's own is read and
+    encoded once: os.environ decodes every variable on each read."""
     global _BASE_ENV
     if _BASE_ENV is None:
-        _BASE_ENV = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        _BASE_ENV = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items() if not is_secret(k)}
     env = _BASE_ENV.copy()
     for k, v in variables.items():
         env[k.encode()] = os.fsencode(v)
     return env
 
 
-def cache_key(assignment, input_dir):
-    """sha256 of what makes a result: the command, its container, its resources and the
-    content of every input file (not their URIs: a changed file is a new result)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([assignment["command"], assignment.get("shell", True),
-                         assignment.get("container"), assignment.get("container_options"),
-                         sorted(assignment.get("resources") or [])]).encode())
+def input_hashes(input_dir):
+    """[{path, sha256}] of every staged input file: the server makes the cache key from them
+    and the task as it stored it (a worker's word on the command would let it poison the cache)."""
+    out = []
     for path in sorted(p for p in Path(input_dir).rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(input_dir)).encode() + b"\0")
+        h = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
+        out.append({"path": str(path.relative_to(input_dir)), "sha256": h.hexdigest()})
+    return out

@@ -121,6 +121,7 @@ def _where():
 def _authenticate():
     """With auth on, every call but the API's description needs a token that reaches it."""
     from scitq.server import tokens
+    from scitq.server.ui import sessions
     st = state()
     if not st.auth:
         return None
@@ -128,7 +129,7 @@ def _authenticate():
     if endpoint in tokens.OPEN:
         return None
     try:
-        principal = tokens.authenticate(st.db, request.headers.get("Authorization"))
+        principal = sessions.caller(st.db, request)
         tokens.authorize(st.db, principal, request.method, endpoint, request.view_args or {})
     except ScitqError as err:
         return jsonify(err.to_dict()), err.http_status

@@ -1,9 +1,12 @@
 """Executions: the attempts of tasks, and their output read or appended by byte offset."""
+import hashlib
+import json
+
 from flask import Response, request
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy import select
 
-from scitq.errors import Conflict, NotFound, TooLarge
+from scitq.errors import BadRequest, Conflict, NotFound, TooLarge
 from scitq.server.api import (ERROR_FIELDS, ID, NullableInteger, NullableNested, NullableString,
                               natural_id, state)
 from scitq.server.models import Execution, Task
@@ -26,10 +29,13 @@ execution = ns.model("Execution", {
     "assigned_at": fields.String, "started_at": NullableString, "ended_at": NullableString,
 })
 # The lengths too: a validator in Python lets the pattern's $ match before a final line break.
-cache_in = ns.model("CacheKey", {"key": fields.String(required=True, pattern=r"^[0-9a-f]{64}$",
-                                                   min_length=64, max_length=64,
-                                                   description="sha256 of command, container "
-                                                               "and input contents")})
+input_hash = ns.model("InputHash", {
+    "path": fields.String(required=True, min_length=1, max_length=4096, description="under $INPUT"),
+    "sha256": fields.String(required=True, pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64,
+                            description="of the file's content")})
+cache_in = ns.model("CacheInputs", {
+    "inputs": fields.List(fields.Nested(input_hash), required=True, max_items=100_000,
+                          description="every staged input file (none: [])")})
 cache_hit = ns.model("CacheHit", {"execution_id": fields.Integer, "task_id": fields.Integer,
                                   "output": NullableString})
 cache_out = ns.model("CacheAnswer", {"hit": NullableNested(cache_hit, description="null: none")})
@@ -111,7 +117,7 @@ class ExecutionOutput(Resource):
             return output_response(get_execution(s, execution_id), output_args.parse_args())
 
     @ns.response(200, "Stored", appended)
-    @ns.response(409, "A gap before the chunk, or the execution is lost", error)
+    @ns.response(409, "A gap before the chunk, or the execution has ended", error)
     @ns.response(413, "A chunk too large", error)
     @ns.expect(append_args)
     def post(self, execution_id):
@@ -128,36 +134,53 @@ class ExecutionOutput(Resource):
         st = state()
         with st.db.read() as s:
             ex = get_execution(s, execution_id)
-            if ex.status == ExecutionStatus.LOST.value:
-                raise Conflict(f"execution {execution_id} is lost: output refused")
+            if not ExecutionStatus(ex.status).is_active:      # its output is final once it ended
+                raise Conflict(f"execution {execution_id} is {ex.status}: output refused")
         size = st.outputs.append(execution_id, a["stream"], a["offset"], data)
         return {"execution_id": execution_id, "stream": a["stream"], "size": size}
 
 
 @ns.route(f"/<{ID}:execution_id>/cache")
 class ExecutionCache(Resource):
-    @ns.response(400, "Invalid key", error)
+    @ns.response(400, "Invalid input hashes", error)
     @ns.response(404, "No such execution", error)
     @ns.response(409, "The execution has ended", error)
     @ns.expect(cache_in, validate=True)
     @ns.marshal_with(cache_out)
     def post(self, execution_id):
-        """For the execution's worker, once its inputs are staged: store the execution's
-        cache key and, when its task has use_cache, name a succeeded execution with the
-        same key whose result can be reused."""
-        key = ns.payload["key"]
+        """For the execution's worker, once its inputs are staged: the server makes the
+        execution's cache key from its task as stored (command, shell, container, options,
+        resources) and the content hashes of its inputs, and, when its task has use_cache,
+        names a succeeded execution of the same task fields and key whose result can be reused."""
+        inputs = ns.payload["inputs"]
         with state().db.write() as s:
             ex = get_execution(s, execution_id)
             if not ExecutionStatus(ex.status).is_active:
                 raise Conflict(f"execution {execution_id} is {ex.status}")
-            ex.cache_key = key
+            ex.cache_key = cache_key(ex.task, inputs)
             if not ex.task.use_cache:
                 return {"hit": None}
-            hit = s.execute(select(Execution.id, Execution.task_id, Task.output)
-                            .join(Task, Execution.task_id == Task.id)
-                            .where(Execution.cache_key == key, Execution.id != ex.id,
-                                   Execution.status == ExecutionStatus.SUCCEEDED.value)
-                            .order_by(Execution.id.desc()).limit(1)).first()
+            hits = s.execute(select(Execution.id, Task)
+                             .join(Task, Execution.task_id == Task.id)
+                             .where(Execution.cache_key == ex.cache_key, Execution.id != ex.id,
+                                    Execution.status == ExecutionStatus.SUCCEEDED.value)
+                             .order_by(Execution.id.desc()).limit(20)).all()
+            hit = next(((eid, t.id, t.output) for eid, t in hits if _made(t) == _made(ex.task)), None)
         if hit is None:
             return {"hit": None}
         return {"hit": {"execution_id": hit[0], "task_id": hit[1], "output": hit[2]}}
+
+
+def _made(task):
+    """What makes a task's result, as stored: a worker says only what its inputs hold."""
+    return [task.command, task.shell, task.container, task.container_options,
+            sorted(task.resources or [])]
+
+
+def cache_key(task, inputs):
+    """sha256 of the task's stored fields and its inputs' content hashes (not their URIs: a
+    changed file is a new result)."""
+    paths = sorted((i["path"], i["sha256"]) for i in inputs)
+    if len({p for p, _ in paths}) != len(paths):
+        raise BadRequest("an input path is named twice")
+    return hashlib.sha256(json.dumps(["scitq cache 2", _made(task), paths]).encode()).hexdigest()

@@ -187,7 +187,7 @@ class Workers(Resource):
         who = principal()
         with WORKER_CALLS, state().db.write() as s:
             tokens.bind_worker(s, who, ns.payload["name"])
-            w = reports.register(s, ns.payload)
+            w = reports.register(s, ns.payload, create_batch=not tokens.is_worker(who))
             tokens.bound(s, who, w.id)
             out = worker_dict(s, w)
         state().dispatcher.wake()

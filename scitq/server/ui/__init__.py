@@ -3,17 +3,18 @@ compact endpoints of this blueprint) to stay live without reloading. No build st
 templates and static files here are all there is.
 
 Pages only read. Every change goes through a POST, PUT or DELETE, made by the page's
-script with the user's token (`Authorization: Bearer`, from the session) when there is one.
+script with the session's cookie and its CSRF token (scitq.server.ui.sessions): the API token
+given at login stays on the server.
 With auth on, the pages themselves are open (they hold no data, and the login page must be
 reachable); the data is behind the API's check and the same check on this blueprint's JSON.
 """
-from flask import (Blueprint, current_app, g, jsonify, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, url_for
 
 from scitq.errors import BadRequest, Forbidden, ScitqError
 from scitq.server import queue, rollups, tokens
 from scitq.server.models import MAX_ID
 from scitq.server.ui import dashboard as dash
+from scitq.server.ui import sessions
 from scitq.status import Role
 
 JSON_ENDPOINTS = ("ui.dashboard_json", "ui.relaunch_failed", "ui.chart_json", "ui.task_runs_json",
@@ -29,9 +30,9 @@ def _state():
     return current_app.extensions["scitq"]
 
 
-def _principal(header):
-    """Who a bearer header names, if that may use the UI: a user or an admin, not a worker."""
-    principal = tokens.authenticate(_state().db, header)
+def _principal():
+    """Who calls (bearer header or session), if that may use the UI: a user or an admin."""
+    principal = sessions.caller(_state().db, request)
     if principal.role not in UI_ROLES:
         raise Forbidden("a worker token cannot use the UI: log in with a user's token")
     return principal
@@ -45,14 +46,13 @@ def create_blueprint():
     def check_token():
         """The UI's JSON answers to the tokens the API answers to (users and admins)."""
         if request.endpoint in JSON_ENDPOINTS and _state().auth:
-            g.principal = _principal(request.headers.get("Authorization"))
+            g.principal = _principal()
 
     @bp.context_processor
     def page_context():
-        # The token reaches the scripts through a <meta> tag: they send it as a bearer token.
-        # With no secret key Flask's session is a read-only empty one, so this is None.
-        return {"token": session.get("token"), "auth_on": current_app.secret_key is not None,
-                "pages": PAGES}
+        # The session's CSRF token reaches the scripts through a <meta> tag; the API token never.
+        found = sessions.find(_state().db, request.cookies.get(sessions.COOKIE)) if _state().auth else None
+        return {"csrf": found[1] if found else None, "auth_on": _state().auth, "pages": PAGES}
 
     @bp.errorhandler(ScitqError)
     def scitq_error(e):
@@ -86,28 +86,36 @@ def create_blueprint():
 
     @bp.route("/login", methods=["GET", "POST"])
     def login():
-        """Keep the API token in the session for the pages' scripts to send. With no secret
-        key there is no session to keep it in: the page says that auth is off."""
-        if request.method == "GET" or current_app.secret_key is None:
+        """Exchange the API token for a session (a cookie of a random id). With auth off
+        there is nothing to log in to: the page says so."""
+        if request.method == "GET" or not _state().auth:
             return render_template("login.html", page=None, next=_next_url())
         token = (request.form.get("token") or "").strip()
         if not token:
             return render_template("login.html", page=None, next=_next_url(),
                                    error="give a token"), 400
-        if _state().auth:           # a typo is told here, not by every call of every page
-            try:
-                _principal(f"Bearer {token}")
-            except ScitqError as err:
-                return render_template("login.html", page=None, next=_next_url(),
-                                       error=err.message), err.http_status
-        session["token"] = token
-        return redirect(_next_url())
+        try:                        # a typo is told here, not by every call of every page
+            principal = tokens.authenticate(_state().db, f"Bearer {token}")
+            if principal.role not in UI_ROLES:
+                raise Forbidden("a worker token cannot use the UI: log in with a user's token")
+        except ScitqError as err:
+            return render_template("login.html", page=None, next=_next_url(),
+                                   error=err.message), err.http_status
+        sid, _ = sessions.open_session(_state().db, principal)
+        answer = redirect(_next_url())
+        answer.set_cookie(sessions.COOKIE, sid, httponly=True, samesite="Lax", secure=request.is_secure,
+                          path="/")
+        return answer
 
     @bp.post("/logout")
     def logout():
-        if current_app.secret_key is not None:
-            session.pop("token", None)
-        return redirect(url_for("ui.login"))
+        sid = request.cookies.get(sessions.COOKIE)
+        if _state().auth and sid:
+            sessions.caller(_state().db, request)      # its CSRF token: no other site logs one out
+            sessions.close_session(_state().db, sid)
+        answer = redirect(url_for("ui.login"))
+        answer.delete_cookie(sessions.COOKIE, path="/")
+        return answer
 
     # --- compact JSON for the live views -------------------------------------------------
 
@@ -187,6 +195,9 @@ def _int_arg(name, default, low, high):
 def _next_url():
     """Where to go after logging in: a path of this site only (never another host)."""
     target = request.values.get("next") or ""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+    # A browser drops tabs and line breaks from a URL (`/\t/evil.example` is `//evil.example`),
+    # and a line break in a Location header is no answer at all: no control character passes.
+    if not target.startswith("/") or target.startswith("//") or "\\" in target \
+            or any(c < " " or c == "\x7f" for c in target):
         return url_for("ui.dashboard_page")
     return target

@@ -1,15 +1,15 @@
-/* What every page of the scitq UI shares: API calls (with the session's token, a 401 sends
+/* What every page of the scitq UI shares: API calls (with the session's cookie, a 401 sends
    to the login page), a poll loop, DOM building without innerHTML (so no text from the
    server is ever read as markup), keyed table rows updated in place, and formatting. */
 "use strict";
 
 const scitq = (() => {
   const POLL_MS = 2000;       // live views refresh every 2 s
-  const token = document.querySelector('meta[name="scitq-token"]').content;
+  const csrf = document.querySelector('meta[name="scitq-csrf"]').content;
 
   function headers(extra) {
     const h = Object.assign({ Accept: "application/json" }, extra || {});
-    if (token) h.Authorization = "Bearer " + token;
+    if (csrf) h["X-CSRF-Token"] = csrf;     // the session cookie goes with it (same-origin)
     return h;
   }
 
