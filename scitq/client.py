@@ -11,6 +11,7 @@ import time
 import httpx
 
 from scitq.errors import ServerUnreachable, TasksFailed, from_status
+from scitq.trust import client_context, verify_failure
 
 DEFAULT_SERVER = "http://127.0.0.1:5000"
 
@@ -40,11 +41,15 @@ def local_admin_token(server):
 
 
 class Client:
-    def __init__(self, server=None, token=None, timeout=60.0):
+    def __init__(self, server=None, token=None, timeout=60.0, ca=None):
+        """`ca`: the CA certificate file an https server is verified against (or SCITQ_CA;
+        default: the system's store)."""
         self.server = (server or default_server()).rstrip("/")
         token = token or os.environ.get("SCITQ_TOKEN") or local_admin_token(self.server)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout)
+        self.ca = ca or os.environ.get("SCITQ_CA") or None
+        self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout,
+                                 verify=client_context(self.ca))
 
     def close(self):
         self.http.close()
@@ -59,6 +64,12 @@ class Client:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            bad = verify_failure(exc)
+            if bad is not None:
+                raise ServerUnreachable(
+                    f"cannot verify the scitq server at {self.server} against "
+                    f"{self.ca or 'the system CA store'} ({bad.verify_message or bad}): give its "
+                    "CA certificate with --ca FILE or SCITQ_CA") from None
             raise ServerUnreachable(f"cannot reach the scitq server at {self.server} ({exc})") from exc
         if resp.status_code >= 400:
             try:

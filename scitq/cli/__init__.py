@@ -9,16 +9,17 @@ from scitq.errors import ScitqError, ServerUnreachable
 class Context:
     """What every sub-command needs: the server URL and a lazily made client."""
 
-    def __init__(self, server, token=None):
+    def __init__(self, server, token=None, ca=None):
         self.server = server
         self.token = token
+        self.ca = ca
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
             from scitq.client import Client
-            self._client = Client(self.server, token=self.token)
+            self._client = Client(self.server, token=self.token, ca=self.ca)
         return self._client
 
 
@@ -27,11 +28,14 @@ class Context:
               help="URL of the scitq server (or SCITQ_SERVER).")
 @click.option("--token", envvar="SCITQ_TOKEN", help="API token, when the server has auth on (or "
               "SCITQ_TOKEN; on the server's own machine, its admin.token is found alone).")
+@click.option("--ca", envvar="SCITQ_CA", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate file an https server is verified against (or SCITQ_CA; "
+              "default: the system's store).")
 @click.version_option(package_name="scitq")
 @click.pass_context
-def cli(ctx, server, token):
+def cli(ctx, server, token, ca):
     """scitq: queue shell tasks, watch them run, trust that nothing was lost."""
-    ctx.obj = Context(server, token)
+    ctx.obj = Context(server, token, ca)
 
 
 def main(argv=None):

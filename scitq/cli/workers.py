@@ -32,9 +32,12 @@ def worker():
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch space for tasks.")
 @click.option("--docker-host", envvar="SCITQ_DOCKER_HOST",
               help="Docker engine of docker tasks (default: DOCKER_HOST, else the local socket).")
+@click.option("--ca", envvar="SCITQ_CA", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate file the https server is verified against (or SCITQ_CA; "
+              "default: the system's store).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, log_level):
+def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, ca, log_level):
     """Run a worker for the server at URL until SIGTERM (which drains it)."""
     import asyncio
 
@@ -43,7 +46,7 @@ def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, 
 
     setup_logging(log_level)
     w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
-               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host)
+               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host, ca=ca)
     raise SystemExit(asyncio.run(w.run()))
 
 

@@ -37,6 +37,8 @@ class ServerState:
     rollups: object = None      # scitq.server.rollups.Rollups: the charts' per-minute rows
     metrics_auth: bool = False  # /metrics needs a user's or an admin's token
     new_admin_token: str | None = None   # made at this start (auth on, no admin yet): print it
+    ssl_context: object = None  # serve TLS with it (scitq.server.tls), or None: plain HTTP
+    ca_file: Path | None = None  # the CA certificate hosts and clients pin (None: a public CA's)
 
     def server_url(self, provider_name):
         """How hosts of a provider reach this server: --public-url, else, for the local
@@ -45,7 +47,7 @@ class ServerState:
             return self.public_url
         address = getattr(self.providers.get(provider_name), "bridge_address", None)
         if address and self.port:
-            return f"http://{address}:{self.port}"
+            return f"{'https' if self.ssl_context else 'http'}://{address}:{self.port}"
         return None
 
 
@@ -98,12 +100,35 @@ def _start_auth(app, state):
             f.write(state.new_admin_token + "\n")
 
 
+def _host_names(config, providers):
+    """The names and addresses hosts and clients use for this server, for its certificate."""
+    from urllib.parse import urlsplit
+    names = []
+    if config.get("PUBLIC_URL"):
+        names.append(urlsplit(config["PUBLIC_URL"]).hostname)
+    if "local" in providers.config:
+        try:
+            names.append(providers.get("local").bridge_address)
+        except Exception as exc:    # a broken local section is said where it is used
+            log.warning("local provider: %s", exc)
+    return [n for n in names if n]
+
+
+def _start_tls(config, state):
+    from scitq.server import tls
+    state.ssl_context, state.ca_file = tls.setup(
+        state.data_dir, config.get("HOST") or "127.0.0.1", _host_names(config, state.providers),
+        enabled=config.get("TLS"), cert=config.get("TLS_CERT"), key=config.get("TLS_KEY"))
+
+
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
     PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try),
     RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every),
-    AUTH (every API call needs a token), METRICS_AUTH (/metrics needs a token; default: as AUTH)."""
+    AUTH (every API call needs a token), METRICS_AUTH (/metrics needs a token; default: as AUTH),
+    HOST (the address served), TLS (True/False; default: on unless HOST is loopback), TLS_CERT
+    and TLS_KEY (a given certificate; default: one of the server's own CA)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -135,6 +160,7 @@ def create_app(config=None):
     access_log.install(app, state.metrics)
     if auth:
         _start_auth(app, state)
+    _start_tls(app.config, state)
     from scitq.recruit.loop import Reconciler
     state.reconciler = Reconciler(db, state.providers, jobs=state.jobs, notifier=notifier,
                                   server_url=state.server_url, deploy_engine=state.deploy_engine,
