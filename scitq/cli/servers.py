@@ -51,7 +51,8 @@ def _serve(app, host, port, max_connections, on_ready, before_stop=None):
     from scitq.server.serve import serve
     try:
         serve(app, host=host, port=port, max_connections=max_connections, ready=on_ready,
-              before_stop=before_stop, ssl_context=app.extensions["scitq"].ssl_context)
+              before_stop=before_stop, ssl_context=app.extensions["scitq"].ssl_context,
+              also=app.extensions["scitq"].also)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
@@ -125,6 +126,9 @@ def _loopback(url, host):
 
 
 def _say_tls(state):
+    for address, context in state.also:
+        click.echo(f"also serving {'https' if context else 'http'}://{address}:{state.port} "
+                   "(the local provider's hosts reach this server there)", err=True)
     if state.ca_file:
         click.echo(f"TLS: the server's CA certificate is {state.ca_file} (clients: --ca FILE or "
                    "SCITQ_CA; deploys install it on each host)", err=True)

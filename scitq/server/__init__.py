@@ -39,6 +39,8 @@ class ServerState:
     new_admin_token: str | None = None   # made at this start (auth on, no admin yet): print it
     ssl_context: object = None  # serve TLS with it (scitq.server.tls), or None: plain HTTP
     ca_file: Path | None = None  # the CA certificate hosts and clients pin (None: a public CA's)
+    also: tuple = ()            # more (address, ssl_context) served: the local provider's bridge
+    bridge_tls: bool = False    # the local provider's hosts reach this server over https
 
     def server_url(self, provider_name):
         """How hosts of a provider reach this server: --public-url, else, for the local
@@ -47,7 +49,7 @@ class ServerState:
             return self.public_url
         address = getattr(self.providers.get(provider_name), "bridge_address", None)
         if address and self.port:
-            return f"{'https' if self.ssl_context else 'http'}://{address}:{self.port}"
+            return f"{'https' if self.bridge_tls else 'http'}://{address}:{self.port}"
         return None
 
 
@@ -100,25 +102,45 @@ def _start_auth(app, state):
             f.write(state.new_admin_token + "\n")
 
 
-def _host_names(config, providers):
+def _bridge_address(providers):
+    """This machine's address on the local provider's bridge, when that provider is configured."""
+    if "local" not in providers.config:
+        return None
+    try:
+        return providers.get("local").bridge_address
+    except Exception as exc:    # a broken local section is said where it is used
+        log.warning("local provider: %s", exc)
+        return None
+
+
+def _host_names(config, bridge):
     """The names and addresses hosts and clients use for this server, for its certificate."""
     from urllib.parse import urlsplit
-    names = []
+    names = [bridge]
     if config.get("PUBLIC_URL"):
         names.append(urlsplit(config["PUBLIC_URL"]).hostname)
-    if "local" in providers.config:
-        try:
-            names.append(providers.get("local").bridge_address)
-        except Exception as exc:    # a broken local section is said where it is used
-            log.warning("local provider: %s", exc)
     return [n for n in names if n]
 
 
 def _start_tls(config, state):
+    """TLS as asked (scitq.server.tls.setup); and a server on loopback with the local provider
+    also serves that provider's bridge (its hosts cannot reach loopback), over TLS of its own
+    CA unless TLS is turned off."""
     from scitq.server import tls
+    host, bridge = config.get("HOST") or "127.0.0.1", _bridge_address(state.providers)
+    names = _host_names(config, bridge)
     state.ssl_context, state.ca_file = tls.setup(
-        state.data_dir, config.get("HOST") or "127.0.0.1", _host_names(config, state.providers),
-        enabled=config.get("TLS"), cert=config.get("TLS_CERT"), key=config.get("TLS_KEY"))
+        state.data_dir, host, names, enabled=config.get("TLS"), cert=config.get("TLS_CERT"),
+        key=config.get("TLS_KEY"))
+    state.bridge_tls = state.ssl_context is not None
+    if bridge is None or tls.is_wildcard(host) or host == bridge:
+        return
+    context = state.ssl_context
+    if config.get("TLS") is False:
+        context = None
+    elif state.ca_file is None:      # plain HTTP here, or a public CA's certificate: our own for the bridge
+        context, state.ca_file = tls.setup(state.data_dir, bridge, names, enabled=True)
+    state.also, state.bridge_tls = ((bridge, context),), context is not None
 
 
 def create_app(config=None):
@@ -144,7 +166,8 @@ def create_app(config=None):
         providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
     job_logs = OutputStore(data_dir / "jobs", streams=("log",))
     auth = bool(app.config.get("AUTH"))
-    handlers = Deployer(data_dir, token_for=_token_maker(db) if auth else None).handlers()
+    deployer = Deployer(data_dir, token_for=_token_maker(db) if auth else None)
+    handlers = deployer.handlers()
     state = app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
         dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir,
@@ -161,6 +184,7 @@ def create_app(config=None):
     if auth:
         _start_auth(app, state)
     _start_tls(app.config, state)
+    deployer.ca_file = state.ca_file
     from scitq.recruit.loop import Reconciler
     state.reconciler = Reconciler(db, state.providers, jobs=state.jobs, notifier=notifier,
                                   server_url=state.server_url, deploy_engine=state.deploy_engine,
