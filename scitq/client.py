@@ -10,42 +10,31 @@ import time
 
 import httpx
 
-from scitq.errors import ServerUnreachable, TasksFailed, from_status
+from scitq import config
+from scitq.errors import Forbidden, ServerUnreachable, TasksFailed, Unauthorized, from_status
 from scitq.trust import client_context, verify_failure
-
-DEFAULT_SERVER = "http://127.0.0.1:5000"
-
-
-def default_server():
-    return os.environ.get("SCITQ_SERVER") or DEFAULT_SERVER
-
-
-def local_admin_token(server):
-    """The admin token `scitq up` (or a server with --auth) left in its data dir, for a
-    client on the same machine: SCITQ_DATA_DIR, else the user's default data dir."""
-    host = httpx.URL(server).host
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        return None
-    data_dir = os.environ.get("SCITQ_DATA_DIR")
-    if not data_dir:
-        try:
-            from platformdirs import user_data_dir
-        except ImportError:
-            return None
-        data_dir = user_data_dir("scitq")
-    try:
-        with open(os.path.join(data_dir, "admin.token")) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
 
 
 class Client:
-    def __init__(self, server=None, token=None, timeout=60.0, ca=None):
+    """A server's API. Without `server`: SCITQ_SERVER, the config file's default, the server
+    of the local data dir, else 127.0.0.1:5000. Without `token`: SCITQ_TOKEN, the server's
+    entry in the config file (`scitq login`), else, for the server that owns the local data
+    dir only, its admin.token. `token_source` names where the token came from (said in
+    authentication errors)."""
+
+    def __init__(self, server=None, token=None, timeout=60.0, token_source=None, ca=None):
         """`ca`: the CA certificate file an https server is verified against (or SCITQ_CA;
         default: the system's store)."""
-        self.server = (server or default_server()).rstrip("/")
-        token = token or os.environ.get("SCITQ_TOKEN") or local_admin_token(self.server)
+        self.server_source = "the caller"
+        if not server:
+            server, self.server_source = config.default_server()
+        self.server = server.rstrip("/")
+        if token:
+            self.token_source = token_source or "the token given to Client"
+        elif os.environ.get("SCITQ_TOKEN"):
+            token, self.token_source = os.environ["SCITQ_TOKEN"], "SCITQ_TOKEN"
+        else:
+            token, self.token_source = config.find_token(self.server)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.ca = ca or os.environ.get("SCITQ_CA") or None
         self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout,
@@ -70,14 +59,19 @@ class Client:
                     f"cannot verify the scitq server at {self.server} against "
                     f"{self.ca or 'the system CA store'} ({bad.verify_message or bad}): give its "
                     "CA certificate with --ca FILE or SCITQ_CA") from None
-            raise ServerUnreachable(f"cannot reach the scitq server at {self.server} ({exc})") from exc
+            where = "" if self.server_source == "the caller" else f"; URL from {self.server_source}"
+            raise ServerUnreachable(f"cannot reach the scitq server at {self.server} ({exc}{where})") from exc
         if resp.status_code >= 400:
             try:
                 body = resp.json()
             except ValueError:
                 body = {}
-            raise from_status(resp.status_code, (body or {}).get("error") or
+            err = from_status(resp.status_code, (body or {}).get("error") or
                               f"HTTP {resp.status_code} {resp.reason_phrase}", (body or {}).get("detail"))
+            if isinstance(err, (Unauthorized, Forbidden)):    # which token, then
+                err.message += (f" (the token sent came from {self.token_source})" if self.token_source
+                                else f" (no token was sent: `scitq login {self.server} --token T`)")
+            raise err
         return resp
 
     def _json(self, method, path, **kwargs):
@@ -219,19 +213,33 @@ class Client:
     def follow_output(self, task_id, stream="stdout", interval=0.5, execution_id=None):
         """Yield output chunks as they arrive, until the execution has ended (a task that
         has not started yet is waited for)."""
+        for _, data in self.follow_streams(task_id, (stream,), interval, execution_id):
+            yield data
+
+    def latest_execution(self, task_id, interval=0.5):
+        """The id of the task's latest execution, once it has one (waited for)."""
+        while not (executions := self.task(task_id)["executions"]):
+            time.sleep(interval)
+        return executions[-1]["id"]
+
+    def follow_streams(self, task_id, streams=("stdout", "stderr"), interval=0.5, execution_id=None):
+        """Yield (stream, chunk) for each of `streams` as they arrive, until the execution
+        has ended; the execution followed is the task's latest once it has one (waited for)."""
         if execution_id is None:
-            while not self.task(task_id)["executions"]:
-                time.sleep(interval)
-        offset = 0
+            execution_id = self.latest_execution(task_id, interval)
+        offsets = dict.fromkeys(streams, 0)
         while True:
-            data, size, complete = self.output(task_id, stream, offset, execution_id=execution_id)
-            if data:
-                offset += len(data)
-                yield data
-            if offset >= size:
-                if complete:
-                    return
-                time.sleep(interval)
+            ended = True
+            for stream in streams:
+                data, size, complete = self.output(task_id, stream, offsets[stream],
+                                                   execution_id=execution_id)
+                if data:
+                    offsets[stream] += len(data)
+                    yield stream, data
+                ended = ended and complete and offsets[stream] >= size
+            if ended:
+                return
+            time.sleep(interval)
 
     # -- executions -------------------------------------------------------------
     def executions(self, task_id=None, worker_id=None, status=None, after=None, limit=100):

@@ -45,6 +45,16 @@ class TooLarge(BadRequest):
     http_status = 413
 
 
+class Overloaded(ScitqError):
+    """Too many calls wait already: the caller comes back after `retry_after` seconds."""
+
+    http_status = 503
+
+    def __init__(self, message, retry_after=5):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class TasksFailed(ScitqError):
     """A batch waited for ended with tasks failed or canceled; `batch` is its last summary."""
 

@@ -58,6 +58,15 @@ class JobStatus(str, Enum):
 class BatchStatus(str, Enum):
     ACTIVE = "active"
     PAUSED = "paused"        # its pending tasks are held out of dispatch
+    DONE = "done"            # shown, never stored: active, with tasks, every one of them ended
+
+    @classmethod
+    def shown(cls, stored, counts):
+        """What a batch is said to be: its stored status, or `done` when it is active and
+        all its tasks have ended (a task added makes it active again: nothing to undo)."""
+        if stored == cls.ACTIVE.value and counts["total"] and not counts["remaining"]:
+            return cls.DONE.value
+        return stored
 
 
 class HostStatus(str, Enum):

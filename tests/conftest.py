@@ -1,6 +1,7 @@
 """Shared pytest fixtures for the scitq test suite."""
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -10,6 +11,41 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pgcluster  # noqa: E402
 from hosts import real_part_missing  # noqa: E402
+
+
+# --- Hermetic: never the user's HOME, data dir, config file or server ----------
+
+XDG = {"XDG_CONFIG_HOME": ".config", "XDG_DATA_HOME": ".local/share", "XDG_CACHE_HOME": ".cache",
+       "XDG_STATE_HOME": ".local/state"}
+
+
+def pytest_configure(config):
+    """For the whole session (and every process it starts): a HOME and XDG dirs of its own,
+    and no SCITQ_* setting but the tests' own (SCITQ_TEST_*), so that neither the user's
+    token, data dir and config file, nor a `scitq up` on port 5000, can reach a test."""
+    home = tempfile.mkdtemp(prefix="scitq-test-home-")
+    config._scitq_saved_env = dict(os.environ)
+    config._scitq_home = home
+    for name in [n for n in os.environ if n.startswith("SCITQ_") and not n.startswith("SCITQ_TEST_")]:
+        del os.environ[name]
+    os.environ["HOME"] = home
+    for name, sub in XDG.items():
+        os.environ[name] = os.path.join(home, sub)
+    # A command a test runs without --server goes to a port held closed for the session:
+    # refused at once, never the machine's own scitq on 5000.
+    config._scitq_nowhere = socket.socket()
+    config._scitq_nowhere.bind(("127.0.0.1", 0))
+    os.environ["SCITQ_SERVER"] = f"http://127.0.0.1:{config._scitq_nowhere.getsockname()[1]}"
+
+
+def pytest_unconfigure(config):
+    saved = getattr(config, "_scitq_saved_env", None)
+    if saved is None:
+        return
+    os.environ.clear()
+    os.environ.update(saved)
+    config._scitq_nowhere.close()
+    shutil.rmtree(config._scitq_home, ignore_errors=True)
 
 
 # --- Databases ---------------------------------------------------------------

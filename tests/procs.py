@@ -16,19 +16,27 @@ class Procs:
         self.tmp = tmp_path
         self.started = []
 
-    def spawn(self, args, log_name, env=None):
+    def spawn(self, args, log_name, env=None, cwd=None, script=False, preexec_fn=None):
+        """`python -m scitq.cli ARGS`, or with script=True the `scitq` command itself (as a user
+        types it: the current folder is not on its path)."""
         log = open(self.tmp / log_name, "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "scitq.cli", *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        exe = [os.path.join(os.path.dirname(sys.executable), "scitq")] if script else \
+            [sys.executable, "-m", "scitq.cli"]
+        proc = subprocess.Popen([*exe, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True, preexec_fn=preexec_fn)
         proc.log_path = self.tmp / log_name
         log.close()   # the child has its own copy
         self.started.append(proc)
         return proc
 
-    def server(self, db_url, *args, command="server", env=None):
-        """A server on a free port, returned once it listens (its URL as `.url`)."""
-        proc = self.spawn([command, "--db", db_url, "--data-dir", str(self.tmp / "data"),
-                           "--port", "0", *args], f"{command}.log", env=env)
+    def server(self, db_url, *args, command="server", env=None, data_dir=None, preexec_fn=None):
+        """A server on a free port, returned once it listens (its URL as `.url`, its data dir
+        as `.data_dir`)."""
+        log = f"{command}-{data_dir.name}.log" if data_dir else f"{command}.log"
+        data_dir = data_dir or self.tmp / "data"
+        proc = self.spawn([command, "--db", db_url, "--data-dir", str(data_dir),
+                           "--port", "0", *args], log, env=env, preexec_fn=preexec_fn)
+        proc.data_dir = data_dir
         proc.url = wait_for_url(proc)
         return proc
 

@@ -151,6 +151,15 @@ def test_serving_every_address_without_auth_is_refused(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_the_url_printed_for_every_address_is_one_to_open(procs, tmp_path):
+    """Listening on 0.0.0.0 the server names an address of this host, which answers."""
+    import httpx
+    server = procs.server(f"sqlite:///{tmp_path}/db.sqlite", "--host", "0.0.0.0", "--auth")
+    host = httpx.URL(server.url).host
+    assert host not in ("0.0.0.0", "") and server.url.startswith("http://")
+    assert httpx.get(server.url + "/api/v1/swagger.json", timeout=30).status_code == 200
+
+
 def _env():
     import os
     return {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}

@@ -4,9 +4,9 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from procs import wait_for_url, wait_until
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def scitq(*args, server=None, env=None, input=None):
@@ -39,6 +39,7 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(live, tmp_path):
         ("task", "list", "--status", "bogus"),
         ("task", "list", "--batch", "no-such-batch"),
         ("batch", "show", "no-such-batch"),
+        ("batch", "wait", "no-such-batch"),
         ("batch", "pause", "bad/name"),
         ("worker", "set", "nobody", "--concurrency", "2"),
         ("worker", "set", "nobody"),
@@ -46,7 +47,9 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(live, tmp_path):
         ("no-such-command",),
     ]
     for args in cases:
-        assert_one_line_error(scitq(*args, server=url))
+        result = scitq(*args, server=url)
+        assert_one_line_error(result)
+        assert result.stdout == "", (args, result.stdout)     # no table, no bar: nothing
     assert live.tasks(limit=1000)["items"] == before
 
 
@@ -84,6 +87,25 @@ def test_batch_wait_exits_nonzero_when_a_task_failed(live, procs):
     assert "1 task(s) failed" in result.stderr
 
 
+def test_a_batch_whose_tasks_all_ended_is_done_until_tasks_are_added(live, procs):
+    import json
+    procs.worker(live.url, "w", 1)
+    live.add_task("true", batch="finished")
+    live.wait_batch("finished", interval=0.2, timeout=60)
+
+    def status():
+        listed = json.loads(scitq("batch", "list", "--json", server=live.url).stdout)
+        return {b["name"]: b["status"] for b in listed}["finished"]
+    assert status() == "done"
+    assert " done " in scitq("batch", "list", server=live.url).stdout
+    sleeper = live.add_task("sleep 60", batch="finished")["id"]
+    assert status() == "active"
+    live.kill_task(sleeper)
+    wait_until(lambda: status() == "done", 30, what="the batch done again")
+    assert scitq("batch", "pause", "finished", server=live.url).stdout.strip() == \
+        "batch finished: paused"                # paused is said over done: it holds what comes
+
+
 def test_task_output_follows_a_running_task(live, procs):
     procs.worker(live.url, "w", 1)
     tid = live.add_task("for i in 1 2 3; do echo line $i; sleep 0.7; done")["id"]
@@ -93,28 +115,40 @@ def test_task_output_follows_a_running_task(live, procs):
     assert follow.stdout == "line 1\nline 2\nline 3\n"
 
 
-def _port_free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+def test_following_a_failed_task_shows_its_stderr_and_exits_1(live, procs):
+    """Acceptance 6 (its `task output -f` half): the end of the task is said, and a failure is
+    the command's exit status."""
+    procs.worker(live.url, "w", 1)
+    failed = live.add_task("echo out; echo oops >&2; exit 3")["id"]
+    follow = scitq("task", "output", str(failed), "-f", server=live.url)
+    assert follow.returncode == 1
+    assert follow.stdout == "out\n"
+    assert follow.stderr == f"oops\ntask {failed}: failed (exit code 3)\n"
+    fine = live.add_task("echo fine")["id"]
+    follow = scitq("task", "output", str(fine), "-f", server=live.url)
+    assert (follow.returncode, follow.stdout) == (0, "fine\n")
+    assert follow.stderr == f"task {fine}: succeeded (exit code 0)\n"
+
+
+def fresh_home_env(home):
+    """A user's environment with nothing of scitq's yet: no SCITQ_*, no XDG dirs, a new HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCITQ_", "XDG_"))}
+    env["HOME"] = str(home)
+    return env
 
 
 def test_scitq_up_then_echo_hi(tmp_path, procs):
-    """Acceptance 6: no config at all (a fresh HOME), `scitq up`, add a task, read `hi`.
+    """No config at all (a fresh HOME), `scitq up`, add a task, read `hi`: the CLI finds the
+    server and its admin token through the default data dir, on whatever port it got.
     `scitq up` is the SQLite default by definition, so this one runs on SQLite only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}
-    env["HOME"] = str(tmp_path / "home")
-    env.pop("XDG_DATA_HOME", None)
-    if not _port_free(5000):                # the default port is taken on this machine:
-        pytest.fail("port 5000 is in use; `scitq up` needs its default port for this test")
-    up = procs.spawn(["up", "--concurrency", "2"], "up.log", env=env)
+    env = fresh_home_env(tmp_path / "home")
+    up = procs.spawn(["up", "--concurrency", "2", "--port", "0"], "up.log", env=env)
     url = wait_for_url(up)
-    assert url == "http://127.0.0.1:5000"
+    assert url.startswith("http://127.0.0.1:")
     log = up.log_path.read_text()
-    assert f"{tmp_path}/home/.local/share/scitq/scitq.db" in log   # the path is printed
+    data_dir = tmp_path / "home" / ".local/share/scitq"
+    assert f"{data_dir}/scitq.db" in log                              # the path is printed
+    assert f"work folder {data_dir}/worker" in log
 
     added = scitq("task", "add", "echo hi", env=env)
     assert added.returncode == 0, added.stderr
@@ -124,6 +158,49 @@ def test_scitq_up_then_echo_hi(tmp_path, procs):
     out = scitq("task", "output", tid, env=env)
     assert out.returncode == 0 and out.stdout == "hi\n"
     assert procs.stop(up) == 0
+    assert not (data_dir / "server.json").exists()      # a stopped server is nobody's default
+
+
+def test_every_command_has_a_help_line():
+    """Walks the whole command tree: a command without help shows a blank in `scitq X -h`."""
+    from scitq.cli import cli
+
+    def walk(cmd, path):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    commands = list(walk(cli, "scitq"))
+    assert len(commands) > 60 and any(p == "scitq batch resume" for p, _ in commands)
+    missing = [p for p, c in commands if not c.hidden and not (c.help or "").strip()]
+    assert missing == []
+    assert all(c.get_short_help_str() for _, c in commands if not c.hidden)
+
+
+def test_shell_completion_works_as_the_readme_says():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert 'eval "$(_SCITQ_COMPLETE=bash_source scitq)"' in readme
+    exe = os.path.join(os.path.dirname(sys.executable), "scitq")
+    source = subprocess.run([exe], env={**os.environ, "_SCITQ_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=60)
+    assert source.returncode == 0 and "complete -o nosort -F _scitq_completion scitq" in source.stdout
+    done = subprocess.run([exe], env={**os.environ, "_SCITQ_COMPLETE": "bash_complete",
+                                      "COMP_WORDS": "scitq batch re", "COMP_CWORD": "2"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["plain,resume"]
+
+
+def test_license_and_classifiers_say_what_is_true():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    meta = cfg["metadata"]
+    assert meta["license"] == "MIT"
+    assert open(os.path.join(REPO, meta["license_files"])).readline().strip() == "MIT License"
+    classifiers = meta["classifiers"].split("\n")
+    running = f"Programming Language :: Python :: {sys.version_info.major}.{sys.version_info.minor}"
+    assert running in classifiers                        # the Python this suite runs on
+    assert "License :: OSI Approved :: MIT License" in classifiers
 
 
 def test_worker_client_and_cli_import_nothing_of_the_server():

@@ -78,3 +78,27 @@ def test_long_tasks_spread_over_every_worker_after_short_ones(live, procs):
         running[worker] = running.get(worker, 0) + 1
     assert sorted(running.values()) == [2, 2, 2], running
     live.wait_batch("long", timeout=60)
+
+
+def test_worker_calls_past_the_queue_are_refused_with_retry_after(client, monkeypatch):
+    """A fleet larger than the server can serve: calls beyond those running and those
+    waiting get a 503 with Retry-After at once, never a hang or a 500."""
+    import threading
+
+    from scitq.server.api import workers as api
+    admission = api.Admission(running=1, waiting=1)
+    monkeypatch.setattr(api, "WORKER_CALLS", admission)
+    r = client.post("/api/v1/workers", json={"name": "w1"})
+    assert r.status_code == 201
+    wid = r.json["id"]
+    admission.__enter__()                       # the one running slot, held
+    waiter = threading.Thread(target=lambda: client.post(f"/api/v1/workers/{wid}/reports",
+                                                         json={"reports": []}))
+    waiter.start()
+    wait_until(lambda: admission.waiting == 1, 10, what="a call waiting for its turn")
+    refused = client.post(f"/api/v1/workers/{wid}/reports", json={"reports": []})
+    assert refused.status_code == 503 and 5 <= int(refused.headers["Retry-After"]) <= 15
+    assert "retry later" in refused.json["error"]
+    admission.__exit__(None, None, None)        # the waiting call then goes through
+    waiter.join(10)
+    assert not waiter.is_alive() and admission.refused == 1

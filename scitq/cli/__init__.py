@@ -2,6 +2,7 @@
 import sys
 
 import click
+from click.core import ParameterSource
 
 from scitq.errors import ScitqError, ServerUnreachable
 
@@ -9,9 +10,10 @@ from scitq.errors import ScitqError, ServerUnreachable
 class Context:
     """What every sub-command needs: the server URL and a lazily made client."""
 
-    def __init__(self, server, token=None, ca=None):
+    def __init__(self, server, token=None, token_source=None, ca=None):
         self.server = server
         self.token = token
+        self.token_source = token_source
         self.ca = ca
         self._client = None
 
@@ -19,15 +21,18 @@ class Context:
     def client(self):
         if self._client is None:
             from scitq.client import Client
-            self._client = Client(self.server, token=self.token, ca=self.ca)
+            self._client = Client(self.server, token=self.token, token_source=self.token_source,
+                                  ca=self.ca)
         return self._client
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--server", envvar="SCITQ_SERVER", default="http://127.0.0.1:5000", show_default=True,
-              help="URL of the scitq server (or SCITQ_SERVER).")
+@click.option("--server", envvar="SCITQ_SERVER", metavar="URL",
+              help="URL of the scitq server (or SCITQ_SERVER; default: the config file's default "
+              "server, else the `scitq up` of this machine's data dir, else http://127.0.0.1:5000).")
 @click.option("--token", envvar="SCITQ_TOKEN", help="API token, when the server has auth on (or "
-              "SCITQ_TOKEN; on the server's own machine, its admin.token is found alone).")
+              "SCITQ_TOKEN; default: the server's token in the config file, see `scitq login`; "
+              "for the server of this machine's data dir, its admin.token).")
 @click.option("--ca", envvar="SCITQ_CA", type=click.Path(dir_okay=False, exists=True),
               help="CA certificate file an https server is verified against (or SCITQ_CA; "
               "default: the system's store).")
@@ -35,7 +40,9 @@ class Context:
 @click.pass_context
 def cli(ctx, server, token, ca):
     """scitq: queue shell tasks, watch them run, trust that nothing was lost."""
-    ctx.obj = Context(server, token, ca)
+    source = ctx.get_parameter_source("token")
+    ctx.obj = Context(server, token, "SCITQ_TOKEN" if source is ParameterSource.ENVIRONMENT
+                      else "--token", ca)
 
 
 def main(argv=None):
@@ -66,8 +73,8 @@ def _detail(detail):
     return ""
 
 
-from scitq.cli import (batches, deploys, providers, recruiters, servers, tasks,  # noqa: E402
-                       tokens, workers)  # (they register on `cli`)
+from scitq.cli import (batches, deploys, logins, providers, recruiters, servers,  # noqa: E402
+                       tasks, tokens, workers)  # (they register on `cli`)
 
-__all__ = ["cli", "main", "batches", "deploys", "providers", "recruiters", "servers", "tasks",
-           "tokens", "workers"]
+__all__ = ["cli", "main", "batches", "deploys", "logins", "providers", "recruiters", "servers",
+           "tasks", "tokens", "workers"]

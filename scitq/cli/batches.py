@@ -95,6 +95,7 @@ def batch_set(ctx, ref, concurrency, as_json):
 @click.argument("ref")
 @click.pass_obj
 def batch_resume(ctx, ref):
+    """Let a paused batch's tasks be dispatched again (and continue suspended ones)."""
     b = ctx.client.resume_batch(ref)
     click.echo(f"batch {b['name']}: {b['status']}")
 

@@ -106,6 +106,7 @@ def job_list(ctx, status, kind, limit, as_json):
 @json_option
 @click.pass_obj
 def job_show(ctx, job_id, as_json):
+    """A deploy or teardown job: its target, attempts and last error."""
     j = ctx.client.job(job_id)
     if as_json:
         return print_json(j)
@@ -119,6 +120,7 @@ def job_show(ctx, job_id, as_json):
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @click.pass_obj
 def job_log(ctx, job_id, follow):
+    """What the job's deploy engine printed."""
     offset = 0
     while True:
         data, size, complete = ctx.client.job_log(job_id, offset)

@@ -30,6 +30,7 @@ def provider_list(ctx, as_json):
 @json_option
 @click.pass_obj
 def provider_regions(ctx, name, as_json):
+    """The regions the provider NAME offers."""
     regions = ctx.client.regions(name)
     print_json(regions) if as_json else click.echo("\n".join(regions))
 
@@ -80,6 +81,7 @@ def provider_flavors(ctx, name, region, min_cpu, min_ram, min_disk, gpu, max_cos
 @json_option
 @click.pass_obj
 def provider_quotas(ctx, name, region, as_json):
+    """What the account may still rent at provider NAME: used and limit per resource."""
     out = ctx.client.quotas(name, region)
     if as_json:
         return print_json(out)

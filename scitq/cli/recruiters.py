@@ -110,6 +110,7 @@ def recruiter_list(ctx, batch, as_json):
 @json_option
 @click.pass_obj
 def recruiter_show(ctx, recruiter_id, as_json):
+    """A recruiter: what it rents for its batch, the hosts it holds and what they cost."""
     r = ctx.client.recruiter(recruiter_id)
     if as_json:
         return print_json(r)
@@ -177,6 +178,7 @@ def instance_list(ctx, status, provider, batch, every, as_json):
 @json_option
 @click.pass_obj
 def instance_show(ctx, instance_id, as_json):
+    """A rented host: its provider, flavor, state and cost."""
     i = ctx.client.instance(instance_id)
     if as_json:
         return print_json(i)

@@ -48,6 +48,7 @@ def short(text, width=60):
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def write_bytes(data):
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+def write_bytes(data, err=False):
+    out = sys.stderr if err else sys.stdout
+    out.buffer.write(data)
+    out.buffer.flush()

@@ -1,17 +1,17 @@
 """scitq server and scitq up (the only commands that import the server's packages)."""
 import os
+import signal
 import socket
-import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import click
 
+from scitq import config
 from scitq.cli import cli
+from scitq.cli.localworker import LocalWorker
 from scitq.errors import BadRequest
 from scitq.log import FORMATS, setup as setup_logging
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _green():
@@ -111,18 +111,10 @@ server_options = [
 
 
 def _check_exposure(host, auth, insecure):
-    if not auth and host not in LOOPBACK and not insecure:
+    if not auth and host not in config.LOOPBACK and not insecure:
         raise click.UsageError(f"refusing to serve {host} without auth: anyone who reaches it could "
                                "run commands; add --auth (then make tokens), or --insecure on a "
                                "trusted network")
-
-
-def _loopback(url, host):
-    """The URL a worker on this machine uses: a wildcard address is not one to connect to
-    (and the server's certificate names loopback, not it)."""
-    from scitq.server.tls import is_wildcard
-    return url.replace(f"//{host}:", "//127.0.0.1:", 1).replace("//[::]:", "//[::1]:", 1) \
-        if is_wildcard(host) else url
 
 
 def _say_tls(state):
@@ -170,12 +162,41 @@ def server(db, data_dir, host, port, max_connections, providers, public_url, dep
     state = app.extensions["scitq"]
 
     def ready(url):
+        url = _openable(url)
+        config.write_server_note(state.data_dir, url, host)
         click.echo(f"scitq server on {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
         _say_tls(state)
         _say_admin_token(state)
 
-    _serve(app, host, port, max_connections, ready)
+    try:
+        _serve(app, host, port, max_connections, ready)
+    finally:
+        config.remove_server_note(state.data_dir)
+
+
+def _openable(url):
+    """The listening URL as a user can open it: 0.0.0.0 or :: (every address) is no address to
+    open, this host's address is (127.0.0.1 when it has no other)."""
+    parts = urlsplit(url)
+    if parts.hostname not in config.ANY_ADDRESS:
+        return url
+    address = "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))      # picks the outgoing interface; sends nothing
+            address = s.getsockname()[0]
+    except OSError:
+        pass
+    return f"{parts.scheme}://{address}:{parts.port}"
+
+
+def _local_url(url):
+    """How a worker on this machine reaches the server: loopback when it listens everywhere."""
+    parts = urlsplit(url)
+    if parts.hostname in config.ANY_ADDRESS:
+        return f"{parts.scheme}://127.0.0.1:{parts.port}"
+    return url
 
 
 @cli.command()
@@ -192,7 +213,13 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
                     recruit_tick, auth, host)
     state = app.extensions["scitq"]
-    worker = []
+    local = []
+    gave_up = []
+
+    def give_up(message):
+        """The worker keeps dying: say why, and stop the server (SIGTERM: its own way out)."""
+        gave_up.append(message)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def ready(url):
         name = f"{socket.gethostname()}-local"
@@ -203,27 +230,30 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
                 env["SCITQ_TOKEN"] = tokens.worker_token(s, name)
         if state.ca_file:
             env["SCITQ_CA"] = str(state.ca_file)
-        worker.append(subprocess.Popen(
-            [sys.executable, "-m", "scitq.cli", "worker", _loopback(url, host), "--concurrency", str(concurrency),
-             "--name", name, "--log-level", log_level],
-            env=env, start_new_session=True))   # Ctrl-C reaches `up` alone: it drains the worker once
+        workdir = state.data_dir / "worker"    # its own: another `scitq up` has another
+        local.append(LocalWorker(
+            ["worker", _local_url(url), "--concurrency", str(concurrency), "--name", name,
+             "--log-level", log_level, "--workdir", str(workdir)], env, give_up))
+        local[0].start()
+        url = _openable(url)
+        config.write_server_note(state.data_dir, url, host)
         click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
         _say_tls(state)
         _say_admin_token(state)
-        click.echo(f"local worker {name}, concurrency {concurrency}. Try: scitq task add 'echo hi'",
-                   err=True)
+        click.echo(f"local worker {name}, concurrency {concurrency}, work folder {workdir}. "
+                   "Try: scitq task add 'echo hi'", err=True)
 
     def stop_worker():
         """The worker drains first, while the server can still hear its last reports."""
-        for w in worker:
-            w.terminate()
-            try:
-                w.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        for w in local:
+            w.stop()
 
     try:
         _serve(app, host, port, max_connections, ready, before_stop=stop_worker)
     finally:
         stop_worker()
+        config.remove_server_note(state.data_dir)
+    if gave_up:
+        click.echo(f"error: {gave_up[0]}", err=True)
+        sys.exit(1)

@@ -1,5 +1,6 @@
 """scitq task add|list|show|output|relaunch|delete"""
 import shlex
+import sys
 
 import click
 
@@ -126,7 +127,8 @@ def task_show(ctx, task_id, as_json):
 
 @task.command("output")
 @click.argument("task_id", type=int)
-@click.option("--follow", "-f", is_flag=True, help="Keep printing while the task runs.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing while the task runs, its "
+              "standard error to ours, then its end; exit 1 if it failed.")
 @click.option("--stderr", "stream", flag_value="stderr", help="Standard error instead of output.")
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
 @click.option("--execution", "-e", type=int, help="An earlier execution (default: the latest).")
@@ -134,9 +136,7 @@ def task_show(ctx, task_id, as_json):
 def task_output(ctx, task_id, follow, stream, execution):
     """Print what the task printed (its latest execution)."""
     if follow:
-        for chunk in ctx.client.follow_output(task_id, stream, execution_id=execution):
-            write_bytes(chunk)
-        return
+        return _follow(ctx.client, task_id, stream, execution)
     offset = 0
     while True:
         data, size, _ = ctx.client.output(task_id, stream, offset, execution_id=execution)
@@ -144,6 +144,22 @@ def task_output(ctx, task_id, follow, stream, execution):
         offset += len(data)
         if not data or offset >= size:
             return
+
+
+def _follow(client, task_id, stream, execution):
+    """Both streams (or the one asked) as they come, then how the execution ended."""
+    streams = ("stdout", "stderr") if stream == "stdout" else (stream,)
+    eid = execution or client.latest_execution(task_id)
+    for name, chunk in client.follow_streams(task_id, streams, execution_id=eid):
+        write_bytes(chunk, err=name == "stderr" and len(streams) > 1)
+    e = client.execution(eid)
+    detail = "; ".join(str(x) for x in (e.get("reason"), e.get("error"))
+                       if x and x != "exit_code")   # the exit code says that one
+    rc = e.get("return_code")
+    click.echo(f"task {task_id}: {e['status']}" + (f" (exit code {rc})" if rc is not None else "")
+               + (f": {detail}" if detail and e["status"] != "succeeded" else ""), err=True)
+    if e["status"] != "succeeded":
+        sys.exit(1)
 
 
 @task.command("relaunch")

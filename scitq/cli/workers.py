@@ -37,7 +37,9 @@ def worker():
               "default: the system's store).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, ca, log_level):
+@click.option("--parent-fd", type=click.IntRange(0), hidden=True,
+              help="A pipe's read end held open by the parent (`scitq up`): exit when it closes.")
+def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, ca, log_level, parent_fd):
     """Run a worker for the server at URL until SIGTERM (which drains it)."""
     import asyncio
 
@@ -46,7 +48,8 @@ def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, 
 
     setup_logging(log_level)
     w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
-               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host, ca=ca)
+               workdir=workdir, token=os.environ.get("SCITQ_TOKEN"), docker_host=docker_host,
+               parent_fd=parent_fd, ca=ca)
     raise SystemExit(asyncio.run(w.run()))
 
 

@@ -260,10 +260,11 @@ def get_instance(s, instance_id):
 def list_instances(s, status=None, provider=None, recruiter_id=None, batch=None, after=None,
                    limit=100):
     """A page of instances, newest first; `after` is the cursor (the last id of the previous
-    page). status: a HostStatus value, or "live" for the ones counted and paid for."""
+    page). status: a HostStatus value, or "live" for every host still billed (a host being
+    deleted is billed until the cloud says it is gone: a user must see it)."""
     q = select(Instance).order_by(Instance.id.desc()).limit(limit)
     if status == "live":
-        q = q.where(Instance.status.in_(LIVE_HOSTS))
+        q = q.where(Instance.status.in_(ACCRUING))
     elif status is not None:
         if status not in INSTANCE_STATUSES:
             raise BadRequest(f"unknown instance status {str(status)[:40]!r}: one of "

@@ -54,8 +54,8 @@ class ServerState:
 
 
 def default_data_dir():
-    from platformdirs import user_data_dir
-    return Path(os.environ.get("SCITQ_DATA_DIR") or user_data_dir("scitq"))
+    from scitq.config import data_dir
+    return Path(data_dir())
 
 
 def default_db_url(data_dir):

@@ -352,20 +352,20 @@ def summarize(by_status):
 
 
 def batch_summary(s, batch):
-    d = batch.to_dict()
-    d["counts"] = batch_counts(s, [batch.id]).get(batch.id) or summarize({})
-    return d
+    return _summary(batch, batch_counts(s, [batch.id]).get(batch.id) or summarize({}))
 
 
 def list_batches(s):
     batches = s.scalars(select(Batch).order_by(Batch.id)).all()
     counts = batch_counts(s)
-    out = []
-    for b in batches:
-        d = b.to_dict()
-        d["counts"] = counts.get(b.id) or summarize({})
-        out.append(d)
-    return out
+    return [_summary(b, counts.get(b.id) or summarize({})) for b in batches]
+
+
+def _summary(batch, counts):
+    d = batch.to_dict()
+    d["counts"] = counts
+    d["status"] = BatchStatus.shown(batch.status, counts)
+    return d
 
 
 def set_batch_status(s, batch, status):

@@ -5,7 +5,7 @@ import math
 import re
 
 from sqlalchemy import bindparam, exists, func, select, update
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, lazyload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle
@@ -25,7 +25,9 @@ WORKER_NAME = re.compile(r"(?!\d+\Z)[^/\s\x00-\x1f\x7f]{1,128}")
 
 def get_worker(s, worker_id, lock=False):
     """The worker's row; `lock`: FOR UPDATE, until the transaction ends."""
-    worker = s.get(Worker, worker_id, with_for_update={"of": Worker} if lock else None)
+    # Without its batch (joined by default): a report needs the row alone.
+    worker = s.get(Worker, worker_id, with_for_update={"of": Worker} if lock else None,
+                   options=[lazyload(Worker.batch)])
     if worker is None:
         raise NotFound(f"no worker {worker_id}")
     return worker

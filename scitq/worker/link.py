@@ -23,6 +23,7 @@ class ServerUnverified(Exception):
 class ServerLink:
     retry_min = 0.5      # seconds before the first retry
     retry_max = 30.0     # longest back-off between retries
+    abandoned = False    # set when nobody is left to answer: calls stop retrying
 
     def __init__(self, url, token=None, poll_wait=20.0, ca=None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -45,6 +46,8 @@ class ServerLink:
         as long as `retry` holds; a 4xx raises the matching scitq error at once."""
         delay = self.retry_min
         while True:
+            if self.abandoned:
+                raise ConnectionError("the worker gave up its server")
             asked = 0.0     # seconds the server asked to wait (Retry-After of a 503)
             try:
                 resp = await self.http.request(method, path, **kwargs)
@@ -59,7 +62,7 @@ class ServerLink:
                         f"cannot verify the server at {self.url} against "
                         f"{self.ca or 'the system CA store'}: {bad.verify_message or bad}") from None
                 problem = f"{type(exc).__name__}: {exc}"
-            if not retry:
+            if not retry or self.abandoned:
                 raise ConnectionError(problem)
             pause = max(delay * (0.75 + random.random() / 2), asked)
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, pause)

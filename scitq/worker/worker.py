@@ -23,7 +23,10 @@ CPUS = os.cpu_count() or 1     # read once: it reads /sys each time (measured: 6
 
 
 class Worker:
-    poll_wait = 20.0          # seconds a poll may hang on the server (also the heartbeat)
+    # Seconds a poll may hang on the server (also the heartbeat; the server ends it by a third
+    # of the lease): each poll costs the server a look at the database, so a fleet's idle
+    # polls cost less the longer they hang.
+    poll_wait = 25.0
     report_batch = 500        # reports sent in one request at most
     # A task's start is told at most this late (seconds): a task that ends sooner has its
     # start and its end sent in one request and applied in one transaction.
@@ -40,7 +43,7 @@ class Worker:
     trim_after = 0.5
 
     def __init__(self, server, name=None, concurrency=1, prefetch=None, batch=None,
-                 workdir=None, token=None, docker_host=None, ca=None):
+                 workdir=None, token=None, docker_host=None, parent_fd=None, ca=None):
         self.name = name or socket.gethostname()
         self.concurrency = concurrency
         self.prefetch = prefetch            # pinned by a user, or None: sized by self.sizer
@@ -69,6 +72,8 @@ class Worker:
         self.draining = False
         self._poll = None
         self._stop_now = False
+        self._registering = None
+        self.parent_fd = parent_fd          # a pipe's read end: EOF when the parent is gone
 
     @property
     def depth(self):
@@ -88,6 +93,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain, sig.name)
+        if self.parent_fd is not None:
+            loop.add_reader(self.parent_fd, self._parent_gone)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.scratch = ScratchDirs(self.workdir)
         from scitq.worker.staging import ResourceCache
@@ -97,14 +104,23 @@ class Worker:
         trimmer = asyncio.create_task(self._trim_loop())
         try:
             try:
-                await self._register()
+                self._registering = asyncio.create_task(self._register())
+                await self._registering
+            except (asyncio.CancelledError, ConnectionError):
+                if not self._stop_now:
+                    raise
+                return 1                     # the parent went while the server was unreachable
             except (BadRequest, Conflict, Forbidden, Unauthorized) as err:
                 log.error("the server at %s refuses this worker: %s", self.link.url, err.message)
                 return 2
             while not (self.draining and not self.running and not self.queue):
                 if self._stop_now:
                     break
-                await self._poll_once()
+                try:
+                    await self._poll_once()
+                except ConnectionError:
+                    if not self.link.abandoned:
+                        raise
             await self._flush_reports()
             self._news = "offline"
             await self._flush_reports()
@@ -125,6 +141,22 @@ class Worker:
                 ex.kill()
             await self.link.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _parent_gone(self):
+        """The parent (`scitq up`, the server itself) died, even by SIGKILL: its end of the
+        pipe closed. Nobody will hear a report: kill the tasks and exit at once."""
+        if os.read(self.parent_fd, 1):
+            return
+        asyncio.get_running_loop().remove_reader(self.parent_fd)
+        self._stop_now = True
+        self.link.abandoned = True       # no call retries for ever, whatever the cancels reach
+        for call in (self._poll, self._registering):
+            if call is not None:
+                call.cancel()
+        for ex in self.running.values():
+            ex.kill()
+        self.reports.clear()
+        log.error("the process that started this worker is gone: killing its tasks and exiting")
 
     def drain(self, why="request"):
         """Take nothing new, give back what has not started, finish what runs, then exit."""

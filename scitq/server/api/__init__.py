@@ -78,6 +78,10 @@ class ScitqApi(Api):
     def handle_error(self, e):
         if isinstance(e, ScitqError):
             code, body = e.http_status, e.to_dict()
+            if getattr(e, "retry_after", None):
+                response = self.make_response(body, code)
+                response.headers["Retry-After"] = str(e.retry_after)
+                return response
         elif isinstance(e, HTTPException):
             data = getattr(e, "data", None) or {}
             code = e.code or 500

@@ -15,7 +15,9 @@ counts = ns.model("BatchCounts", {s: fields.Integer for s in queue.STATUSES + ["
 
 
 batch = ns.model("Batch", {
-    "id": fields.Integer, "name": fields.String, "status": fields.String,
+    "id": fields.Integer, "name": fields.String,
+    "status": fields.String(enum=[b.value for b in BatchStatus], description=(
+        "active, paused, or done: active with every task ended (adding tasks makes it active)")),
     "concurrency": NullableInteger(description="tasks of the batch run at once at most (null: no cap)"),
     "created_at": fields.String, "counts": fields.Nested(counts),
 })

@@ -155,7 +155,8 @@ page = instances_ns.model("RentedInstancePage", {
 
 instance_args = reqparse.RequestParser()
 instance_args.add_argument("status", choices=rules.INSTANCE_STATUSES + ["live"],
-                           help="a status, or live (creating, deploying or running)")
+                           help="a status, or live (creating, deploying, running or deleting: "
+                                "every host still billed)")
 instance_args.add_argument("provider")
 instance_args.add_argument("recruiter_id", type=natural_id)
 instance_args.add_argument("batch", help="batch id or name")

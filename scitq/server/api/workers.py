@@ -1,12 +1,13 @@
 """Workers: registration, the long poll that hands them work, their reports, and settings."""
 import math
+import random
 import threading
 import time
 
 from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
-from scitq.errors import BadRequest
+from scitq.errors import BadRequest, Overloaded
 from scitq.server import reports, tokens
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
@@ -19,20 +20,50 @@ from scitq.status import WorkerStatus
 ns = Namespace("workers", description="Worker processes, their settings and their work")
 
 MAX_WAIT = 60.0          # seconds a poll may hang
-# Seconds between looks at the database while a poll hangs and nothing woke it. This process
-# wakes the polls of everything it changes (assignments, settings, signals); the looks are
-# for changes made by another server process on the same database. A thousand waiting polls
-# looked every 5 s cost 200 reads a second for nothing.
-RECHECK = 15.0
+# Seconds between looks at the database while a poll hangs and nothing woke it: longer than
+# a poll, so a poll looks when it starts and when it is woken. This process wakes the polls
+# of everything it changes (assignments, settings, signals); a change made by another
+# server process on the same database is seen at the worker's next poll. A thousand waiting
+# polls looked every 5 s cost 200 reads a second for nothing.
+RECHECK = 30.0
 
 PREFETCH = ("tasks it takes beyond its concurrency, ready to start; null (the default): the "
             "worker sizes that from its tasks' durations and its round trips, and says `depth`")
 DEPTH = fields.Integer(min=0, max=reports.MAX_CONCURRENCY, description="with prefetch null: "
                        "how many tasks beyond its concurrency the worker wants now")
-# Worker calls (registrations, reports, a poll's looks) running at once, at most; the others
-# wait parked. Hundreds of workers reporting together would, else, each take the CPU in turn
-# between two steps of a user's read, which then waited a second.
-WORKER_CALLS = threading.BoundedSemaphore(8)
+class Admission:
+    """Worker calls (registrations, reports, a poll's looks) run `running` at once at most;
+    the others wait parked, up to `waiting` of them, and past that are refused with a 503
+    and a Retry-After spread over a few seconds. Hundreds of workers reporting together
+    would, else, each take the CPU in turn between two steps of a user's read (it waited a
+    second), and a fleet larger than the machine can serve would queue without end."""
+
+    def __init__(self, running=8, waiting=512):
+        self._slots = threading.BoundedSemaphore(running)
+        self._lock = threading.Lock()
+        self.waiting, self.max_waiting, self.refused = 0, waiting, 0
+
+    def __enter__(self):
+        if self._slots.acquire(blocking=False):
+            return self
+        with self._lock:
+            if self.waiting >= self.max_waiting:
+                self.refused += 1
+                raise Overloaded(f"{self.waiting} worker calls wait already: retry later",
+                                 retry_after=random.randint(5, 15))
+            self.waiting += 1
+        try:
+            self._slots.acquire()
+        finally:
+            with self._lock:
+                self.waiting -= 1
+        return self
+
+    def __exit__(self, *exc):
+        self._slots.release()
+
+
+WORKER_CALLS = Admission()
 error = ns.model("Error", ERROR_FIELDS)
 worker = ns.model("Worker", {
     "id": fields.Integer, "name": fields.String, "hostname": NullableString,
@@ -209,35 +240,16 @@ class Poll(Resource):
         """Heartbeat, then wait up to `wait` seconds for new assignments or new settings."""
         st = state()
         body = check_poll(ns.payload)
-        known = set(body.get("known") or [])
         wait = float(body.get("wait", 20))
         if not math.isfinite(wait):
             raise BadRequest("wait must be a finite number of seconds")
         # A poll is a heartbeat only when it starts: it must end well within the lease.
         deadline = time.monotonic() + min(wait, MAX_WAIT, st.dispatcher.lease / 3)
         applied = {tuple(x) for x in body.get("signaled") or [] if len(x) == 2}
-        first, gone = True, None
+        gone = None
         while True:
             seen = st.notifier.version(worker_id)
-            # One read (and one connection) per look: the worker's settings, what was
-            # assigned to it, the signals for it and what it holds that is no longer its own.
-            with WORKER_CALLS, st.db.read() as s:
-                w = reports.worker_settings(s, worker_id)
-                stale = first and (reports.needs_heartbeat(w, st.dispatcher.lease)
-                                   or reports.new_depth(w, body.get("depth")) is not None)
-                settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
-                if not stale:
-                    new, signals, left, live = reports.pending_work(s, worker_id, known)
-                    if w.status == WorkerStatus.LOST.value:
-                        new, signals = [], []
-                    new = reports.assignments(s, st.notifier.undelivered(worker_id, new, live))
-            first = False
-            if stale:       # a few times per lease (it may bring a lost worker back): then look again
-                with WORKER_CALLS, st.db.write() as s:
-                    w = reports.get_worker(s, worker_id)
-                    reports.heartbeat(s, w, body.get("stats") or {})
-                    reports.keep_depth(w, body.get("depth"))
-                continue
+            settings, new, signals, left, live = _look(st, worker_id, body, first=gone is None)
             if gone is None:        # the first look
                 gone = left         # what it holds and is no longer its own: told once
                 # A worker holding nothing gets a pass at once. One that holds work is
@@ -248,14 +260,45 @@ class Poll(Resource):
             changed = any(k in body and body[k] != v for k, v in settings.items())
             news = any((x["execution_id"], x["seq"]) not in applied for x in signals)
             answer = {"assignments": new, "signals": signals, "gone": gone, **settings}
-            while True:
-                remaining = deadline - time.monotonic()
-                if new or news or gone or changed or remaining <= 0 or st.notifier.closing:
-                    return answer
-                woken = st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
-                # Its time is up and nothing changed since the look: that look's answer holds.
-                if woken or deadline - time.monotonic() > 0:
-                    break
+            if new or news or gone or changed or not _hang(st, worker_id, seen, deadline):
+                return answer
+
+
+def _look(st, worker_id, body, first):
+    """One read (and one connection): the worker's settings, what was assigned to it, the
+    signals for it and what it holds that is no longer its own. The first look of a poll
+    heartbeats when the worker's row needs it (a few times per lease: it may bring a lost
+    worker back) or its depth changed, and then looks."""
+    with WORKER_CALLS, st.db.read() as s:
+        w = reports.worker_settings(s, worker_id)
+        stale = first and (reports.needs_heartbeat(w, st.dispatcher.lease)
+                           or reports.new_depth(w, body.get("depth")) is not None)
+        if not stale:
+            settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
+            new, signals, left, live = reports.pending_work(s, worker_id, set(body.get("known") or []))
+            if w.status == WorkerStatus.LOST.value:
+                new, signals = [], []
+            return settings, reports.assignments(s, st.notifier.undelivered(worker_id, new, live)), \
+                signals, left, live
+    with WORKER_CALLS, st.db.write() as s:
+        w = reports.get_worker(s, worker_id)
+        reports.heartbeat(s, w, body.get("stats") or {})
+        reports.keep_depth(w, body.get("depth"))
+    return _look(st, worker_id, body, first=False)
+
+
+def _hang(st, worker_id, seen, deadline):
+    """Wait for news of the worker until the deadline: True when it should look again (woken,
+    or a recheck is due), False when its time is up with nothing changed since `seen` (the
+    last look's answer holds) or the server stops."""
+    while not st.notifier.closing:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        woken = st.notifier.wait(worker_id, seen, min(remaining, RECHECK))
+        if woken or deadline - time.monotonic() > 0:
+            return not st.notifier.closing
+    return False
 
 
 @ns.route(f"/<{ID}:worker_id>/reports")

@@ -58,7 +58,7 @@ def dashboard(s):
         c = counts.get(b.id) or queue.summarize({})
         rate = rates.get(b.id, 0.0)
         cost = costs.get(b.id)
-        rows.append({"id": b.id, "name": b.name, "status": b.status,
+        rows.append({"id": b.id, "name": b.name, "status": BatchStatus.shown(b.status, c),
                      "concurrency": b.concurrency, "counts": c, "throughput": rate,
                      "eta": eta(c, rate, b.status),
                      # Only batches that rented hosts carry a cost: most never do.
