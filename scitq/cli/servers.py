@@ -38,7 +38,8 @@ def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_en
     if recruit_tick is not None:
         config["RECRUIT"] = {"tick": recruit_tick}
     config["METRICS_AUTH"] = _extra("metrics_auth")
-    config.update(HOST=host, TLS=_extra("tls"), TLS_CERT=_extra("tls_cert"), TLS_KEY=_extra("tls_key"))
+    config.update(HOST=host, TLS=_extra("tls"), TLS_CERT=_extra("tls_cert"), TLS_KEY=_extra("tls_key"),
+                  TLS_NAMES=[urlsplit(_openable(f"http://{host}:1")).hostname])   # the address it prints
     try:
         return create_app(config)
     except BadRequest:

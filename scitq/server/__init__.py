@@ -116,7 +116,7 @@ def _bridge_address(providers):
 def _host_names(config, bridge):
     """The names and addresses hosts and clients use for this server, for its certificate."""
     from urllib.parse import urlsplit
-    names = [bridge]
+    names = [bridge, *(config.get("TLS_NAMES") or [])]
     if config.get("PUBLIC_URL"):
         names.append(urlsplit(config["PUBLIC_URL"]).hostname)
     return [n for n in names if n]
@@ -150,7 +150,8 @@ def create_app(config=None):
     RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every),
     AUTH (every API call needs a token), METRICS_AUTH (/metrics needs a token; default: as AUTH),
     HOST (the address served), TLS (True/False; default: on unless HOST is loopback), TLS_CERT
-    and TLS_KEY (a given certificate; default: one of the server's own CA)."""
+    and TLS_KEY (a given certificate; default: one of the server's own CA), TLS_NAMES (more
+    names and addresses its own certificate is for)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
