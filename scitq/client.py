@@ -12,6 +12,7 @@ import httpx
 
 from scitq import config
 from scitq.errors import Forbidden, ServerUnreachable, TasksFailed, Unauthorized, from_status
+from scitq.trust import client_context, verify_failure
 
 
 class Client:
@@ -21,7 +22,9 @@ class Client:
     dir only, its admin.token. `token_source` names where the token came from (said in
     authentication errors)."""
 
-    def __init__(self, server=None, token=None, timeout=60.0, token_source=None):
+    def __init__(self, server=None, token=None, timeout=60.0, token_source=None, ca=None):
+        """`ca`: the CA certificate file an https server is verified against (or SCITQ_CA;
+        default: the system's store)."""
         self.server_source = "the caller"
         if not server:
             server, self.server_source = config.default_server()
@@ -33,7 +36,9 @@ class Client:
         else:
             token, self.token_source = config.find_token(self.server)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout)
+        self.ca = ca or os.environ.get("SCITQ_CA") or None
+        self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout,
+                                 verify=client_context(self.ca))
 
     def close(self):
         self.http.close()
@@ -48,6 +53,12 @@ class Client:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            bad = verify_failure(exc)
+            if bad is not None:
+                raise ServerUnreachable(
+                    f"cannot verify the scitq server at {self.server} against "
+                    f"{self.ca or 'the system CA store'} ({bad.verify_message or bad}): give its "
+                    "CA certificate with --ca FILE or SCITQ_CA") from None
             where = "" if self.server_source == "the caller" else f"; URL from {self.server_source}"
             raise ServerUnreachable(f"cannot reach the scitq server at {self.server} ({exc}{where})") from exc
         if resp.status_code >= 400:

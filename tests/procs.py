@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-URL_LINE = re.compile(r"(?:scitq server on|scitq is up:) (http://\S+)")
+URL_LINE = re.compile(r"(?:scitq server on|scitq is up:) (https?://\S+)")
 
 
 class Procs:

@@ -136,12 +136,16 @@ def test_serving_every_address_without_auth_is_refused(tmp_path):
 
 
 def test_the_url_printed_for_every_address_is_one_to_open(procs, tmp_path):
-    """Listening on 0.0.0.0 the server names an address of this host, which answers."""
+    """Listening on 0.0.0.0 the server names an address of this host, which answers (over TLS,
+    with a certificate of the server's own CA that names that address)."""
     import httpx
+
+    from scitq.trust import client_context
     server = procs.server(f"sqlite:///{tmp_path}/db.sqlite", "--host", "0.0.0.0", "--auth")
     host = httpx.URL(server.url).host
-    assert host not in ("0.0.0.0", "") and server.url.startswith("http://")
-    assert httpx.get(server.url + "/api/v1/swagger.json", timeout=30).status_code == 200
+    assert host not in ("0.0.0.0", "") and server.url.startswith("https://")
+    verify = client_context(str(tmp_path / "data" / "tls" / "ca.pem"))
+    assert httpx.get(server.url + "/api/v1/swagger.json", timeout=30, verify=verify).status_code == 200
 
 
 def _env():

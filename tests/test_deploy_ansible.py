@@ -140,10 +140,12 @@ def assert_torn_down(key, ip):
 
 
 def test_bootstrap_run_again_and_teardown(db_url, procs, provider, host, wheelhouse_url, ssh_key, nothing_left_here):
+    # On the bridge, not loopback: TLS of the server's own CA, which the host pins.
     server = procs.server(db_url, "--host", provider.bridge_address, "--insecure")
-    server_url = f"http://{provider.bridge_address}:{urlsplit(server.url).port}"
+    server_url = f"https://{provider.bridge_address}:{urlsplit(server.url).port}"
+    ca = procs.tmp / "data" / "tls" / "ca.pem"
     settings = WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=host.name,
-                              concurrency=3, prefetch=1, token=TOKEN)
+                              concurrency=3, prefetch=1, token=TOKEN, ca_pem=ca.read_text())
     target = Target(host.ip, key=str(ssh_key))
     db = db_url.split(":")[0].split("+")[0]
     log = []
@@ -168,7 +170,8 @@ def test_bootstrap_run_again_and_teardown(db_url, procs, provider, host, wheelho
     freeze = ssh(ssh_key, host.ip, f"{pyinfra_engine.VENV}/bin/pip freeze").lower().split()
     assert f"scitq=={scitq.__version__}" in freeze and any(line.startswith("httpx==") for line in freeze)
 
-    with Client(server_url) as client:
+    assert ssh(ssh_key, host.ip, f"cat {pyinfra_engine.CA_FILE}") == ca.read_text().strip()
+    with Client(server_url, ca=str(ca)) as client:
         worker = client.worker(host.name)
         assert (worker["status"], worker["concurrency"], worker["prefetch"], worker["hostname"]) == (
             "running", 3, 1, host.name)
@@ -200,8 +203,9 @@ def test_same_layout_as_the_pyinfra_engine(procs, tmp_path, provider, host, whee
     """Each engine finds the other's host unchanged, and tears it down; with systemd, and with
     the supervisor loop where systemd is not (the engines are told so)."""
     server = procs.server(f"sqlite:///{tmp_path}/scitq.db", "--host", provider.bridge_address, "--insecure")
-    server_url = f"http://{provider.bridge_address}:{urlsplit(server.url).port}"
-    settings = WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=host.name, concurrency=2)
+    server_url = f"https://{provider.bridge_address}:{urlsplit(server.url).port}"
+    settings = WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=host.name, concurrency=2,
+                              ca_pem=(tmp_path / "data" / "tls" / "ca.pem").read_text())
     target = Target(host.ip, key=str(ssh_key))
     log = []
 
@@ -223,7 +227,7 @@ def test_same_layout_as_the_pyinfra_engine(procs, tmp_path, provider, host, whee
     assert ssh(ssh_key, host.ip, f"cat {pyinfra_engine.SUPERVISOR}") + "\n" == pyinfra_engine.SUPERVISE
     assert ssh(ssh_key, host.ip, f"ls {pyinfra_engine.UNIT_FILE} 2>/dev/null || true") == ""
     assert ssh(ssh_key, host.ip, "pgrep -f '[s]upervise[.]sh'")
-    with Client(server_url) as client:
+    with Client(server_url, ca=str(tmp_path / "data" / "tls" / "ca.pem")) as client:
         assert client.worker(host.name)["concurrency"] == 2
         # New settings: the supervisor loop restarts the worker with them.
         settings.concurrency = 4

@@ -17,8 +17,8 @@ LOCAL = {"run_dir": "/run/scitq/test-deploy-cli", "bridge": "scitqbrdc",
          "subnet": "10.213.17.0/24", "max_hosts": 1}
 
 
-def scitq(url, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "scitq.cli", "--server", url, *args],
+def scitq(url, *args, timeout=300, ca=None):
+    return subprocess.run([sys.executable, "-m", "scitq.cli", "--server", url, *(["--ca", ca] if ca else []), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -34,16 +34,17 @@ def test_provider_host_to_worker_and_back(db_url, procs, tmp_path, local):
     # Listening on every address: the bridge the host will reach us on does not exist yet.
     server = procs.server(db_url, "--providers", str(conf), "--host", "0.0.0.0", "--insecure")
     port = server.url.rsplit(":", 1)[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"       # every address, not loopback alone: TLS
+    ca = str(tmp_path / "data" / "tls" / "ca.pem")
 
-    made = scitq(url, "provider", "create", "local", "--flavor", "local-2", "--region", "local", "--json")
+    made = scitq(url, "provider", "create", "local", "--flavor", "local-2", "--region", "local", "--json", ca=ca)
     assert made.returncode == 0, made.stderr
     (host,) = json.loads(made.stdout)
-    reach_me = f"http://{local.bridge_address}:{port}"
+    reach_me = f"https://{local.bridge_address}:{port}"
 
-    deployed = scitq(url, "deploy", host["ip"], "--concurrency", "2", "--server-url", reach_me)
+    deployed = scitq(url, "deploy", host["ip"], "--concurrency", "2", "--server-url", reach_me, ca=ca)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    with Client(url) as client:
+    with Client(url, ca=ca) as client:
         (worker,) = client.workers()
         assert (worker["name"], worker["concurrency"], worker["status"]) == (host["ip"], 2, "running")
         ids = client.add_tasks([{"command": "hostname; echo $CPU"} for _ in range(6)], batch="remote")
@@ -54,17 +55,18 @@ def test_provider_host_to_worker_and_back(db_url, procs, tmp_path, local):
         (job,) = client.jobs(kind="deploy")["items"]
         log = client.job_log(job["id"])[0].decode()
         assert "wheelhouse:" in log and "is up" in log and job["attempts"] == 1
+        assert "--cert" in log or "the server's CA certificate" in log
 
-        again = scitq(url, "deploy", host["ip"], "--concurrency", "2", "--server-url", reach_me)
+        again = scitq(url, "deploy", host["ip"], "--concurrency", "2", "--server-url", reach_me, ca=ca)
         assert again.returncode == 0
         second = client.jobs(kind="deploy")["items"][0]
         assert "(no change)" in client.job_log(second["id"])[0].decode()
 
-        gone = scitq(url, "undeploy", host["ip"])
+        gone = scitq(url, "undeploy", host["ip"], ca=ca)
         assert gone.returncode == 0, gone.stdout + gone.stderr
         wait_until(lambda: client.worker(host["ip"])["status"] == "offline", 60, what="worker offline")
 
-    assert scitq(url, "provider", "delete", "local", host["id"]).returncode == 0
+    assert scitq(url, "provider", "delete", "local", host["id"], ca=ca).returncode == 0
 
 
 def test_an_unreachable_host_fails_its_job_after_its_attempts(db_url, procs):

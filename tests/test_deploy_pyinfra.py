@@ -97,10 +97,13 @@ def timed(fn, *args, **kwargs):
 
 def test_bootstrap_run_change_and_teardown(db_url, procs, provider, hosts, wheelhouse_url, ssh_key, monkeypatch):
     a, b = hosts
+    # On the bridge, not loopback: TLS of the server's own CA, which each host pins.
     server = procs.server(db_url, "--host", provider.bridge_address, "--insecure")
-    server_url = f"http://{provider.bridge_address}:{urlsplit(server.url).port}"
+    server_url = f"https://{provider.bridge_address}:{urlsplit(server.url).port}"
+    ca = procs.tmp / "data" / "tls" / "ca.pem"
     settings = {h.name: WorkerSettings(server_url=server_url, wheelhouse_url=wheelhouse_url, name=h.name,
-                                       concurrency=c, prefetch=1, token=TOKEN) for h, c in ((a, 3), (b, 2))}
+                                       concurrency=c, prefetch=1, token=TOKEN, ca_pem=ca.read_text())
+                for h, c in ((a, 3), (b, 2))}
     targets = {h.name: Target(h.ip, key=str(ssh_key)) for h in hosts}
     logs = {h.name: [] for h in hosts}
     # Host b has systemd too: the engine is told it has not, there only (safe across threads).
@@ -122,7 +125,9 @@ def test_bootstrap_run_change_and_teardown(db_url, procs, provider, hosts, wheel
     assert any(f"worker supervised by {REMOTE_ROOT}/supervise.sh" in line for line in logs[b.name])
     assert not any(TOKEN in line for lines in logs.values() for line in lines)
 
-    with Client(server_url) as client:
+    assert ssh(ssh_key, a.ip, f"cat {pyinfra_engine.CA_FILE}") == ca.read_text().strip()
+    assert f"SCITQ_CA='{pyinfra_engine.CA_FILE}'" in ssh(ssh_key, a.ip, f"cat {pyinfra_engine.ENV_FILE}")
+    with Client(server_url, ca=str(ca)) as client:
         workers = {w["name"]: w for w in client.workers()}
         assert {n: (w["status"], w["concurrency"], w["prefetch"], w["hostname"]) for n, w in workers.items()} == {
             a.name: ("running", 3, 1, a.name), b.name: ("running", 2, 1, b.name)}

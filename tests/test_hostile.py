@@ -75,7 +75,7 @@ def app(db_url, tmp_path):
     providers = dict(PROVIDERS_OF, local={"run_dir": str(tmp_path / "local-run"),
                                           "cache_dir": str(tmp_path / "local-cache")})
     app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "PROVIDERS": providers,
-                      "PUBLIC_URL": "http://127.0.0.1:9"})
+                      "PUBLIC_URL": "https://scitq.example:9"})
     yield app
     app.extensions["scitq"].db.dispose()
 

@@ -204,3 +204,28 @@ def test_1000_hosts_for_200000_tasks_converge_without_churn(sim_of):
     with sim.db.read() as s:
         assert s.scalar(select(Task.id).where(Task.status != "succeeded").limit(1)) is None
     # The pass times are bench/recruit.py's to print (a test asserts no timing).
+
+
+def test_a_host_whose_deploy_failed_for_good_is_deleted_within_a_tick_its_cost_closed(sim_of):
+    from datetime import timedelta
+
+    from scitq.server.models import Job
+    sim = sim_of(deploy_timeout=900)
+    b = sim.batch("b", tasks=10)
+    sim.recruiter(b, max_workers=1, tasks_per_worker=10)
+    sim.tick()
+    (inst,) = sim.instances()
+    assert inst.ip and inst.status == "deploying"
+    with sim.db.write() as s:     # a failed deploy of a host that had this address before: not its own
+        s.add(Job(kind="deploy", target=inst.ip, status="failed", attempts=3, params={},
+                  created_at=inst.created_at - timedelta(hours=1)))
+    assert not sim.tick().delete
+    with sim.db.write() as s:     # its own deploy ran out of attempts
+        s.add(Job(kind="deploy", target=inst.ip, status="failed", attempts=3, params={}, created_at=sim.clock()))
+    plan = sim.tick()             # the next pass, long before the deploy timeout
+    assert plan.delete == [(inst.id, "its deploy failed for good")]
+    with sim.db.read() as s:
+        gone = s.get(Instance, inst.id)
+        assert gone.status == "deleted" and gone.deleted_at is not None
+        assert gone.cost == pytest.approx(gone.hourly_cost * (gone.deleted_at - gone.created_at).total_seconds() / 3600)
+    assert len(sim.instances()) == 1 and sim.instances()[0].id != inst.id      # replaced

@@ -29,7 +29,8 @@ BASE = {"batch": "align", "provider": "static", "flavor": "static-8c", "max_work
 def app(db_url, tmp_path):
     """conftest's app, with a static provider configured (its fixture takes no providers)."""
     from scitq.server import create_app
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "PROVIDERS": PROVIDERS})
+    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "PROVIDERS": PROVIDERS,
+                      "PUBLIC_URL": "https://scitq.example:5000"})
     yield app
     app.extensions["scitq"].db.dispose()
 
@@ -264,7 +265,8 @@ def one_line_error(result):
 def test_cli_recruiters_and_instances(db_url, procs, tmp_path):
     conf = tmp_path / "providers.yaml"
     conf.write_text(yaml.safe_dump(PROVIDERS))
-    url = procs.server(db_url, "--providers", str(conf)).url
+    # A URL the hosts could use (never reached: batch align has no task, so nothing is rented).
+    url = procs.server(db_url, "--providers", str(conf), "--public-url", "https://scitq.example:5000").url
 
     made = scitq(url, "recruiter", "add", "align", "--provider", "static", "--flavor", "static-8c",
                  "--max-workers", "2", "--tasks-per-worker", "10", "--concurrency", "4")

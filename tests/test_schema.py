@@ -36,7 +36,7 @@ ON_REAL_IDS = 8            # per operation with ids in its path: valid requests 
 PROVIDERS = {"static": {"hosts": [
     {"name": "lab1", "address": "192.0.2.10", "cpu": 8, "ram": 32, "disk": 100},
     {"name": "lab2", "address": "192.0.2.11", "cpu": 8, "ram": 32, "disk": 100, "region": "lab"}]}}
-CONFIG = {"LEASE": LEASE, "PROVIDERS": PROVIDERS, "PUBLIC_URL": "http://127.0.0.1:9"}
+CONFIG = {"LEASE": LEASE, "PROVIDERS": PROVIDERS, "PUBLIC_URL": "https://scitq.example:9"}
 BOUNDED = settings(max_examples=RANDOM_EXAMPLES, derandomize=True, database=None, deadline=None,
                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 

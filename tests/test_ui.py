@@ -403,7 +403,8 @@ def test_the_rent_form_adds_a_recruiter_with_a_flavor_from_the_catalog(db_url, t
              {"name": "lab3", "address": "192.0.2.12", "region": "lab", "flavor": "small", "cpu": 4,
               "ram": 16, "disk": 100}]
     app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url,
-                      "PROVIDERS": {"static": {"hosts": hosts}}})
+                      "PROVIDERS": {"static": {"hosts": hosts}},
+                      "PUBLIC_URL": "https://scitq.example:5000"})
     try:
         client = app.test_client()
         assert call(client, "POST", "/providers/static/refresh")["flavors"] == 3

@@ -10,17 +10,19 @@ from scitq.errors import ScitqError, ServerUnreachable
 class Context:
     """What every sub-command needs: the server URL and a lazily made client."""
 
-    def __init__(self, server, token=None, token_source=None):
+    def __init__(self, server, token=None, token_source=None, ca=None):
         self.server = server
         self.token = token
         self.token_source = token_source
+        self.ca = ca
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
             from scitq.client import Client
-            self._client = Client(self.server, token=self.token, token_source=self.token_source)
+            self._client = Client(self.server, token=self.token, token_source=self.token_source,
+                                  ca=self.ca)
         return self._client
 
 
@@ -31,13 +33,16 @@ class Context:
 @click.option("--token", envvar="SCITQ_TOKEN", help="API token, when the server has auth on (or "
               "SCITQ_TOKEN; default: the server's token in the config file, see `scitq login`; "
               "for the server of this machine's data dir, its admin.token).")
+@click.option("--ca", envvar="SCITQ_CA", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate file an https server is verified against (or SCITQ_CA; "
+              "default: the system's store).")
 @click.version_option(package_name="scitq")
 @click.pass_context
-def cli(ctx, server, token):
+def cli(ctx, server, token, ca):
     """scitq: queue shell tasks, watch them run, trust that nothing was lost."""
     source = ctx.get_parameter_source("token")
     ctx.obj = Context(server, token, "SCITQ_TOKEN" if source is ParameterSource.ENVIRONMENT
-                      else "--token")
+                      else "--token", ca)
 
 
 def main(argv=None):

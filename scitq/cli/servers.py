@@ -24,7 +24,7 @@ def _green():
 
 
 def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine, recruit_tick=None,
-              auth=False):
+              auth=False, host="127.0.0.1"):
     from scitq.server import create_app, default_data_dir, default_db_url
 
     data_dir = data_dir or default_data_dir()
@@ -38,6 +38,8 @@ def _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_en
     if recruit_tick is not None:
         config["RECRUIT"] = {"tick": recruit_tick}
     config["METRICS_AUTH"] = _extra("metrics_auth")
+    config.update(HOST=host, TLS=_extra("tls"), TLS_CERT=_extra("tls_cert"), TLS_KEY=_extra("tls_key"),
+                  TLS_NAMES=[urlsplit(_openable(f"http://{host}:1")).hostname])   # the address it prints
     try:
         return create_app(config)
     except BadRequest:
@@ -50,7 +52,8 @@ def _serve(app, host, port, max_connections, on_ready, before_stop=None):
     from scitq.server.serve import serve
     try:
         serve(app, host=host, port=port, max_connections=max_connections, ready=on_ready,
-              before_stop=before_stop)
+              before_stop=before_stop, ssl_context=app.extensions["scitq"].ssl_context,
+              also=app.extensions["scitq"].also)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
@@ -106,6 +109,13 @@ server_options = [
                  "(default: when --auth is on)."),
     click.option("--auth/--no-auth", default=None, help="Every API call needs a token (the first "
                  "start prints an admin token; default: on for `scitq up`, off for `scitq server`)."),
+    click.option("--tls/--no-tls", default=None, expose_value=False, callback=_keep,
+                 help="Serve HTTPS (default: on when --host is not a loopback address)."),
+    click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), expose_value=False,
+                 callback=_keep, help="Certificate chain to serve (a public CA's; default: one "
+                 "of the server's own CA, made in its data dir at first start)."),
+    click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), expose_value=False,
+                 callback=_keep, help="The private key of --tls-cert."),
     click.option("--insecure", is_flag=True, help="Serve an address other than loopback without "
                  "auth (a trusted network only)."),
 ]
@@ -116,6 +126,17 @@ def _check_exposure(host, auth, insecure):
         raise click.UsageError(f"refusing to serve {host} without auth: anyone who reaches it could "
                                "run commands; add --auth (then make tokens), or --insecure on a "
                                "trusted network")
+
+
+def _say_tls(state):
+    for address, context in state.also:
+        click.echo(f"also serving {'https' if context else 'http'}://{address}:{state.port} "
+                   "(the local provider's hosts reach this server there)", err=True)
+    if state.ca_file:
+        click.echo(f"TLS: the server's CA certificate is {state.ca_file} (clients: --ca FILE or "
+                   "SCITQ_CA; deploys install it on each host)", err=True)
+    elif state.ssl_context:
+        click.echo("TLS with the given certificate (clients verify it with their system store)", err=True)
 
 
 def _say_admin_token(state):
@@ -148,7 +169,7 @@ def server(db, data_dir, host, port, max_connections, providers, public_url, dep
     _green()
     setup_logging(log_level, _extra("log_format"))
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
-                    recruit_tick, auth)
+                    recruit_tick, auth, host)
     state = app.extensions["scitq"]
 
     def ready(url):
@@ -156,6 +177,7 @@ def server(db, data_dir, host, port, max_connections, providers, public_url, dep
         config.write_server_note(state.data_dir, url, host)
         click.echo(f"scitq server on {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
+        _say_tls(state)
         _say_admin_token(state)
 
     try:
@@ -200,7 +222,7 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
     _green()
     setup_logging(log_level, _extra("log_format"))
     app = _make_app(db, data_dir, lease, providers, public_url, job_backoff, deploy_engine,
-                    recruit_tick, auth)
+                    recruit_tick, auth, host)
     state = app.extensions["scitq"]
     local = []
     gave_up = []
@@ -217,6 +239,8 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
             from scitq.server import tokens
             with state.db.write() as s:
                 env["SCITQ_TOKEN"] = tokens.worker_token(s, name)
+        if state.ca_file:
+            env["SCITQ_CA"] = str(state.ca_file)
         workdir = state.data_dir / "worker"    # its own: another `scitq up` has another
         local.append(LocalWorker(
             ["worker", _local_url(url), "--concurrency", str(concurrency), "--name", name,
@@ -226,6 +250,7 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
         config.write_server_note(state.data_dir, url, host)
         click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
+        _say_tls(state)
         _say_admin_token(state)
         click.echo(f"local worker {name}, concurrency {concurrency}, work folder {workdir}. "
                    "Try: scitq task add 'echo hi'", err=True)

@@ -30,11 +30,14 @@ def worker():
 @click.option("--workdir", type=click.Path(file_okay=False), help="Scratch space for tasks.")
 @click.option("--docker-host", envvar="SCITQ_DOCKER_HOST",
               help="Docker engine of docker tasks (default: DOCKER_HOST, else the local socket).")
+@click.option("--ca", envvar="SCITQ_CA", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate file the https server is verified against (or SCITQ_CA; "
+              "default: the system's store).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--parent-fd", type=click.IntRange(0), hidden=True,
               help="A pipe's read end held open by the parent (`scitq up`): exit when it closes.")
-def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, log_level, parent_fd):
+def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, ca, log_level, parent_fd):
     """Run a worker for the server at URL until SIGTERM (which drains it)."""
     import asyncio
 
@@ -48,7 +51,7 @@ def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, 
         raise click.UsageError(str(err)) from None
     setup_logging(log_level)
     w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
-               workdir=workdir, token=token, docker_host=docker_host, parent_fd=parent_fd)
+               workdir=workdir, token=token, docker_host=docker_host, parent_fd=parent_fd, ca=ca)
     raise SystemExit(asyncio.run(w.run()))
 
 

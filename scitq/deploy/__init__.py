@@ -50,6 +50,7 @@ class WorkerSettings:
     batch: str | None = None
     token: str | None = None
     extra_env: dict = field(default_factory=dict)
+    ca_pem: str | None = None              # the server's CA certificate, pinned on the host (None: system store)
 
 
 def engine(name):

@@ -59,7 +59,8 @@ def extravars(settings):
         "scitq_token": settings.token or "",
         "scitq_version": scitq.__version__,
         "scitq_extra_env": dict(settings.extra_env),
-        "scitq_pip_args": layout.pip_args(settings.wheelhouse_url),
+        "scitq_ca_pem": settings.ca_pem or "",
+        "scitq_pip_args": layout.pip_args(settings.wheelhouse_url, settings.ca_pem),
         "scitq_register_timeout": REGISTER_TIMEOUT,
     }
 
@@ -76,6 +77,7 @@ def layout_vars():
         "scitq_supervisor": layout.SUPERVISOR,
         "scitq_pidfile": layout.PIDFILE,
         "scitq_logfile": layout.LOGFILE,
+        "scitq_ca_file": layout.CA_FILE,
         "scitq_stop_timeout": layout.STOP_TIMEOUT,
         "scitq_supervisor_pid_test": layout._SUPERVISOR_PID,
         "scitq_start_supervisor": layout.START_SUPERVISOR,

@@ -18,8 +18,10 @@ import re
 import shlex
 import threading
 import time
+import weakref
 from urllib.parse import quote, urlsplit
 
+import greenlet
 import httpx
 import pyinfra.context
 from pyinfra import host
@@ -32,6 +34,7 @@ from pyinfra.operations.util import any_changed
 
 import scitq
 from scitq.deploy import REMOTE_ROOT, SERVICE, DeployError, check_target
+from scitq.trust import client_context
 
 CONNECT_TIMEOUT = 10         # seconds for the SSH connection
 REGISTER_TIMEOUT = 60        # seconds for the started worker to register on the server
@@ -44,6 +47,7 @@ UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
 SUPERVISOR = f"{REMOTE_ROOT}/supervise.sh"
 PIDFILE = f"{REMOTE_ROOT}/{SERVICE}.pid"
 LOGFILE = f"{REMOTE_ROOT}/{SERVICE}.log"
+CA_FILE = f"{REMOTE_ROOT}/ca.pem"      # the server's CA, which the worker and pip verify it against
 
 UNIT = f"""\
 [Unit]
@@ -96,15 +100,33 @@ _pyinfra_log = logging.getLogger("pyinfra")
 _pyinfra_log.setLevel(logging.INFO)      # its progress lines are the deploy's log
 
 
-class _StatePerThread(threading.local):
-    module = None                        # what pyinfra reads when no state is set
+class _StatePerDeploy:
+    """pyinfra's "current state" slot, one per deploy: set by the greenlet that runs the deploy
+    (a job thread's, or under gevent's monkey-patching the job greenlet itself) and read by it
+    and by the greenlets it spawns (pyinfra runs each operation in one)."""
+
+    def __init__(self):
+        self._slots = weakref.WeakKeyDictionary()     # greenlet -> the state it set
+
+    @property
+    def module(self):
+        g = greenlet.getcurrent()
+        while g is not None:
+            if g in self._slots:
+                return self._slots[g]
+            spawner = getattr(g, "spawning_greenlet", None)
+            g = spawner() if spawner is not None else None
+        return None                          # what pyinfra reads when no state is set
+
+    @module.setter
+    def module(self, value):
+        self._slots[greenlet.getcurrent()] = value
 
 
 # pyinfra keeps "the current state" in one slot for the whole process (it runs one deploy per
-# process, hosts in greenlets); the server runs a deploy per job thread, and with one shared
-# slot a thread would read another's state (its `_if` conditions, its stage). One slot per
-# thread: the greenlets of a deploy all run in its thread, so they still share theirs.
-pyinfra.context.ctx_state.context._container = _StatePerThread()
+# process, hosts in greenlets); the server runs a deploy per job, and with one shared slot a
+# job would read another's state (its `_if` conditions, its stage).
+pyinfra.context.ctx_state.context._container = _StatePerDeploy()
 
 
 # --- facts and operations of our own -------------------------------------------------
@@ -153,24 +175,29 @@ def bootstrap(target, settings, log):
         log(f"[{h.name}] worker supervised by {'systemd' if uses_systemd else SUPERVISOR}")
         plan = _Plan(state)
         plan.add("directory", files.directory, path=REMOTE_ROOT, mode="700")
+        if settings.ca_pem:
+            ca = plan.add("the server's CA certificate", files.put, src=io.StringIO(settings.ca_pem), dest=CA_FILE,
+                     mode="644")
+        else:
+            ca = plan.add("no pinned CA certificate", files.file, path=CA_FILE, present=False)
         plan.add("venv", pip.venv, path=VENV, python="python3")
         package = plan.add(
             f"scitq {scitq.__version__} from the wheelhouse", pip.packages,
             packages=[f"scitq=={scitq.__version__}"], virtualenv=VENV,
-            extra_install_args=pip_args(settings.wheelhouse_url))
+            extra_install_args=pip_args(settings.wheelhouse_url, settings.ca_pem))
         config = plan.add("worker settings", files.put, src=io.StringIO(env), dest=ENV_FILE, mode="600")
         if uses_systemd:
             unit = plan.add(f"unit {SERVICE}.service", files.put, src=io.StringIO(UNIT), dest=UNIT_FILE,
                             mode="644")
             plan.add("systemd daemon-reload", systemd.daemon_reload, _if=any_changed(unit))
             plan.add("restart the worker on change", systemd.service, service=SERVICE, running=None,
-                     restarted=True, _if=any_changed(package, config, unit))
+                     restarted=True, _if=any_changed(package, config, unit, ca))
             plan.add("worker service", systemd.service, service=SERVICE, running=True, enabled=True)
         else:
             script = plan.add("supervisor script", files.put, src=io.StringIO(SUPERVISE), dest=SUPERVISOR,
                               mode="755")
             plan.add("restart the worker on change", supervised, running=None, restarted=True,
-                     _if=any_changed(package, config, script))
+                     _if=any_changed(package, config, script, ca))
             plan.add("supervised worker", supervised, running=True)
         changed = plan.run(h, relay)
         log(f"[{h.name}] {'changed' if changed else 'no change'}")
@@ -201,7 +228,8 @@ def worker_env(settings):
     values = {"SCITQ_SERVER": settings.server_url, "SCITQ_NAME": settings.name,
               "SCITQ_CONCURRENCY": settings.concurrency, "SCITQ_PREFETCH": "auto" if settings.prefetch is None else settings.prefetch,
               "SCITQ_BATCH": settings.batch or "", "SCITQ_TOKEN": settings.token or "",
-              "SCITQ_WORKDIR": WORKDIR, **settings.extra_env}
+              "SCITQ_WORKDIR": WORKDIR, "SCITQ_CA": CA_FILE if settings.ca_pem else "",
+              **settings.extra_env}
     lines = ["# scitq worker settings, written by scitq's deploy (changes here are overwritten)\n"]
     for key, value in values.items():
         value = "" if value is None else str(value)
@@ -212,13 +240,16 @@ def worker_env(settings):
     return "".join(lines)
 
 
-def pip_args(wheelhouse_url):
-    """pip's options to install from the wheelhouse alone (and trust it over plain HTTP)."""
+def pip_args(wheelhouse_url, ca_pem=None):
+    """pip's options to install from the wheelhouse alone (and trust it over plain HTTP, or
+    verify it over https against the server's CA when one is pinned)."""
     args = ["--no-index", "--find-links", wheelhouse_url, "--no-cache-dir",
             "--disable-pip-version-check", "--progress-bar", "off"]
     parts = urlsplit(wheelhouse_url)
     if parts.scheme == "http" and parts.hostname:
         args += ["--trusted-host", parts.hostname]
+    elif parts.scheme == "https" and ca_pem:
+        args += ["--cert", CA_FILE]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -321,7 +352,7 @@ def _wait_registered(settings, log, service_log):
     headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
     deadline = time.monotonic() + REGISTER_TIMEOUT
     last = "no answer"
-    with httpx.Client(headers=headers, timeout=10) as http:
+    with httpx.Client(headers=headers, timeout=10, verify=client_context(cadata=settings.ca_pem)) as http:
         while True:
             try:
                 resp = http.get(url)

@@ -502,8 +502,15 @@ def _remove_tree(path):
 
 @contextmanager
 def _flock(path):
+    """An exclusive lock on the file, waited for with sleeps: a blocking flock() would stop a
+    gevent server's every greenlet, the holder too (its lock conflicts with ours in-process)."""
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.02)
         try:
             yield
         finally:

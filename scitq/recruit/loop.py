@@ -126,9 +126,10 @@ class Reconciler(Loop):
         live = s.execute(
             select(Instance.id, Instance.recruiter_id, Instance.batch_id, Instance.provider,
                    Instance.region, Instance.flavor, Instance.status, Instance.created_at,
-                   Instance.hourly_cost, Worker.status, Worker.idle_since, Worker.batch_id)
+                   Instance.hourly_cost, Worker.status, Worker.idle_since, Worker.batch_id, Instance.ip)
             .outerjoin(Worker, Worker.name == Instance.name)
             .where(Instance.status.in_(LIVE_HOSTS))).all()
+        failed = self._failed_deploys(s, live)
         batch_ids |= {row[11] for row in live if row[11] is not None}
         remaining, work = {}, set()
         if batch_ids:
@@ -153,7 +154,7 @@ class Reconciler(Loop):
         catalog = self._catalog(s, {(row[3], row[4], row[5]) for row in live})
         hosts, registered = [], []
         for (iid, rid, ibatch, provider, region, flavor, status, created, hourly,
-             wstatus, idle_since, wbatch) in live:
+             wstatus, idle_since, wbatch, _ip) in live:
             if wstatus is not None and status == HostStatus.DEPLOYING.value:
                 status = HostStatus.RUNNING.value             # its worker registered
                 registered.append(iid)
@@ -165,13 +166,28 @@ class Reconciler(Loop):
                 status=status, age=(now - created).total_seconds(), hourly_cost=hourly or 0.0,
                 worker=wstatus, idle_for=idle,
                 has_work=(wbatch if wbatch is not None else ibatch) in work,
-                offer=catalog.get((provider, region, flavor))))
+                offer=catalog.get((provider, region, flavor)), deploy_failed=iid in failed))
         if registered:
             s.execute(update(Instance).where(Instance.id.in_(registered))
                       .values(status=HostStatus.RUNNING.value)
                       .execution_options(synchronize_session=False))
             _events(s, "instance.running", registered, now)
         return rules, hosts
+
+    def _failed_deploys(self, s, live):
+        """Ids of the live hosts without a worker whose deploy job failed for good: one made
+        for their address since they were ordered (addresses are reused)."""
+        by_ip = {}
+        for row in live:
+            if row[9] is None and row[12]:
+                by_ip.setdefault(row[12], []).append((row[0], row[7]))
+        if not by_ip:
+            return set()
+        out = set()
+        for target, made in s.execute(select(Job.target, Job.created_at).where(
+                Job.kind == "deploy", Job.status == JobStatus.FAILED.value, Job.target.in_(list(by_ip)))):
+            out |= {iid for iid, ordered in by_ip[target] if made > ordered}
+        return out
 
     def _spent(self, s, recruiter_ids, now):
         """{recruiter id: closed cost + what its live hosts cost so far}."""

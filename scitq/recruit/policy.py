@@ -79,6 +79,7 @@ class Host:
     idle_for: float | None = None     # seconds its worker has run nothing; None: busy
     has_work: bool = False            # its batch has tasks pending or waiting
     offer: Offer | None = None        # its flavor in the catalog (for reuse), if known
+    deploy_failed: bool = False       # its deploy job ran out of attempts: it will never serve
 
 
 @dataclass
@@ -108,6 +109,17 @@ def fits(rule, offer):
             and (offer.gpu > 0) == rule.gpu)
 
 
+def _broken(h, deploy_timeout):
+    """Why a host will never serve (so is deleted now), or None."""
+    if h.worker is None and h.deploy_failed:
+        return "its deploy failed for good"
+    if h.worker is None and h.age > deploy_timeout:
+        return f"no worker registered within the deploy timeout ({deploy_timeout:g}s)"
+    if h.worker in ("lost", "offline"):
+        return f"its worker is {h.worker}"
+    return None
+
+
 def plan(rules, hosts, offers, *, unhealthy=frozenset(), quotas=None, deploy_timeout=900.0,
          horizon=60.0):
     """What to do now. `unhealthy`: (provider, region, flavor) triples to avoid; `quotas`:
@@ -124,10 +136,9 @@ def plan(rules, hosts, offers, *, unhealthy=frozenset(), quotas=None, deploy_tim
             out.delete.append((host.id, reason))
 
     for h in hosts:                                            # 1. broken hosts
-        if h.worker is None and h.age > deploy_timeout:
-            drop(h, f"no worker registered within the deploy timeout ({deploy_timeout:g}s)")
-        elif h.worker in ("lost", "offline"):
-            drop(h, f"its worker is {h.worker}")
+        why = _broken(h, deploy_timeout)
+        if why:
+            drop(h, why)
 
     mine = {}
     for h in hosts:

@@ -37,6 +37,10 @@ class ServerState:
     rollups: object = None      # scitq.server.rollups.Rollups: the charts' per-minute rows
     metrics_auth: bool = False  # /metrics needs a user's or an admin's token
     new_admin_token: str | None = None   # made at this start (auth on, no admin yet): print it
+    ssl_context: object = None  # serve TLS with it (scitq.server.tls), or None: plain HTTP
+    ca_file: Path | None = None  # the CA certificate hosts and clients pin (None: a public CA's)
+    also: tuple = ()            # more (address, ssl_context) served: the local provider's bridge
+    bridge_tls: bool = False    # the local provider's hosts reach this server over https
 
     def server_url(self, provider_name):
         """How hosts of a provider reach this server: --public-url, else, for the local
@@ -45,7 +49,7 @@ class ServerState:
             return self.public_url
         address = getattr(self.providers.get(provider_name), "bridge_address", None)
         if address and self.port:
-            return f"http://{address}:{self.port}"
+            return f"{'https' if self.bridge_tls else 'http'}://{address}:{self.port}"
         return None
 
 
@@ -103,12 +107,56 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 DOCS_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
 
 
+def _bridge_address(providers):
+    """This machine's address on the local provider's bridge, when that provider is configured."""
+    if "local" not in providers.config:
+        return None
+    try:
+        return providers.get("local").bridge_address
+    except Exception as exc:    # a broken local section is said where it is used
+        log.warning("local provider: %s", exc)
+        return None
+
+
+def _host_names(config, bridge):
+    """The names and addresses hosts and clients use for this server, for its certificate."""
+    from urllib.parse import urlsplit
+    names = [bridge, *(config.get("TLS_NAMES") or [])]
+    if config.get("PUBLIC_URL"):
+        names.append(urlsplit(config["PUBLIC_URL"]).hostname)
+    return [n for n in names if n]
+
+
+def _start_tls(config, state):
+    """TLS as asked (scitq.server.tls.setup); and a server on loopback with the local provider
+    also serves that provider's bridge (its hosts cannot reach loopback), over TLS of its own
+    CA unless TLS is turned off."""
+    from scitq.server import tls
+    host, bridge = config.get("HOST") or "127.0.0.1", _bridge_address(state.providers)
+    names = _host_names(config, bridge)
+    state.ssl_context, state.ca_file = tls.setup(
+        state.data_dir, host, names, enabled=config.get("TLS"), cert=config.get("TLS_CERT"),
+        key=config.get("TLS_KEY"))
+    state.bridge_tls = state.ssl_context is not None
+    if bridge is None or tls.is_wildcard(host) or host == bridge:
+        return
+    context = state.ssl_context
+    if config.get("TLS") is False:
+        context = None
+    elif state.ca_file is None:      # plain HTTP here, or a public CA's certificate: our own for the bridge
+        context, state.ca_file = tls.setup(state.data_dir, bridge, names, enabled=True)
+    state.also, state.bridge_tls = ((bridge, context),), context is not None
+
+
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
     PUBLIC_URL (how hosts reach this server), JOB_BACKOFF (seconds before a job's 2nd try),
     RECRUIT (the reconciler's settings: tick, deploy_timeout, orphan_grace, backoff, sweep_every),
-    AUTH (every API call needs a token), METRICS_AUTH (/metrics needs a token; default: as AUTH)."""
+    AUTH (every API call needs a token), METRICS_AUTH (/metrics needs a token; default: as AUTH),
+    HOST (the address served), TLS (True/False; default: on unless HOST is loopback), TLS_CERT
+    and TLS_KEY (a given certificate; default: one of the server's own CA), TLS_NAMES (more
+    names and addresses its own certificate is for)."""
     app = Flask(__name__)
     app.request_class = JSONRequest
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
@@ -125,7 +173,8 @@ def create_app(config=None):
         providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
     job_logs = OutputStore(data_dir / "jobs", streams=("log",))
     auth = bool(app.config.get("AUTH"))
-    handlers = Deployer(data_dir, token_for=_token_maker(db) if auth else None).handlers()
+    deployer = Deployer(data_dir, token_for=_token_maker(db) if auth else None)
+    handlers = deployer.handlers()
     state = app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
         dispatcher=Dispatcher(db, notifier, lease=app.config.get("LEASE")), data_dir=data_dir,
@@ -141,6 +190,8 @@ def create_app(config=None):
     access_log.install(app, state.metrics)
     if auth:
         _start_auth(app, state)
+    _start_tls(app.config, state)
+    deployer.ca_file = state.ca_file
     from scitq.recruit.loop import Reconciler
     state.reconciler = Reconciler(db, state.providers, jobs=state.jobs, notifier=notifier,
                                   server_url=state.server_url, deploy_engine=state.deploy_engine,

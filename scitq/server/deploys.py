@@ -13,12 +13,24 @@ URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@%+=-]{1,512}")
 WORKER_NAME = re.compile(r"(?!\d+\Z)[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}")
 
 
+def check_reachable(url, who, hosts=()):
+    """BadRequest, one line naming --public-url, unless `who` (hosts of a provider, or the
+    `hosts` of a deploy) can reach this server at `url`: a URL at all, and not a loopback one
+    (which reaches only hosts on loopback themselves)."""
+    from scitq.server.tls import is_loopback
+    if not url:
+        raise BadRequest(f"{who} cannot reach this server: it has no URL they can use; start it "
+                         "with --public-url URL (an address of this machine they reach)")
+    host = urlsplit(url).hostname or ""
+    if is_loopback(host) and not (hosts and all(is_loopback(h) for h in hosts)):
+        raise BadRequest(f"{who} cannot reach this server at {url}, a loopback address; start it "
+                         "with --public-url URL (an address of this machine they reach)")
+
+
 def deploy_params(body, public_url, default_engine="pyinfra"):
     """The params of a deploy job, checked: what a later attempt needs to run alone."""
     server_url = body.get("server_url") or public_url
-    if not server_url:
-        raise BadRequest("the hosts must reach this server: give server_url, or start the "
-                         "server with --public-url")
+    check_reachable(server_url, "the hosts", body.get("hosts") or ())
     check_server_url(server_url)
     engine = body.get("engine") or default_engine
     if engine not in ENGINES:
@@ -59,6 +71,7 @@ class Deployer:
     def __init__(self, data_dir, token_for=None):
         self.data_dir = data_dir
         self.token_for = token_for    # worker name -> a fresh worker token (None: auth is off)
+        self.ca_file = None           # the server's CA certificate, pinned on each host (None: none)
         self.wheelhouse = data_dir / "wheelhouse"
         self._building = threading.Lock()
 
@@ -85,7 +98,8 @@ class Deployer:
                                   wheelhouse_url=p["server_url"] + "/wheelhouse/",
                                   name=p.get("name") or job["target"],
                                   concurrency=p["concurrency"], prefetch=p["prefetch"],
-                                  batch=p.get("batch"))
+                                  batch=p.get("batch"),
+                                  ca_pem=self.ca_file.read_text() if self.ca_file else None)
         if self.token_for is not None:     # made now, never kept in the job's params or log
             settings.token = self.token_for(settings.name)
         changed = bootstrap(self._target(job), settings, p["engine"], log)

@@ -161,12 +161,28 @@ def _refuse(sock, tls):
         sock.close()
 
 
+def freebind_listener(address, port):
+    """A listening socket on an address this machine may not have yet (IP_FREEBIND): the local
+    provider's bridge takes its address when its first host is made."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15), 1)
+        sock.bind((address, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_connections=None,
-          ssl_context=None):
+          ssl_context=None, also=()):
     """Serve until SIGTERM or SIGINT; `ready(url)` is called once the socket listens.
 
     `before_stop()` runs on the signal while the server still answers, and the server closes
-    when it returns. `ssl_context`: serve TLS with it (an ssl.SSLContext, server side)."""
+    when it returns. `ssl_context`: serve TLS with it (an ssl.SSLContext, server side).
+    `also`: more (address, ssl_context) to serve on the same port (the local provider's bridge)."""
     import gevent
     import gevent.event
 
@@ -177,6 +193,16 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
     server.init_socket()
     scheme = "https" if ssl_context else "http"
     bound = server.socket.getsockname()[1]
+    servers = [server]
+    for address, context in also:
+        try:
+            listener = freebind_listener(address, bound)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d too: %s", address, bound, exc.strerror or exc)
+            continue
+        servers.append(_server_classes()(listener, app, server.max_connections,
+                                         **({"ssl_context": context} if context else {})))
+        log.info("serving %s://%s:%d too", "https" if context else "http", address, bound)
     url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound}"
     state.port = bound
     state.dispatcher.start()
@@ -191,11 +217,13 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
             if before_stop:
                 before_stop()
         finally:
-            server.closing = True
+            for one in servers:
+                one.closing = True
             state.notifier.close()          # answer the waiting polls
-            server.close()                  # accept no more
+            for one in servers:
+                one.close()                 # accept no more
             deadline = time.monotonic() + 5
-            while server.busy and time.monotonic() < deadline:
+            while any(one.busy for one in servers) and time.monotonic() < deadline:
                 gevent.sleep(0.05)          # requests in flight finish; idle connections do not wait
             stopped.set()
 
@@ -206,7 +234,8 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
             gevent.spawn(close)
 
     handlers = [gevent.signal_handler(sig, stop, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
-    server.start()
+    for one in servers:
+        one.start()
     log.info("serving %s (at most %d connections, open-files limit %d)", url,
              server.max_connections, fd_limit)
     try:
@@ -216,7 +245,8 @@ def serve(app, host="127.0.0.1", port=5000, ready=None, before_stop=None, max_co
     finally:
         for h in handlers:
             h.cancel()
-        server.stop(timeout=1)
+        for one in servers:
+            one.stop(timeout=1)
         state.reconciler.stop()
         state.rollups.stop()
         state.dispatcher.stop()

@@ -2,9 +2,9 @@
 
 This is how deployed hosts run it. Every option also reads a SCITQ_* variable, so a service
 can keep its whole configuration in one environment file (SCITQ_SERVER, SCITQ_CONCURRENCY,
-SCITQ_PREFETCH, SCITQ_NAME, SCITQ_BATCH, SCITQ_WORKDIR, SCITQ_DOCKER_HOST, SCITQ_LOG_LEVEL); the token is
-SCITQ_TOKEN_FILE (a file of mode 0600) or SCITQ_TOKEN, never an argument (it would show in
-`ps`); either is taken out of the environment before any task starts.
+SCITQ_PREFETCH, SCITQ_NAME, SCITQ_BATCH, SCITQ_WORKDIR, SCITQ_DOCKER_HOST, SCITQ_LOG_LEVEL,
+SCITQ_CA); the token is SCITQ_TOKEN_FILE (a file of mode 0600) or SCITQ_TOKEN, never an
+argument (it would show in `ps`); either is taken out of the environment before any task starts.
 """
 import argparse
 import asyncio
@@ -44,6 +44,8 @@ def parser(env=os.environ):
     p.add_argument("--workdir", default=env.get("SCITQ_WORKDIR") or None, help="scratch space for tasks")
     p.add_argument("--docker-host", default=env.get("SCITQ_DOCKER_HOST") or None,
                    help="docker engine of docker tasks (default: DOCKER_HOST, else the local socket)")
+    p.add_argument("--ca", default=env.get("SCITQ_CA") or None,
+                   help="CA certificate file the https server is verified against (default: the system's)")
     p.add_argument("--log-level", default=env.get("SCITQ_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return p
@@ -59,7 +61,7 @@ def main(argv=None, env=os.environ):
     setup_logging(args.log_level)
     worker = Worker(args.url, name=args.name, concurrency=args.concurrency, prefetch=args.prefetch,
                     batch=args.batch, workdir=args.workdir, token=token,
-                    docker_host=args.docker_host)
+                    docker_host=args.docker_host, ca=args.ca)
     return asyncio.run(worker.run())
 
 

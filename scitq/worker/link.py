@@ -6,6 +6,7 @@ import random
 import httpx
 
 from scitq.errors import from_status
+from scitq.trust import client_context, verify_failure
 from scitq.worker import http11
 
 log = logging.getLogger("scitq.worker")
@@ -15,20 +16,25 @@ class WorkerGone(Exception):
     """The server does not know this worker any more (it was deleted)."""
 
 
+class ServerUnverified(Exception):
+    """The server's certificate did not verify: nothing (no token) is sent to it."""
+
+
 class ServerLink:
     retry_min = 0.5      # seconds before the first retry
     retry_max = 30.0     # longest back-off between retries
     abandoned = False    # set when nobody is left to answer: calls stop retrying
 
-    def __init__(self, url, token=None, poll_wait=20.0):
+    def __init__(self, url, token=None, poll_wait=20.0, ca=None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
+        self.ca = ca        # the CA certificate file the server is verified against (else the system's)
         if http11.usable(self.url):     # plain http, no proxy: the lean client (scitq.worker.http11)
             self.http = http11.Client(self.url + "/api/v1", headers=headers,
                                     connect_timeout=30.0, read_timeout=poll_wait + 30.0)
         else:
             self.http = httpx.AsyncClient(
-                base_url=self.url + "/api/v1", headers=headers,
+                base_url=self.url + "/api/v1", headers=headers, verify=client_context(ca),
                 timeout=httpx.Timeout(30.0, read=poll_wait + 30.0),
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
 
@@ -50,6 +56,11 @@ class ServerLink:
                 problem = f"HTTP {resp.status_code}"
                 asked = retry_after(resp.headers)
             except (httpx.TransportError, http11.TransportError) as exc:
+                bad = verify_failure(exc)
+                if bad is not None:     # the handshake failed before any request (and token) went out
+                    raise ServerUnverified(
+                        f"cannot verify the server at {self.url} against "
+                        f"{self.ca or 'the system CA store'}: {bad.verify_message or bad}") from None
                 problem = f"{type(exc).__name__}: {exc}"
             if not retry or self.abandoned:
                 raise ConnectionError(problem)

@@ -12,7 +12,7 @@ from pathlib import Path
 from scitq import __version__
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, ScitqError, Unauthorized
 from scitq.worker.depth import Depth
-from scitq.worker.link import ServerLink
+from scitq.worker.link import ServerLink, ServerUnverified
 from scitq.worker.process import Execution, ScratchDirs
 
 log = logging.getLogger("scitq.worker")
@@ -43,7 +43,7 @@ class Worker:
     trim_after = 0.5
 
     def __init__(self, server, name=None, concurrency=1, prefetch=None, batch=None,
-                 workdir=None, token=None, docker_host=None, parent_fd=None):
+                 workdir=None, token=None, docker_host=None, parent_fd=None, ca=None):
         self.name = name or socket.gethostname()
         self.concurrency = concurrency
         self.prefetch = prefetch            # pinned by a user, or None: sized by self.sizer
@@ -53,7 +53,7 @@ class Worker:
         self.batch = batch
         self.status = "running"
         self.workdir = Path(workdir or tempfile.gettempdir()) / f"scitq-{self.name}"
-        self.link = ServerLink(server, token=token, poll_wait=self.poll_wait)
+        self.link = ServerLink(server, token=token, poll_wait=self.poll_wait, ca=ca)
         self.id = None
         self.docker_host = docker_host
         self.queue = collections.deque()    # Executions not started yet (prefetched, staging)
@@ -126,6 +126,9 @@ class Worker:
             await self._flush_reports()
             log.info("worker %s drained: exiting", self.name)
             return 0
+        except ServerUnverified as err:
+            log.error("%s: not sending it the token; exiting", err)
+            return 2
         except NotFound:
             log.error("worker %s was deleted on the server: killing its tasks and exiting", self.name)
             for ex in self.running.values():

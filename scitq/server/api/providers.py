@@ -2,6 +2,7 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server.api import ERROR_FIELDS, NullableFloat, NullableString, state
+from scitq.server.deploys import check_reachable
 from scitq.server.models import MAX_INT
 from scitq.server.providers import query_flavors
 
@@ -128,6 +129,8 @@ class Instances(Resource):
     def post(self, name):
         """Create hosts and wait until they run (the server's SSH key is installed on them)."""
         body = ns.payload
+        providers().get(name)       # an unknown provider says so first
+        check_reachable(state().server_url(name), f"the hosts of provider {name}")
         made = providers().create(name, body["flavor"], body["region"], body.get("count", 1),
                                   body.get("spot", False), body.get("max_price"))
         return [i.to_dict() for i in made], 201

@@ -3,6 +3,7 @@ what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.recruit import rules
+from scitq.server.deploys import check_reachable
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, natural_id, state)
 
@@ -95,6 +96,9 @@ class Recruiters(Resource):
         st = state()
         with st.db.write() as s:
             r = rules.create_recruiter(s, ns.payload, st.providers)
+            provider = ns.payload["provider"]
+            # Checked before anything is rented (the transaction is dropped on refusal).
+            check_reachable(st.server_url(provider), f"the hosts of provider {provider}")
             out = rules.recruiter_dict(s, r)
         _wake()
         return out, 201
