@@ -210,7 +210,11 @@ def main():
             for n in args.workers:
                 a = argparse.Namespace(**vars(args))
                 a.sim_processes = args.sim_processes or max(1, -(-n // 1000))
-                rows.append(run_fleet(cluster, n, a, tmp))
+                try:
+                    rows.append(run_fleet(cluster, n, a, tmp))
+                except AssertionError as exc:      # the fleet never came up whole: a figure too
+                    print(f"{n} workers: not measured: {exc}", flush=True)
+                    continue
                 report(rows[-1], a)
         finally:
             cluster.stop()
@@ -228,7 +232,9 @@ def main():
 
 
 def report(r, args):
-    print(f"{r['workers']} workers: {r['rate']:.1f} tasks/s done (ideal {r['ideal']:.1f}), "
+    t = r["probe"]
+    probe = ", ".join(f"{k} p50 {pct(t[k], 50):.0f} p99 {pct(t[k], 99):.0f} ms" for k in t)
+    print(f"{r['workers']} workers: {r['rate']:.1f} tasks/s done (ideal {r['ideal']:.1f}), {probe}, "
           f"{r['retries']} worker retries, {len(r['probe_errors'])} probe errors "
           f"{r['probe_errors'][:3]}, {r['lost']} lost, {r['dups']} dup, {r['failed']} failed, "
           f"server CPU {100 * r['server_cpu']:.0f}%", flush=True)
