@@ -62,7 +62,8 @@ def test_static_config_errors_are_clear(tmp_path):
 @pytest.fixture
 def lab_app(db_url, tmp_path):
     from scitq.server import create_app
-    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url,
+    # A URL its hosts could use (never contacted: no deploy runs here), or renting is refused.
+    app = create_app({"DATA_DIR": tmp_path, "DATABASE": db_url, "PUBLIC_URL": "https://scitq.example:5000",
                       "PROVIDERS": {"static": dict(LAB, state=str(tmp_path / "static.json"))}})
     yield app
     app.extensions["scitq"].db.dispose()
@@ -119,7 +120,7 @@ def scitq(url, *args):
 def test_provider_cli_on_static_hosts(db_url, procs, tmp_path):
     conf = tmp_path / "providers.yaml"
     conf.write_text(yaml.safe_dump({"static": dict(LAB, state=str(tmp_path / "static.json"))}))
-    server = procs.server(db_url, "--providers", str(conf))
+    server = procs.server(db_url, "--providers", str(conf), "--public-url", "https://scitq.example:5000")
     listed = scitq(server.url, "provider", "list")
     assert listed.returncode == 0 and "static" in listed.stdout
     flavors = scitq(server.url, "provider", "flavors", "static")     # fills the empty catalog
@@ -149,7 +150,7 @@ def test_a_spot_max_price_is_minus_one_or_above_zero(lab_app, db_url, procs, tmp
     assert not (tmp_path / "static.json").exists() or '"lab1"' not in (tmp_path / "static.json").read_text()
     conf = tmp_path / "providers.yaml"
     conf.write_text(yaml.safe_dump({"static": dict(LAB, state=str(tmp_path / "cli-static.json"))}))
-    server = procs.server(db_url, "--providers", str(conf))
+    server = procs.server(db_url, "--providers", str(conf), "--public-url", "https://scitq.example:5000")
     bad = scitq(server.url, "provider", "create", "static", "-f", "gpu", "-r", "lab", "--spot", "--max-price", "0")
     assert bad.returncode == 2, (bad.stdout, bad.stderr)
     assert len(bad.stderr.strip().splitlines()) == 1 and "max_price" in bad.stderr
