@@ -269,7 +269,7 @@ def _file(config, path):
 
 @pytest.mark.parametrize("local_postgresql", [True, False])
 @pytest.mark.parametrize("name", MODULES)
-def test_cloud_init_runs_scitq_server_on_postgresql(name, local_postgresql):
+def test_cloud_init_runs_scitq_server_on_postgresql(name, local_postgresql, monkeypatch):
     from scitq.cli.servers import server
 
     values, text = _rendered(name, local_postgresql)
@@ -281,6 +281,14 @@ def test_cloud_init_runs_scitq_server_on_postgresql(name, local_postgresql):
     unit.read_string(_file(config, "/etc/systemd/system/scitq.service"))
     argv = shlex.split(unit["Service"]["ExecStart"])
     assert argv[0].endswith("/bin/scitq") and argv[1] == "server"
+    assert "--db" not in argv and values["db_password"] not in unit["Service"]["ExecStart"]
+    # The database URL, password included, comes from a root-only environment file.
+    assert unit["Service"]["EnvironmentFile"] == "/etc/scitq/server.env"
+    env_file = [f for f in config["write_files"] if f["path"] == "/etc/scitq/server.env"][0]
+    assert env_file["permissions"] == "0600" and env_file["owner"] == "root:root"
+    env = dict(line.split("=", 1) for line in env_file["content"].splitlines() if line)
+    assert env == {"SCITQ_DB": values["database_url"]}
+    monkeypatch.setenv("SCITQ_DB", env["SCITQ_DB"])
     ctx = server.make_context("scitq server", argv[2:])       # the real CLI must accept it
     assert ctx.params["db"] == values["database_url"]
     assert ctx.params["db"].startswith("postgresql://")
