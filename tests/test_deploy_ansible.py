@@ -11,6 +11,7 @@ Needs root, ansible-runner and what the local provider needs; in CI (CI=true) no
 """
 import concurrent.futures
 import glob
+import json
 import importlib
 import os
 import signal
@@ -389,3 +390,18 @@ def test_playbooks_are_found_and_a_missing_ansible_runner_names_the_extra(monkey
         ansible_engine.bootstrap(Target(UNUSED), settings, log=print)
     with pytest.raises(DeployError, match=r"scitq\[ansible\]"):
         ansible_engine.teardown(Target(UNUSED), log=print)
+
+
+def test_extravars_read_back_by_ansible_as_written():
+    """Ansible's own YAML loader reads each value back: strings (the empty one too) stay strings."""
+    from ansible.parsing.yaml.loader import AnsibleLoader
+    import yaml
+    settings = WorkerSettings(server_url="https://10.0.0.1:5000", wheelhouse_url="https://10.0.0.1:5000/wheelhouse/",
+                              name="w1", token="a{{ b }}", ca_pem=None, extra_env={"N": 3, "E": ""})
+    variables = ansible_engine.extravars(settings)
+    text = "".join(f"{json.dumps(k)}: {ansible_engine._unsafe_yaml(v)}\n" for k, v in variables.items())
+    loaded = yaml.load(text, Loader=AnsibleLoader)
+    assert loaded["scitq_ca_pem"] == "" and loaded["scitq_batch"] == ""      # 2.19 read `!unsafe ""` as None
+    assert loaded["scitq_token"] == "a{{ b }}"
+    assert loaded["scitq_extra_env"] == {"N": 3, "E": ""}
+    assert {key: str(value) for key, value in loaded.items()} == {key: str(value) for key, value in variables.items()}

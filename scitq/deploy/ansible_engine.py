@@ -245,7 +245,8 @@ def _ansible_playbook():
 def _unsafe_yaml(value):
     """value as YAML, its strings tagged !unsafe: data to Ansible, never a template."""
     if isinstance(value, str):
-        return "!unsafe " + json.dumps(value)
+        # An empty string holds no template, and ansible-core 2.19 loads `!unsafe ""` as None.
+        return "!unsafe " + json.dumps(value) if value else '""'
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(str(k))}: {_unsafe_yaml(v)}" for k, v in value.items()) + "}"
     if value is None or isinstance(value, (bool, int, float)):
