@@ -87,9 +87,19 @@ class Plan:
     create: list = field(default_factory=list)    # (rule id, Offer)
     reuse: list = field(default_factory=list)     # (host id, rule id)
     delete: list = field(default_factory=list)    # (host id, reason)
+    # (rule id, Offer, reason): a fitting offer looked at while hosts were missing and not
+    # rented (or not for all of them), and why: what `scitq recruiter plan` shows as ruled out.
+    ruled_out: list = field(default_factory=list)
+    gone: set = field(default_factory=set, repr=False, compare=False)   # ids in delete
 
     def __bool__(self):
         return bool(self.create or self.reuse or self.delete)
+
+    def drop(self, host, reason):
+        """Delete a host (once, for the first reason found)."""
+        if host.id not in self.gone:
+            self.gone.add(host.id)
+            self.delete.append((host.id, reason))
 
 
 def want(rule):
@@ -122,30 +132,41 @@ def _broken(h, deploy_timeout):
 
 def plan(rules, hosts, offers, *, unhealthy=frozenset(), quotas=None, deploy_timeout=900.0,
          horizon=60.0):
-    """What to do now. `unhealthy`: (provider, region, flavor) triples to avoid; `quotas`:
-    {(provider, region): instances that may still be created} (missing: no limit known);
-    `horizon`: seconds until the decisions are looked at again (the budget must hold
-    until then)."""
+    """What to do now. `unhealthy`: (provider, region, flavor) triples to avoid, a set or a
+    {triple: why} mapping; `quotas`: {(provider, region): instances that may still be created}
+    (missing: no limit known); `horizon`: seconds until the decisions are looked at again (the
+    budget must hold until then)."""
     out = Plan()
-    gone = set()
     by_rule = {r.id: r for r in rules}
-
-    def drop(host, reason):
-        if host.id not in gone:
-            gone.add(host.id)
-            out.delete.append((host.id, reason))
-
-    for h in hosts:                                            # 1. broken hosts
-        why = _broken(h, deploy_timeout)
-        if why:
-            drop(h, why)
-
+    _drop_broken(out, hosts, deploy_timeout)                           # 1. broken hosts
     mine = {}
     for h in hosts:
-        if h.id not in gone:
+        if h.id not in out.gone:
             mine.setdefault(h.recruiter_id, []).append(h)
+    _keep_budgets(out, rules, mine, horizon)                           # 2. budgets
+    drained = [h for h in hosts if h.id not in out.gone and h.worker == "running"
+               and h.idle_for is not None and not h.has_work]
+    quotas = dict(quotas or {})
+    for rule in sorted(rules, key=lambda r: (r.rank, r.id)):           # 3. reuse, then rent
+        _fill(out, rule, mine.get(rule.id, []), drained, offers, unhealthy, quotas, horizon)
+    for h in drained:                                                  # 4. idle hosts go
+        rule = by_rule.get(h.recruiter_id)
+        timeout = rule.idle_timeout if rule else DEFAULT_IDLE_TIMEOUT
+        if h.idle_for >= timeout:
+            out.drop(h, f"idle for {h.idle_for:.0f}s with no work left")
+    return out
 
-    for rule in rules:                                         # 2. budgets
+
+def _drop_broken(out, hosts, deploy_timeout):
+    for h in hosts:
+        why = _broken(h, deploy_timeout)
+        if why:
+            out.drop(h, why)
+
+
+def _keep_budgets(out, rules, mine, horizon):
+    """Hosts go while a recruiter's spending until the next look would pass its budget."""
+    for rule in rules:
         if rule.budget is None:
             continue
         live = mine.get(rule.id, [])
@@ -154,58 +175,92 @@ def plan(rules, hosts, offers, *, unhealthy=frozenset(), quotas=None, deploy_tim
         for h in sorted(live, key=lambda h: (h.idle_for is None, h.age)):
             if rule.spent + hourly * horizon / 3600 <= rule.budget:
                 break
-            drop(h, f"budget {rule.budget:g} reached")
+            out.drop(h, f"budget {rule.budget:g} reached")
             hourly -= h.hourly_cost
-        mine[rule.id] = [h for h in live if h.id not in gone]
+        mine[rule.id] = [h for h in live if h.id not in out.gone]
 
-    quotas = dict(quotas or {})
-    drained = [h for h in hosts if h.id not in gone and h.worker == "running"
-               and h.idle_for is not None and not h.has_work]
-    ranked = sorted(rules, key=lambda r: (r.rank, r.id))
-    for rule in ranked:                                        # 3. reuse, then rent
-        live = mine.get(rule.id, [])
-        deficit = want(rule) - len(live)
+
+class _Spend:
+    """What a recruiter's hosts cost an hour as the plan adds to them, and what it may add."""
+
+    def __init__(self, rule, hourly, horizon):
+        self.rule, self.hourly, self.horizon = rule, hourly, horizon
+
+    def refusal(self, cost):
+        """Why one more host at `cost` an hour is refused (max hourly cost, budget), or None."""
+        rule, total = self.rule, self.hourly + (cost or 0.0)
+        if rule.max_hourly_cost is not None and total > rule.max_hourly_cost + 1e-9:
+            return f"max hourly cost {rule.max_hourly_cost:g}: it would make {total:.4g} an hour"
+        if rule.budget is not None and rule.spent + total * self.horizon / 3600 > rule.budget:
+            return f"budget {rule.budget:g}: {rule.spent:.2f} spent, it would pass it before the next look"
+        return None
+
+    def add(self, cost):
+        self.hourly += cost or 0.0
+
+
+def _fill(out, rule, live, drained, offers, unhealthy, quotas, horizon):
+    """One recruiter's missing hosts: drained hosts first, then the cheapest offers that fit."""
+    deficit = want(rule) - len(live)
+    if deficit <= 0:
+        return
+    spend = _Spend(rule, sum(h.hourly_cost for h in live), horizon)
+    deficit -= _reuse(out, rule, drained, deficit, spend)
+    choices = sorted((o for o in offers if fits(rule, o)),
+                     key=lambda o: (o.hourly_cost is None, o.hourly_cost or 0.0, o.cpu, o.name))
+    for offer in choices:
         if deficit <= 0:
+            break
+        deficit -= _rent(out, rule, offer, deficit, spend, unhealthy, quotas)
+
+
+def _reuse(out, rule, drained, deficit, spend):
+    """Idle hosts of drained batches that fit, moved to this recruiter; returns how many."""
+    n = 0
+    for h in list(drained):
+        if n >= deficit:
+            break
+        if h.recruiter_id == rule.id or h.offer is None or not fits(rule, h.offer):
             continue
-        hourly = sum(h.hourly_cost for h in live)
+        if spend.refusal(h.hourly_cost):
+            continue
+        drained.remove(h)
+        out.reuse.append((h.id, rule.id))
+        spend.add(h.hourly_cost)
+        n += 1
+    return n
 
-        def affordable(cost):
-            cost = cost or 0.0
-            if rule.max_hourly_cost is not None and hourly + cost > rule.max_hourly_cost + 1e-9:
-                return False
-            if rule.budget is not None and rule.spent + (hourly + cost) * horizon / 3600 > rule.budget:
-                return False
-            return True
 
-        for h in list(drained):
-            if deficit <= 0:
-                break
-            if h.recruiter_id == rule.id or h.offer is None or not fits(rule, h.offer):
-                continue
-            if not affordable(h.hourly_cost):
-                continue
-            drained.remove(h)
-            out.reuse.append((h.id, rule.id))
-            hourly += h.hourly_cost
-            deficit -= 1
-        choices = sorted((o for o in offers if fits(rule, o) and o.key not in unhealthy),
-                         key=lambda o: (o.hourly_cost is None, o.hourly_cost or 0.0, o.cpu, o.name))
-        for offer in choices:
-            while deficit > 0 and affordable(offer.hourly_cost):
-                room = quotas.get((offer.provider, offer.region))
-                if room is not None and room <= 0:
-                    break
-                if room is not None:
-                    quotas[(offer.provider, offer.region)] = room - 1
-                out.create.append((rule.id, offer))
-                hourly += offer.hourly_cost or 0.0
-                deficit -= 1
-            if deficit <= 0:
-                break
+def _rent(out, rule, offer, deficit, spend, unhealthy, quotas):
+    """Up to `deficit` hosts of one offer; returns how many. Stopping short for a reason
+    (unhealthy, max hourly cost, budget, quota) records the offer as ruled out."""
+    why = _unhealthy(unhealthy, offer.key)
+    n = 0
+    while why is None and n < deficit:
+        why = spend.refusal(offer.hourly_cost) or _take_quota(quotas, offer)
+        if why is None:
+            out.create.append((rule.id, offer))
+            spend.add(offer.hourly_cost)
+            n += 1
+    if why is not None:
+        out.ruled_out.append((rule.id, offer, why))
+    return n
 
-    for h in drained:                                          # 4. idle hosts go
-        rule = by_rule.get(h.recruiter_id)
-        timeout = rule.idle_timeout if rule else DEFAULT_IDLE_TIMEOUT
-        if h.idle_for >= timeout:
-            drop(h, f"idle for {h.idle_for:.0f}s with no work left")
-    return out
+
+def _unhealthy(unhealthy, key):
+    if key not in unhealthy:
+        return None
+    why = unhealthy.get(key) if isinstance(unhealthy, dict) else None
+    return f"unhealthy: {why}" if why else "unhealthy: a create failed there lately"
+
+
+def _take_quota(quotas, offer):
+    """Count one instance against its region's quota; why not when none is left, else None."""
+    where = (offer.provider, offer.region)
+    room = quotas.get(where)
+    if room is None:
+        return None
+    if room <= 0:
+        return f"quota: no instance left in {offer.region}"
+    quotas[where] = room - 1
+    return None
