@@ -305,3 +305,143 @@ def test_spot_price_refusals(arm, price, status, code):
                                                          billingProfile={"maxPrice": price})}
     answer = http.put(f"{rg}/providers/Microsoft.Compute/virtualMachines/vm9", json=body)
     assert answer.status_code == status and answer.json()["error"]["code"] == code
+
+
+RESOURCES = SPECS + "resources/resource-manager/Microsoft.Resources/stable/2022-09-01/examples/"
+
+
+def not_found(answer, code, *words):
+    """A 404 in ARM's error shape: {"error": {"code", "message"}}, the message naming the resource."""
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert error["code"] == code and all(w in error["message"] for w in words), error
+
+
+def got(http, url, kind):
+    """A GET that answers 200 with the resource: its id the URL, its type `kind`."""
+    answer = http.get(url)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["type"] == kind and body["id"] == url and body["location"] == "westeurope"
+    return body
+
+
+def test_resource_group_get_and_its_absence(arm):
+    """ResourceGroups_Get ({RESOURCES}GetResourceGroup.json: 200, id, name, type
+    Microsoft.Resources/resourceGroups, location, properties.provisioningState Succeeded); one that
+    does not exist: 404 ResourceGroupNotFound "Resource group '<name>' could not be found." (ARM's
+    answer, as the azure-sdk-for-python recordings of resource_groups.get show it), and so does any
+    resource under it."""
+    cloud, http, rg = arm
+    answer = http.get(rg)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert {"id", "name", "type", "location", "properties"} <= set(body)
+    assert body["id"] == rg and body["type"] == "Microsoft.Resources/resourceGroups"
+    assert body["properties"] == {"provisioningState": "Succeeded"} and body["location"] == "westeurope"
+    other = f"/subscriptions/{cloud.subscription}/resourceGroups/nowhere"
+    not_found(http.get(other), "ResourceGroupNotFound", "Resource group 'nowhere' could not be found.")
+    not_found(http.get(f"{other}/providers/Microsoft.Network/networkInterfaces/x"), "ResourceGroupNotFound")
+
+
+def test_vnet_and_subnet_get(arm):
+    """VirtualNetworks_Get ({NETWORK}VirtualNetworkGet.json: 200, type Microsoft.Network/virtualNetworks,
+    properties.addressSpace.addressPrefixes, subnets[] of id, name, properties.addressPrefix and
+    provisioningState) and Subnets_Get ({NETWORK}SubnetGet.json); absent: 404 ResourceNotFound for the
+    network, NotFound for a subnet (what the adapter reads as "make it")."""
+    _, http, rg = arm
+    url = f"{rg}/providers/Microsoft.Network/virtualNetworks/scitq-westeurope"
+    vnet = got(http, url, "Microsoft.Network/virtualNetworks")
+    assert vnet["properties"]["provisioningState"] == "Succeeded"
+    assert vnet["properties"]["addressSpace"] == {"addressPrefixes": ["10.42.0.0/16"]}
+    (subnet,) = vnet["properties"]["subnets"]
+    assert subnet["id"] == f"{url}/subnets/scitq" and subnet["properties"]["addressPrefix"] == "10.42.0.0/16"
+    assert subnet["properties"]["provisioningState"] == "Succeeded"
+    assert http.get(f"{url}/subnets/scitq").json() == subnet
+    not_found(http.get(f"{rg}/providers/Microsoft.Network/virtualNetworks/nope"), "ResourceNotFound",
+              "Microsoft.Network/virtualNetworks/nope", "scitq-test")
+    not_found(http.get(f"{url}/subnets/nope"), "NotFound", f"{url}/subnets/nope")
+
+
+def test_security_group_get(arm):
+    """NetworkSecurityGroups_Get ({NETWORK}NetworkSecurityGroupGet.json: 200, type
+    Microsoft.Network/networkSecurityGroups, securityRules[] with id, name and properties (priority,
+    direction, access, protocol, ports, prefixes, provisioningState), and Azure's six
+    defaultSecurityRules); absent: 404 ResourceNotFound."""
+    _, http, rg = arm
+    url = f"{rg}/providers/Microsoft.Network/networkSecurityGroups/scitq-westeurope"
+    nsg = got(http, url, "Microsoft.Network/networkSecurityGroups")
+    (ssh,) = nsg["properties"]["securityRules"]
+    assert ssh["id"] == f"{url}/securityRules/ssh" and ssh["properties"]["provisioningState"] == "Succeeded"
+    assert {k: ssh["properties"][k] for k in ("priority", "direction", "access", "protocol", "destinationPortRange")} \
+        == {"priority": 1000, "direction": "Inbound", "access": "Allow", "protocol": "Tcp", "destinationPortRange": "22"}
+    assert [r["name"] for r in nsg["properties"]["defaultSecurityRules"]] == [
+        "AllowVnetInBound", "AllowAzureLoadBalancerInBound", "DenyAllInBound", "AllowVnetOutBound",
+        "AllowInternetOutBound", "DenyAllOutBound"]
+    assert all(r["id"] == f"{url}/defaultSecurityRules/{r['name']}" for r in nsg["properties"]["defaultSecurityRules"])
+    not_found(http.get(f"{rg}/providers/Microsoft.Network/networkSecurityGroups/nope"), "ResourceNotFound")
+
+
+@pytest.mark.parametrize("path, kind, example", [
+    ("Microsoft.Network/networkInterfaces/vm1-nic", "Microsoft.Network/networkInterfaces",
+     "{NETWORK}NetworkInterfaceGet.json"),
+    ("Microsoft.Network/publicIPAddresses/vm1-ip", "Microsoft.Network/publicIPAddresses",
+     "{NETWORK}PublicIpAddressGet.json"),
+    ("Microsoft.Compute/disks/vm1-osdisk", "Microsoft.Compute/disks", "{DISKS}Disk_Get.json"),
+])
+def test_nic_ip_and_disk_get_and_their_absence(arm, path, kind, example):
+    """NetworkInterfaces_Get ({NETWORK}NetworkInterfaceGet.json: ipConfigurations[] with
+    privateIPAddress, publicIPAddress.id, subnet.id; virtualMachine.id), PublicIPAddresses_Get
+    ({NETWORK}PublicIpAddressGet.json: ipAddress, ipConfiguration.id, sku) and Disks_Get
+    ({DISKS}Disk_Get.json: managedBy, sku, diskSizeGB, diskState, creationData, timeCreated): 200
+    with id, name, type, location, tags {scitq: <host>}; absent: 404 ResourceNotFound "The Resource
+    '<type>/<name>' under resource group '<group>' was not found." (ARM's message)."""
+    _, http, rg = arm
+    body = got(http, f"{rg}/providers/{path}", kind)
+    assert body["tags"]["scitq"] == "vm1", example
+    props = body["properties"]
+    vm_id = f"{rg}/providers/Microsoft.Compute/virtualMachines/vm1"
+    if kind.endswith("networkInterfaces"):
+        config = props["ipConfigurations"][0]["properties"]
+        assert config["privateIPAddress"] and config["subnet"]["id"].endswith("/subnets/scitq")
+        assert config["publicIPAddress"]["id"].endswith("/publicIPAddresses/vm1-ip")
+        assert props["virtualMachine"] == {"id": vm_id}
+    elif kind.endswith("publicIPAddresses"):
+        assert props["ipAddress"] and props["ipConfiguration"]["id"].endswith("/vm1-nic/ipConfigurations/ipconfig1")
+        assert body["sku"] == {"name": "Standard"} and props["publicIPAllocationMethod"] == "Static"
+    else:
+        assert body["managedBy"] == vm_id and body["sku"] == {"name": "StandardSSD_LRS"}
+        assert props["diskState"] == "Attached" and props["creationData"]["createOption"] == "FromImage"
+        assert props["diskSizeGB"] > 0 and props["timeCreated"]
+    gone = f"{rg}/providers/{path.rsplit('/', 1)[0]}/gone"
+    not_found(http.get(gone), "ResourceNotFound", f"The Resource '{kind}/gone' under resource group 'scitq-test' "
+                                                  "was not found.")
+
+
+def test_vm_create_that_fails_asynchronously(arm):
+    """VirtualMachines_CreateOrUpdate accepted ({COMPUTE}virtualMachineExamples/VirtualMachine_Create_
+    WithSshAuthentication.json: 201, Azure-AsyncOperation) whose operation then fails, as ARM's
+    asynchronous operations are documented (azure-resource-manager/management/async-operations:
+    status "Failed" with error {code, message}; here AllocationFailed, of the Azure docs'
+    allocation failures): the VM stays with provisioningState Failed and its OS disk made."""
+    cloud, http, rg = arm
+    vm = cloud.resource("virtualMachines", "vm1")
+    nic = http.put(f"{rg}/providers/Microsoft.Network/networkInterfaces/nic5", json={
+        "location": "westeurope", "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
+            "subnet": cloud.resource("networkInterfaces", "vm1-nic")["properties"]["ipConfigurations"][0]
+            ["properties"]["subnet"]}}]}}).json()
+    props = dict(vm["properties"], networkProfile={"networkInterfaces": [{"id": nic["id"]}]},
+                 storageProfile=dict(vm["properties"]["storageProfile"], osDisk={
+                     "name": "vm5-osdisk", "createOption": "FromImage", "deleteOption": "Delete"}))
+    cloud.fail_next_vm("AllocationFailed", "Allocation failed. We do not have sufficient capacity for the "
+                       "requested VM size in this region.", stage="async")
+    answer = http.put(f"{rg}/providers/Microsoft.Compute/virtualMachines/vm5",
+                      json={"location": "westeurope", "properties": props})
+    assert answer.status_code == 201 and answer.headers["Azure-AsyncOperation"]
+    assert answer.json()["properties"]["provisioningState"] == "Creating"
+    status = poll(http, answer)
+    assert status["status"] == "Failed" and status["error"]["code"] == "AllocationFailed"
+    assert "sufficient capacity" in status["error"]["message"]
+    failed = http.get(f"{rg}/providers/Microsoft.Compute/virtualMachines/vm5").json()
+    assert failed["properties"]["provisioningState"] == "Failed"
+    assert http.get(f"{rg}/providers/Microsoft.Compute/disks/vm5-osdisk").status_code == 200

@@ -64,6 +64,19 @@ RETAIL = [
     ("Standard_D4s_v5", "D4s v5 Spot", "Virtual Machines Dsv5 Series", 0.0384),
     ("Standard_NC4as_T4_v3", "NC4as T4 v3", "Virtual Machines NCasT4 v3 Series", 0.526),
 ]
+# name, description, source, destination, access, priority, direction (NetworkSecurityGroupGet.json)
+DEFAULT_NSG_RULES = [
+    ("AllowVnetInBound", "Allow inbound traffic from all VMs in VNET", "VirtualNetwork", "VirtualNetwork", "Allow",
+     65000, "Inbound"),
+    ("AllowAzureLoadBalancerInBound", "Allow inbound traffic from azure load balancer", "AzureLoadBalancer", "*",
+     "Allow", 65001, "Inbound"),
+    ("DenyAllInBound", "Deny all inbound traffic", "*", "*", "Deny", 65500, "Inbound"),
+    ("AllowVnetOutBound", "Allow outbound traffic from all VMs to all VMs in VNET", "VirtualNetwork",
+     "VirtualNetwork", "Allow", 65000, "Outbound"),
+    ("AllowInternetOutBound", "Allow outbound traffic from all VMs to Internet", "*", "Internet", "Allow", 65001,
+     "Outbound"),
+    ("DenyAllOutBound", "Deny all outbound traffic", "*", "*", "Deny", 65500, "Outbound"),
+]
 DEFAULT_QUOTA = {"cores": 20, "lowPriorityCores": 16, "standardDSv5Family": 12, "virtualMachines": 25000}
 
 # URL type segment (lower case) -> (namespace, type)
@@ -435,7 +448,21 @@ class FakeAzure:
         return res
 
     def _put_networkSecurityGroups(self, group, name, body, existing):
-        return json.loads(json.dumps(body))
+        """Each rule gets its id and provisioningState; Azure adds its six default rules
+        (NetworkSecurityGroupGet.json)."""
+        res = json.loads(json.dumps(body))
+        nsg_id = self._id(group, "networkSecurityGroups", name)
+        props = res.setdefault("properties", {})
+        for rule in props.setdefault("securityRules", []):
+            rule["id"] = f"{nsg_id}/securityRules/{rule['name']}"
+            rule.setdefault("properties", {})["provisioningState"] = "Succeeded"
+        props["defaultSecurityRules"] = [
+            {"name": rule, "id": f"{nsg_id}/defaultSecurityRules/{rule}", "properties": {
+                "provisioningState": "Succeeded", "description": description, "protocol": "*",
+                "sourcePortRange": "*", "destinationPortRange": "*", "sourceAddressPrefix": source,
+                "destinationAddressPrefix": target, "access": access, "priority": priority, "direction": direction}}
+            for rule, description, source, target, access, priority, direction in DEFAULT_NSG_RULES]
+        return res
 
     def _put_virtualNetworks(self, group, name, body, existing):
         res = json.loads(json.dumps(body))
@@ -477,8 +504,10 @@ class FakeAzure:
             self.store["disks"][disk_name] = {
                 "id": self._id(group, "disks", disk_name), "name": disk_name, "type": "Microsoft.Compute/disks",
                 "location": region, "tags": {}, "managedBy": vm_id, "_group": group,
+                "sku": {"name": (os_disk.get("managedDisk") or {}).get("storageAccountType", "Standard_LRS")},
                 "properties": {"diskSizeGB": os_disk.get("diskSizeGB", 30), "diskState": "Attached",
-                               "osType": "Linux", "provisioningState": "Succeeded", "timeCreated": _now()}}
+                               "osType": "Linux", "provisioningState": "Succeeded", "timeCreated": _now(),
+                               "creationData": {"createOption": "FromImage"}, "uniqueId": str(uuid.uuid4())}}
         os_disk["managedDisk"] = dict(os_disk.get("managedDisk") or {}, id=self._id(group, "disks", disk_name))
         for nic in nics:
             nic["properties"]["virtualMachine"] = {"id": vm_id}

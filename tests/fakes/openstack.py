@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -297,8 +298,8 @@ class FakeOpenStack:
         parts = rest[len("/v2.1/"):].split("/")
         headers = {"OpenStack-API-Version": f"compute {mv[0]}.{mv[1]}",
                    "X-OpenStack-Nova-API-Version": f"{mv[0]}.{mv[1]}", "Vary": "OpenStack-API-Version"}
-        status, _, body = self._nova_route(req, region, parts, mv)
-        return status, headers, body
+        status, own, body = self._nova_route(req, region, parts, mv)
+        return status, {**headers, **own}, body
 
     def _nova_route(self, req, region, parts, mv):
         head, ident = parts[0], (parts[1] if len(parts) > 1 else None)
@@ -328,7 +329,7 @@ class FakeOpenStack:
                 return 200, {}, {"server": self._server(region, server, mv)}
             if req.method == "DELETE" and len(parts) == 2:
                 return self._delete_server(server)
-            return self._nova_error(405, "computeFault", "method not allowed")
+            return self._nova_error(405, "badMethod", "method not allowed")
         if head == "os-keypairs":
             return self._keypairs(req, region, ident, mv)
         if head == "limits" and req.method == "GET":
@@ -346,6 +347,11 @@ class FakeOpenStack:
             server["task_state"] = "deleting"
         return 204, {}, None
 
+    def _links(self, region, collection, ident):
+        """A nova resource's links: "self" under the versioned endpoint, "bookmark" without it."""
+        return [{"rel": "self", "href": f"{self.url}/compute/{region}/v2.1/{collection}/{ident}"},
+                {"rel": "bookmark", "href": f"{self.url}/compute/{region}/{collection}/{ident}"}]
+
     def _flavor_id(self, region, name):
         return str(uuid.uuid5(_NS, f"{region}/flavor/{name}"))
 
@@ -356,7 +362,7 @@ class FakeOpenStack:
                 "OS-FLV-EXT-DATA:ephemeral": 0, "OS-FLV-DISABLED:disabled": False,
                 "os-flavor-access:is_public": True, "rxtx_factor": 1.0,
                 "swap": 0 if mv >= (2, 75) else "",
-                "links": [{"rel": "self", "href": f"{self.url}/compute/{region}/v2.1/flavors/{fid}"}]}
+                "links": self._links(region, "flavors", fid)}
         if mv >= (2, 55):
             body["description"] = None
         if mv >= (2, 61):
@@ -371,6 +377,9 @@ class FakeOpenStack:
                     "maxTotalRAMSize": limits["ram"], "totalRAMUsed": sum(s["ram"] for s in live),
                     "maxTotalKeypairs": 100, "maxServerMeta": 128, "maxImageMeta": 128,
                     "maxServerGroups": 10, "maxServerGroupMembers": 10, "totalServerGroupsUsed": 0}
+        if mv < (2, 36):
+            absolute.update(maxSecurityGroupRules=-1, maxSecurityGroups=-1, maxTotalFloatingIps=-1,
+                            totalSecurityGroupsUsed=0, totalFloatingIpsUsed=0)
         if mv < (2, 57):
             absolute.update(maxPersonality=5, maxPersonalitySize=10240)
         return absolute
@@ -415,7 +424,7 @@ class FakeOpenStack:
         return 202, {"Location": f"{self.url}/compute/{region}/v2.1/servers/{sid}"}, {"server": {
             "id": sid, "adminPass": uuid.uuid4().hex[:12], "OS-DCF:diskConfig": "MANUAL",
             "security_groups": [{"name": "default"}],
-            "links": [{"rel": "self", "href": f"{self.url}/compute/{region}/v2.1/servers/{sid}"}]}}
+            "links": self._links(region, "servers", sid)}}
 
     def _tick(self, region, server):
         """Move a server along its life; None once it is gone."""
@@ -427,8 +436,7 @@ class FakeOpenStack:
             server["updated"] = _iso()
             if server["fail"] == "no_valid_host":
                 server.update(status="ERROR", vm_state="error", task_state=None, fault={
-                    "code": 500, "created": _iso(), "message": NO_VALID_HOST,
-                    "details": "Traceback (most recent call last): ... NoValidHost"})
+                    "code": 500, "created": _iso(), "message": NO_VALID_HOST})
             else:
                 self._ip_seq += 1
                 n = self._ip_seq
@@ -458,7 +466,7 @@ class FakeOpenStack:
             "OS-EXT-STS:vm_state": s["vm_state"], "OS-EXT-STS:power_state": s["power_state"],
             "OS-SRV-USG:launched_at": s["launched_at"], "OS-SRV-USG:terminated_at": None,
             "os-extended-volumes:volumes_attached": [], "security_groups": [{"name": "default"}],
-            "links": [{"rel": "self", "href": f"{self.url}/compute/{region}/v2.1/servers/{s['id']}"}]}
+            "links": self._links(region, "servers", s["id"])}
         if s["fault"]:
             body["fault"] = s["fault"]
         if mv >= (2, 9):
@@ -480,11 +488,11 @@ class FakeOpenStack:
         if name not in pairs:
             return self._nova_error(404, "itemNotFound", f"Keypair {name} not found for user {self.user_id}")
         if req.method == "GET":
-            return 200, {}, {"keypair": pairs[name]}
+            return 200, {}, {"keypair": {k: v for k, v in pairs[name].items() if k != "type" or mv >= (2, 2)}}
         if req.method == "DELETE":
             del pairs[name]
             return (204 if mv >= (2, 2) else 202), {}, None
-        return self._nova_error(405, "computeFault", "method not allowed")
+        return self._nova_error(405, "badMethod", "method not allowed")
 
     def _create_keypair(self, req, region, mv):
         """200 before microversion 2.2, 201 from it (with `type`), as nova's controller answers."""
@@ -517,7 +525,9 @@ class FakeOpenStack:
                    "router:external": True, "shared": False, "subnets": [str(uuid.uuid5(_NS, net_id))],
                    "tenant_id": "", "project_id": "", "mtu": 1500, "availability_zones": ["nova"],
                    "ipv4_address_scope": None, "ipv6_address_scope": None, "tags": [], "description": "",
-                   "created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-01T00:00:00Z"}
+                   "created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-01T00:00:00Z",
+                   "availability_zone_hints": [], "port_security_enabled": True, "revision_number": 1,
+                   "is_default": False, "l2_adjacency": True, "qos_policy_id": None}
         if rest == "/v2.0/networks" and req.method == "GET":
             nets = [ext_net]
             for key in ("name", "id"):
@@ -564,11 +574,21 @@ class FakeOpenStack:
 
     # --- the OVH API -----------------------------------------------------------------------
 
-    def _ovh_error(self, status, code, message):
-        return status, {}, {"class": "Client::Forbidden" if status == 403 else "Client::Error",
-                            "errorCode": code, "httpCode": f"{status}", "message": message}
+    @staticmethod
+    def _ovh_error(status, code, message):
+        """The OVH API's refusals: an authentication one names its errorCode and httpCode (status and
+        reason), any other its class (Client::NotFound...)."""
+        if code is None:
+            return status, {}, {"class": f"Client::{HTTPStatus(status).phrase.replace(' ', '')}",
+                                "message": message}
+        return status, {}, {"errorCode": code, "httpCode": f"{status} {HTTPStatus(status).phrase}",
+                            "message": message}
 
     def _ovh(self, req, path):
+        status, headers, body = self._ovh_route(req, path)
+        return status, {**headers, "X-OVH-Query-Id": f"EU.ext-1.{uuid.uuid4().hex}"}, body
+
+    def _ovh_route(self, req, path):
         if path == "/auth/time":
             return 200, {}, int(time.time())
         if path == "/order/catalog/public/cloud" and req.method == "GET":
@@ -576,7 +596,7 @@ class FakeOpenStack:
         if req.headers.get("X-Ovh-Application") != self.ovh_keys["application_key"]:
             return self._ovh_error(403, "INVALID_KEY", "This application key is invalid")
         if req.headers.get("X-Ovh-Consumer") != self.ovh_keys["consumer_key"]:
-            return self._ovh_error(403, "INVALID_CREDENTIAL", "This credential does not exist")
+            return self._ovh_error(403, "INVALID_CREDENTIAL", "This credential is not valid")
         ts = req.headers.get("X-Ovh-Timestamp", "")
         signed = "+".join([self.ovh_keys["application_secret"], self.ovh_keys["consumer_key"], req.method,
                            self.url + req.target, req.raw.decode(), ts])
@@ -585,10 +605,10 @@ class FakeOpenStack:
         m = re.match(r"^/cloud/project/([^/]+)/flavor$", path)
         if m and req.method == "GET":
             if m.group(1) != self.project_id:
-                return self._ovh_error(404, "NOT_FOUND", "This service does not exist")
+                return self._ovh_error(404, None, "This service does not exist")
             regions = [req.query["region"]] if "region" in req.query else self.regions
             return 200, {}, [self._ovh_flavor(r, f) for r in regions if r in self.regions for f in FLAVORS]
-        return self._ovh_error(404, "NOT_FOUND", f"Got an invalid (or empty) URL: {path}")
+        return self._ovh_error(404, None, f"Got an invalid (or empty) URL: {path}")
 
     def _ovh_flavor(self, region, flavor):
         name, vcpus, ram, disk, _, os_type = flavor
