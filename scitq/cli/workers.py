@@ -33,25 +33,32 @@ def worker():
 @click.option("--ca", envvar="SCITQ_CA", type=click.Path(dir_okay=False, exists=True),
               help="CA certificate file the https server is verified against (or SCITQ_CA; "
               "default: the system's store).")
+@click.option("--task-user", envvar="SCITQ_TASK_USER",
+              help="Run tasks as this user (the worker must run as root): a task then cannot read "
+              "the worker's token (or SCITQ_TASK_USER).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--parent-fd", type=click.IntRange(0), hidden=True,
               help="A pipe's read end held open by the parent (`scitq up`): exit when it closes.")
-def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, ca, log_level, parent_fd):
+def worker_start(url, concurrency, prefetch, name, batch, workdir, docker_host, ca, task_user, log_level,
+                 parent_fd):
     """Run a worker for the server at URL until SIGTERM (which drains it)."""
     import asyncio
+    import tempfile
 
     from scitq.log import setup as setup_logging
-    from scitq.worker import Worker
+    from scitq.worker import Worker, taskuser
     from scitq.worker.credential import take_token
 
     try:
         token = take_token()
+        task_user = taskuser.checked(task_user, workdir or tempfile.gettempdir())
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     setup_logging(log_level)
     w = Worker(url, name=name, concurrency=concurrency, prefetch=prefetch_value(prefetch), batch=batch,
-               workdir=workdir, token=token, docker_host=docker_host, parent_fd=parent_fd, ca=ca)
+               workdir=workdir, token=token, docker_host=docker_host, parent_fd=parent_fd, ca=ca,
+               task_user=task_user)
     raise SystemExit(asyncio.run(w.run()))
 
 

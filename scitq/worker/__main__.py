@@ -3,15 +3,18 @@
 This is how deployed hosts run it. Every option also reads a SCITQ_* variable, so a service
 can keep its whole configuration in one environment file (SCITQ_SERVER, SCITQ_CONCURRENCY,
 SCITQ_PREFETCH, SCITQ_NAME, SCITQ_BATCH, SCITQ_WORKDIR, SCITQ_DOCKER_HOST, SCITQ_LOG_LEVEL,
-SCITQ_CA); the token is SCITQ_TOKEN_FILE (a file of mode 0600) or SCITQ_TOKEN, never an
-argument (it would show in `ps`); either is taken out of the environment before any task starts.
+SCITQ_CA, SCITQ_TASK_USER); the token is SCITQ_TOKEN_FILE (a file of mode 0600) or SCITQ_TOKEN,
+never an argument (it would show in `ps`); either is taken out of the environment before any
+task starts.
 """
 import argparse
 import asyncio
 import os
+import sys
+import tempfile
 
 from scitq.log import setup as setup_logging
-from scitq.worker import Worker
+from scitq.worker import Worker, taskuser
 from scitq.worker.credential import take_token
 
 
@@ -46,6 +49,9 @@ def parser(env=os.environ):
                    help="docker engine of docker tasks (default: DOCKER_HOST, else the local socket)")
     p.add_argument("--ca", default=env.get("SCITQ_CA") or None,
                    help="CA certificate file the https server is verified against (default: the system's)")
+    p.add_argument("--task-user", default=env.get("SCITQ_TASK_USER") or None,
+                   help="run tasks as this user (the worker must run as root): a task then cannot "
+                        "read the worker's token")
     p.add_argument("--log-level", default=env.get("SCITQ_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return p
@@ -56,12 +62,14 @@ def main(argv=None, env=os.environ):
     args = p.parse_args(argv)
     try:
         token = take_token(env)
+        task_user = taskuser.checked(args.task_user, args.workdir or tempfile.gettempdir())
     except ValueError as err:
-        p.error(str(err))
+        print(f"{p.prog}: error: {err}", file=sys.stderr)      # one line, as argparse's own end
+        return 2
     setup_logging(args.log_level)
     worker = Worker(args.url, name=args.name, concurrency=args.concurrency, prefetch=args.prefetch,
                     batch=args.batch, workdir=args.workdir, token=token,
-                    docker_host=args.docker_host, ca=args.ca)
+                    docker_host=args.docker_host, ca=args.ca, task_user=task_user)
     return asyncio.run(worker.run())
 
 

@@ -28,18 +28,19 @@ def available():
 
 class Child:
     """A process in its own session (so its own process group), its stdout and stderr on
-    pipes. `pid` and `returncode` as asyncio's Process has them."""
+    pipes. `pid` and `returncode` as asyncio's Process has them. `as_user`: Popen's user, group
+    and extra_groups, to run it as another user."""
 
     read_bytes = 1 << 16        # one read from a pipe
 
-    def __init__(self, argv, cwd, env):
+    def __init__(self, argv, cwd, env, **as_user):
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             os.set_blocking(out_r, False)       # ours only: the child's ends block
             os.set_blocking(err_r, False)
             self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                                          cwd=cwd, env=env, start_new_session=True)
+                                          cwd=cwd, env=env, start_new_session=True, **as_user)
         except BaseException:
             os.close(out_r)
             os.close(err_r)

@@ -118,8 +118,10 @@ class ScratchDirs:
 
     keep = 64       # empty sets kept at most
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, owner=None):
         self.workdir = Path(workdir)
+        self.owner = owner      # the TaskUser whose the directories are made, or None: this process's
+        self.uid = owner.uid if owner else os.getuid()
         self.free = []
         self.mode = None        # of a new directory (the umask decides)
         self._names = {}        # root -> {dir: path as text}, for the sets in use or kept
@@ -139,6 +141,9 @@ class ScratchDirs:
         root = Path(tempfile.mkdtemp(prefix="exec-", dir=self.workdir))
         for name in DIRS:
             (root / name).mkdir()
+        if self.owner is not None:
+            for path in (root, *(root / name for name in DIRS)):
+                self.owner.hand_over(path)
         if self.mode is None:
             self.mode = (root / DIRS[0]).stat().st_mode & 0o7777
         return root
@@ -161,7 +166,7 @@ class ScratchDirs:
                     if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
                         return False
                     st = entry.stat(follow_symlinks=False)
-                    if st.st_mode & 0o7777 != self.mode or st.st_uid != os.getuid():
+                    if st.st_mode & 0o7777 != self.mode or st.st_uid != self.uid:
                         return False
                     names.append(entry.name)
             if sorted(names) != sorted(DIRS):
@@ -184,7 +189,7 @@ class Execution:
     """
 
     def __init__(self, assignment, link, report, workdir, cpus, resources=None, docker_host=None,
-                 staging_slots=None, scratch=None):
+                 staging_slots=None, scratch=None, task_user=None):
         self.a = assignment
         self.id = assignment["execution_id"]
         self.link = link
@@ -193,7 +198,8 @@ class Execution:
         self.resources = resources
         self.docker_host = docker_host
         self.staging_slots = staging_slots or asyncio.Semaphore(4)
-        self.scratch = scratch or ScratchDirs(workdir)
+        self.scratch = scratch or ScratchDirs(workdir, task_user)
+        self.task_user = task_user  # the TaskUser its process runs as, or None: the worker's user
         self._root = None           # its directories, taken when staged or started
         self.proc = None            # the process group leader, for a shell task
         self.container = None       # the ContainerRun, for a docker task
@@ -237,6 +243,8 @@ class Execution:
                 if self.a.get("inputs"):
                     await asyncio.to_thread(staging.stage_inputs, self.a["inputs"],
                                             self.dirs["input"], deadline)
+                    if self.task_user is not None:      # its inputs are the task's to change, as its dirs
+                        await asyncio.to_thread(self.task_user.hand_over, self.dirs["input"], True)
                 if self.a.get("resources"):
                     await asyncio.to_thread(self.resources.prepare, self.a["resources"],
                                             self.dirs["resource"], deadline)
@@ -265,10 +273,13 @@ class Execution:
         d = self.scratch.names(self.root)
         if inside_container:
             d = {"input": "/input", "output": "/output", "temp": "/tmp", "resource": "/resource"}
-        return {"CPU": str(self.cpus), "INPUT": d["input"], "OUTPUT": d["output"],
-                "RESOURCE": d["resource"], "TEMP": d["temp"], "TMPDIR": d["temp"],
-                "SCITQ_TASK_ID": str(self.a["task_id"]), "SCITQ_EXECUTION_ID": str(self.id),
-                "SCITQ_BATCH": self.a.get("batch") or ""}
+        env = {"CPU": str(self.cpus), "INPUT": d["input"], "OUTPUT": d["output"],
+               "RESOURCE": d["resource"], "TEMP": d["temp"], "TMPDIR": d["temp"],
+               "SCITQ_TASK_ID": str(self.a["task_id"]), "SCITQ_EXECUTION_ID": str(self.id),
+               "SCITQ_BATCH": self.a.get("batch") or ""}
+        if self.task_user is not None and not inside_container:
+            env.update(self.task_user.env())
+        return env
 
     async def run(self):
         try:
@@ -344,15 +355,17 @@ class Execution:
             return pumps, _pumped(pumps, (self.container.stdout, self.container.stderr),
                                   self.container.wait())
         names = self.scratch.names(self.root)
+        as_user = self.task_user.popen_args() if self.task_user is not None else {}
         if child.available():
-            self.proc = child.Child(self.argv(), cwd=names["temp"], env=task_environment(self.env()))
+            self.proc = child.Child(self.argv(), cwd=names["temp"], env=task_environment(self.env()),
+                                    **as_user)
             self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
             return pumps, self.proc.run(pumps)
         # no pidfd here (a kernel older than 5.3): asyncio's own machinery
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=names["temp"],
-            env=task_environment(self.env()), start_new_session=True)
+            env=task_environment(self.env()), start_new_session=True, **as_user)
         self.report({"execution_id": self.id, "status": "running", "pid": self.proc.pid})
         return pumps, _pumped(pumps, (self.proc.stdout, self.proc.stderr), self.proc.wait())
 
@@ -389,7 +402,8 @@ class Execution:
             return
         from scitq.worker import staging
         try:
-            await asyncio.to_thread(staging.upload_outputs, self.dirs["output"], self.a["output"])
+            await asyncio.to_thread(staging.upload_outputs, self.dirs["output"], self.a["output"],
+                                    None, self.task_user)
         except StagingError as err:
             if final["status"] == "succeeded":
                 final.update(status="failed", reason="upload", error=str(err)[:1000])

@@ -407,9 +407,19 @@ def _output(uri):
         raise StagingError(f"cannot upload to {exc}", reason="upload") from None
 
 
-def upload_outputs(src, uri, deadline=None):
-    """Upload a task's $OUTPUT to its output URI; returns the number of files."""
+def upload_outputs(src, uri, deadline=None, reader=None):
+    """Upload a task's $OUTPUT to its output URI; returns the number of files. With `reader`
+    (the TaskUser the task ran as), a link to a file that user cannot read is refused: the
+    worker, root, would otherwise upload for the task what the task may not read."""
     _output(uri)
+    if reader is not None:
+        for dirpath, _, filenames in os.walk(src):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path) and not reader.can_read(path):
+                    raise StagingError(f"cannot upload {os.path.relpath(path, src)}: it links to "
+                                       f"{os.readlink(path)}, which the task's user cannot read",
+                                       reason="upload")
     return storage.upload(src, uri, deadline)
 
 

@@ -43,7 +43,7 @@ class Worker:
     trim_after = 0.5
 
     def __init__(self, server, name=None, concurrency=1, prefetch=None, batch=None,
-                 workdir=None, token=None, docker_host=None, parent_fd=None, ca=None):
+                 workdir=None, token=None, docker_host=None, parent_fd=None, ca=None, task_user=None):
         self.name = name or socket.gethostname()
         self.concurrency = concurrency
         self.prefetch = prefetch            # pinned by a user, or None: sized by self.sizer
@@ -56,6 +56,7 @@ class Worker:
         self.link = ServerLink(server, token=token, poll_wait=self.poll_wait, ca=ca)
         self.id = None
         self.docker_host = docker_host
+        self.task_user = task_user          # a taskuser.TaskUser, or None: tasks run as this process
         self.queue = collections.deque()    # Executions not started yet (prefetched, staging)
         self.running = {}                   # execution id -> Execution
         self.held = set()                   # ids accepted and not yet finally acknowledged
@@ -96,7 +97,11 @@ class Worker:
         if self.parent_fd is not None:
             loop.add_reader(self.parent_fd, self._parent_gone)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.scratch = ScratchDirs(self.workdir)
+        if self.task_user is not None:
+            self.workdir.chmod(0o711)       # the task user goes through it to its own directories
+        elif os.geteuid() == 0:
+            log.warning("tasks run as root: they can read this worker's token (start it with --task-user)")
+        self.scratch = ScratchDirs(self.workdir, self.task_user)
         from scitq.worker.staging import ResourceCache
         self.resources = ResourceCache(self.workdir / "resources")
         self._staging_slots = asyncio.Semaphore(self.staging_parallel)
@@ -235,7 +240,7 @@ class Worker:
             else:
                 ex = Execution(a, self.link, self._report, self.workdir, self._cpus(),
                                self.resources, self.docker_host, self._staging_slots,
-                               self.scratch)
+                               self.scratch, self.task_user)
                 ex.stage()
                 ex.queued_at = asyncio.get_running_loop().time()
                 self.queue.append(ex)
