@@ -6,12 +6,13 @@
     c.wait_batch("demo")
 """
 import os
+import ssl
 import time
 
 import httpx
 
 from scitq import config
-from scitq.errors import Forbidden, ServerUnreachable, TasksFailed, Unauthorized, from_status
+from scitq.errors import BadRequest, Forbidden, ServerUnreachable, TasksFailed, Unauthorized, from_status
 from scitq.trust import client_context, verify_failure
 
 
@@ -24,7 +25,8 @@ class Client:
 
     def __init__(self, server=None, token=None, timeout=60.0, token_source=None, ca=None):
         """`ca`: the CA certificate file an https server is verified against (or SCITQ_CA;
-        default: the system's store)."""
+        default: the server's CA in the config file (`scitq login --ca`), else, for the
+        server that owns the local data dir only, its own CA; else the system's store)."""
         self.server_source = "the caller"
         if not server:
             server, self.server_source = config.default_server()
@@ -36,9 +38,26 @@ class Client:
         else:
             token, self.token_source = config.find_token(self.server)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.ca = ca or os.environ.get("SCITQ_CA") or None
+        if ca:
+            self.ca, self.ca_source = ca, "the caller"
+        elif os.environ.get("SCITQ_CA"):
+            self.ca, self.ca_source = os.environ["SCITQ_CA"], "SCITQ_CA"
+        else:
+            self.ca, self.ca_source = config.find_ca(self.server)
+        try:
+            verify = client_context(self.ca)
+        except FileNotFoundError:      # a kept CA file since moved
+            raise BadRequest(f"no CA certificate file {self.ca} (from {self.ca_source})") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise BadRequest(f"cannot use the CA certificate {self.ca} (from {self.ca_source}): "
+                             f"{exc}") from None
         self.http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout,
-                                 verify=client_context(self.ca))
+                                 verify=verify)
+
+    def _ca_said(self):
+        if not self.ca:
+            return "the system CA store"
+        return self.ca if self.ca_source == "the caller" else f"{self.ca} (from {self.ca_source})"
 
     def close(self):
         self.http.close()
@@ -57,7 +76,7 @@ class Client:
             if bad is not None:
                 raise ServerUnreachable(
                     f"cannot verify the scitq server at {self.server} against "
-                    f"{self.ca or 'the system CA store'} ({bad.verify_message or bad}): give its "
+                    f"{self._ca_said()} ({bad.verify_message or bad}): give its "
                     "CA certificate with --ca FILE or SCITQ_CA") from None
             where = "" if self.server_source == "the caller" else f"; URL from {self.server_source}"
             raise ServerUnreachable(f"cannot reach the scitq server at {self.server} ({exc}{where})") from exc

@@ -1,5 +1,5 @@
 """Where a client finds its server and token: the user's config file (`scitq login` writes it)
-and the note a server leaves in its data dir (so that its admin token serves it alone).
+and the note a server leaves in its data dir (so that its admin token and CA serve it alone).
 
 The config file (SCITQ_CONFIG, else config.yaml in the user's config dir, mode 600):
 
@@ -7,7 +7,10 @@ The config file (SCITQ_CONFIG, else config.yaml in the user's config dir, mode 6
     servers:
       http://127.0.0.1:5000:
         token: ...                        # sent to this server only
-        ca: null                          # reserved: the CA bundle, once the server speaks TLS
+        ca: /home/alice/scitq-ca.pem      # the CA its https is verified with (null: the system's)
+
+The note's `ca` is the CA a server of its own CA serves https with: a client of this machine
+trusts it for that server alone, as it uses the data dir's admin token for it alone.
 """
 import json
 import os
@@ -82,17 +85,20 @@ def save(cfg, path=None):
     os.replace(tmp, path)
 
 
-def login(url, token, make_default=None, path=None):
-    """Keep url -> token; the first server kept (or make_default=True) becomes the default."""
+def login(url, token, make_default=None, path=None, ca=None):
+    """Keep url -> token (and the CA file its https was verified with, as an absolute path);
+    the first server kept (or make_default=True) becomes the default. (key, is it the
+    default, the CA kept or None)."""
     key = normalize(url)
     cfg = load(path)
     servers = cfg.get("servers") or {}
-    servers[key] = {"token": token, "ca": (servers.get(key) or {}).get("ca")}
+    kept = os.path.abspath(ca) if ca and key.startswith("https:") else None
+    servers[key] = {"token": token, "ca": kept}
     cfg["servers"] = servers
     if make_default or (make_default is None and not cfg.get("default")):
         cfg["default"] = key
     save(cfg, path)
-    return key, cfg.get("default") == key
+    return key, cfg.get("default") == key, kept
 
 
 def logout(url, path=None):
@@ -127,12 +133,11 @@ def find_token(server):
     """(token, where it came from) for a server: its entry in the config file, else the
     admin token of the local data dir if (and only if) that data dir's server is this one."""
     key = normalize(server)
-    entry = (load().get("servers") or {}).get(key) or {}
+    entry = _entry(key)
     if entry.get("token"):
         return entry["token"], f"{config_path()} ({key})"
     directory = data_dir()
-    note = read_server_note(directory)
-    if note and _same_server(key, note):
+    if _own_note(key, directory):
         where = os.path.join(directory, "admin.token")
         try:
             with open(where) as f:
@@ -142,6 +147,34 @@ def find_token(server):
         if token:
             return token, where
     return None, None
+
+
+def find_ca(server):
+    """(CA file, where it came from) to verify an https server with: its entry in the config
+    file, else the CA of the local data dir's server if that server is this one and serves
+    https of its own CA; (None, None): the system's store."""
+    key = normalize(server)
+    if not key.startswith("https:"):
+        return None, None
+    entry = _entry(key)
+    if entry.get("ca"):
+        return str(entry["ca"]), f"{config_path()} ({key})"
+    directory = data_dir()
+    note = _own_note(key, directory)
+    if note and note.get("ca"):
+        return str(note["ca"]), os.path.join(directory, SERVER_NOTE)
+    return None, None
+
+
+def _entry(key):
+    """A server's entry in the config file ({} when it has none)."""
+    return (load().get("servers") or {}).get(key) or {}
+
+
+def _own_note(key, directory):
+    """The note of the live server of this data dir when it is the server at `key`, or None."""
+    note = read_server_note(directory)
+    return note if note and _same_server(key, note) else None
 
 
 def _same_server(key, note):
@@ -156,11 +189,13 @@ def _same_server(key, note):
     return want.hostname in LOOPBACK and (bind in LOOPBACK or bind in ANY_ADDRESS)
 
 
-def write_server_note(directory, url, bind):
-    """Said by a server once it listens: this data dir is mine, at this URL."""
+def write_server_note(directory, url, bind, ca=None):
+    """Said by a server once it listens: this data dir is mine, at this URL (https of this
+    CA file when `ca`)."""
     path = os.path.join(directory, SERVER_NOTE)
     with open(f"{path}.tmp", "w") as f:
-        json.dump({"url": url, "bind": bind, "pid": os.getpid()}, f)
+        json.dump({"url": url, "bind": bind, "pid": os.getpid(),
+                   "ca": str(os.path.abspath(ca)) if ca else None}, f)
     os.replace(f"{path}.tmp", path)
 
 

@@ -2,18 +2,21 @@
 file of mode 600; the admin token of a data dir goes only to the server that owns it; an
 authentication error names where its token came from."""
 import os
+import socket
 import stat
 import subprocess
 import sys
 
 import yaml
 
+from procs import wait_until
 from scitq.client import Client
+from scitq.server import tls
 
 
-def scitq(*args, env, input=None):
+def scitq(*args, env, input=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "scitq.cli", *args], capture_output=True,
-                          text=True, timeout=60, env=env, input=input)
+                          text=True, timeout=60, env=env, input=input, cwd=cwd)
 
 
 def user_env(tmp_path, **extra):
@@ -98,6 +101,77 @@ def test_a_data_dirs_admin_token_goes_to_its_own_server_alone(procs, tmp_path):
     assert scitq("task", "add", "true", env=env).returncode == 0
     with Client(own.url, token=(own.data_dir / "admin.token").read_text().strip()) as c:
         assert c.tasks()["items"][0]["command"] == "true"
+
+
+def test_login_keeps_the_ca_its_https_was_verified_with(procs, tmp_path):
+    """`scitq --ca FILE login URL` verifies the server with that CA and keeps its absolute path
+    for that server: later commands need no --ca; a wrong CA fails in one line, keeps nothing."""
+    server = procs.server(f"sqlite:///{tmp_path}/db.sqlite", "--host", "0.0.0.0", "--auth",
+                          data_dir=tmp_path / "srv")
+    url = f"https://127.0.0.1:{server.url.rsplit(':', 1)[1]}"
+    tls_dir = server.data_dir / "tls"
+    with Client(url, token=(server.data_dir / "admin.token").read_text().strip(),
+                ca=str(tls_dir / "ca.pem")) as c:
+        token = c.create_token("alice", "user")["token"]
+        c.add_task("true", batch="over-tls")
+    tls.ensure_ca(tmp_path / "other")
+    wrong_ca = str(tls.ca_path(tmp_path / "other"))
+    env = user_env(tmp_path, SCITQ_DATA_DIR=str(tmp_path / "no-server-here"))
+    config = tmp_path / "user" / "config.yaml"
+
+    for ca in ([], ["--ca", wrong_ca]):       # the system store, then another server's CA
+        refused = scitq(*ca, "login", url, "--token", token, env=env)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert f"cannot verify the scitq server at {url}" in refused.stderr
+        assert not config.exists()
+
+    kept = scitq("--ca", "ca.pem", "login", url, "--token", token, env=env, cwd=tls_dir)
+    assert kept.returncode == 0, kept.stderr
+    assert f"token and CA {tls_dir / 'ca.pem'} kept" in kept.stderr
+    assert yaml.safe_load(config.read_text())["servers"][url] == {"token": token,
+                                                                  "ca": str(tls_dir / "ca.pem")}
+    listed = scitq("batch", "list", "--json", env=env)              # no --ca, no SCITQ_CA
+    assert listed.returncode == 0, listed.stderr
+    assert [b["name"] for b in yaml.safe_load(listed.stdout)] == ["over-tls"]
+    # SCITQ_CA still wins over the kept CA, and its failure names the CA it tried.
+    overridden = scitq("batch", "list", env={**env, "SCITQ_CA": wrong_ca})
+    assert overridden.returncode == 1 and wrong_ca in overridden.stderr
+    # A login through SCITQ_CA keeps that CA too.
+    assert scitq("logout", url, env=env).returncode == 0
+    again = scitq("login", url, "--token", token, env={**env, "SCITQ_CA": str(tls_dir / "ca.pem")})
+    assert again.returncode == 0, again.stderr
+    assert yaml.safe_load(config.read_text())["servers"][url]["ca"] == str(tls_dir / "ca.pem")
+    # A kept CA file since moved: one line that names it and where it was kept.
+    (tmp_path / "moved").mkdir()
+    (tls_dir / "ca.pem").rename(tmp_path / "moved" / "ca.pem")
+    moved = scitq("batch", "list", env=env)
+    assert moved.returncode == 2
+    assert moved.stderr.strip() == (f"error: no CA certificate file {tls_dir / 'ca.pem'} "
+                                    f"(from {config} ({url}))")
+    (tmp_path / "moved" / "ca.pem").rename(tls_dir / "ca.pem")
+
+
+def test_a_data_dirs_own_ca_serves_its_own_server_alone(procs, tmp_path):
+    """`scitq up --host 0.0.0.0` serves https of its own CA: on its machine, CLI commands reach
+    it with no flag (its data dir's note names the CA, as it leads to its admin token); another
+    server of another CA is not verified with it."""
+    db = f"sqlite:///{tmp_path}/own.db"
+    own = procs.server(db, "--host", "0.0.0.0", "--concurrency", "1", command="up",
+                       data_dir=tmp_path / "own")
+    other = procs.server(f"sqlite:///{tmp_path}/other.db", "--host", "0.0.0.0", "--auth",
+                         data_dir=tmp_path / "other")
+    assert own.url.startswith("https://") and other.url.startswith("https://")
+    env = user_env(tmp_path, SCITQ_DATA_DIR=str(own.data_dir))
+    workers = wait_until(lambda: (lambda out: out.returncode == 0 and yaml.safe_load(out.stdout))(
+        scitq("worker", "list", "--json", env=env)), 40, 0.5, "the local worker to show")
+    assert [w["name"] for w in workers] == [f"{socket.gethostname()}-local"]
+    port = own.url.rsplit(":", 1)[1]
+    for url in (f"https://127.0.0.1:{port}", f"https://localhost:{port}"):
+        added = scitq("--server", url, "task", "add", "true", env=env)
+        assert added.returncode == 0, added.stderr
+    theirs = scitq("--server", other.url, "batch", "list", env=env)
+    assert theirs.returncode == 1 and "cannot verify" in theirs.stderr
+    assert "against the system CA store" in theirs.stderr
 
 
 def test_bad_config_file_and_bad_url_are_one_line_errors(tmp_path):

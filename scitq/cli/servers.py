@@ -139,6 +139,14 @@ def _say_tls(state):
         click.echo("TLS with the given certificate (clients verify it with their system store)", err=True)
 
 
+def _leave_note(state, url, host):
+    """This data dir's note: clients of this machine then send this server its admin token
+    and, when it serves https of its own CA, trust that CA for it."""
+    # With plain HTTP or a given certificate here, state.ca_file is the bridge's CA alone.
+    ca = state.ca_file if url.startswith("https:") and not _extra("tls_cert") else None
+    config.write_server_note(state.data_dir, url, host, ca=ca)
+
+
 def _say_admin_token(state):
     """The first admin token goes to the terminal once; never into a log file or a journal
     (a service's stderr), where only its file is named."""
@@ -174,7 +182,7 @@ def server(db, data_dir, host, port, max_connections, providers, public_url, dep
 
     def ready(url):
         url = _openable(url)
-        config.write_server_note(state.data_dir, url, host)
+        _leave_note(state, url, host)
         click.echo(f"scitq server on {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
         _say_tls(state)
@@ -247,7 +255,7 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
              "--log-level", log_level, "--workdir", str(workdir)], env, give_up))
         local[0].start()
         url = _openable(url)
-        config.write_server_note(state.data_dir, url, host)
+        _leave_note(state, url, host)
         click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
         _say_tls(state)
