@@ -418,3 +418,25 @@ def test_a_failed_create_with_the_nic_held_retries_until_the_reservation_ends(cl
     assert cloud.everything() == NOTHING
     nic_deletes = [p for m, p, _ in cloud.requests if m == "DELETE" and p.endswith("/scitq-azure-w1-nic")]
     assert len(nic_deletes) >= 2                     # refused while held, then accepted
+
+
+def test_the_os_disk_tag_is_retried_and_an_untagged_disk_is_found_by_its_name(provider, cloud):
+    """The OS disk is tagged by a PATCH after the VM's PUT: a passing failure is tried again; one
+    that never succeeds leaves the disk untagged, and when the VM then goes without its
+    deleteOptions honored, list() and delete() still find `<name>-osdisk` by its name."""
+    cloud.fail_next("PATCH", "disks", 500, "InternalServerError", times=2)
+    first = provider.create(spec())
+    assert cloud.resource("disks", "scitq-azure-w1-osdisk")["tags"][TAG] == "scitq-azure-w1"
+    provider.delete(first.id)
+    cloud.fail_next("PATCH", "disks", 400, "InvalidParameter", times=3)
+    instance = provider.create(spec(name="scitq-azure-w3"))
+    assert cloud.resource("disks", "scitq-azure-w3-osdisk")["tags"] == {}
+    cloud.honor_delete_options = False
+    cloud.evict(instance.id)
+    for kind, name in (("networkInterfaces", "scitq-azure-w3-nic"), ("publicIPAddresses", "scitq-azure-w3-ip")):
+        cloud.store[kind].pop(name)                 # only the untagged disk is left
+    (left,) = provider.list()
+    assert (left.id, left.status, left.tags) == ("scitq-azure-w3", InstanceStatus.DELETED, {TAG: "scitq-azure-w3"})
+    assert [i.id for i in provider.list({TAG: "scitq-azure-w3"})] == ["scitq-azure-w3"]
+    provider.delete(instance.id)
+    assert cloud.everything() == NOTHING and provider.list() == []

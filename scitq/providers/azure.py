@@ -26,7 +26,9 @@ three. Deletions Azure refuses for a while (NicReservedForAnotherVm: a NIC is he
 a failed VM PUT; NicInUse, PublicIPAddressCannotBeDeleted while the VM or NIC goes) are retried
 with back-off for up to `teardown_timeout` seconds (600); what is still there then is raised
 (a failed create's error lists it in `leftovers`). list() shows such leftovers too, as a
-DELETED instance named after their tag, so the recruiter's sweep deletes them.
+DELETED instance named after their tag, so the recruiter's sweep deletes them. The OS disk is
+tagged by a PATCH after the VM's PUT (retried likewise); should that never succeed, an untagged,
+unattached disk `<name>-osdisk` still counts as `<name>`'s for list() and delete().
 
 Spot: `max_price` is in US dollars per hour whatever the billing currency (Azure's rule), -1
 to pay up to the on-demand price, or a price above 0; a spot price above it fails over.
@@ -49,7 +51,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound, ProviderError,
-                          ProviderUnavailable, QuotaExceeded, Throttled, TransientError)
+                          ProviderUnavailable, QuotaExceeded, ScitqError, Throttled, TransientError)
 from scitq.providers.base import (TAG, Flavor, Instance, InstanceStatus, Provider, Quota, check_max_price,
                                   require, say)
 
@@ -523,12 +525,19 @@ class AzureProvider(Provider):
         return {"location": spec.region, "tags": tags, "properties": props}
 
     def _tag_disk(self, disk_name, tags):
-        """The VM's PUT cannot tag the OS disk it makes: tag it after (a failure costs only the tag)."""
-        try:
-            with calling(f"tag disk {disk_name}"):
-                poller = self._client("compute").disks.begin_update(self.resource_group, disk_name, {"tags": tags})
-            self._wait(poller, f"tag disk {disk_name}")
-        except ProviderError as err:
+        """The VM's PUT cannot tag the OS disk it makes: tag it after, trying again while Azure is
+        unwell. A tag that never comes is only logged: list() and delete() also know the disk by
+        its name (see _named_disk)."""
+        def attempt():
+            try:
+                with calling(f"tag disk {disk_name}"):
+                    poller = self._client("compute").disks.begin_update(self.resource_group, disk_name,
+                                                                        {"tags": tags})
+                self._wait(poller, f"tag disk {disk_name}")
+                return []
+            except ScitqError as err:      # BadRequest too: a refused tag must not fail the create
+                return [err]
+        for err in self._backoff(attempt):
             log.warning("%s", err.message)
 
     def get(self, instance_id):
@@ -571,9 +580,10 @@ class AzureProvider(Provider):
         live = {v["name"].lower() for v in vms}
         left = {}
         for resource in [*nics.values(), *ips.values(), *disks]:
-            owner = (resource.get("tags") or {}).get(TAG)
-            if owner and owner.lower() not in live and _tagged(resource, wanted):
-                left.setdefault(owner, resource)
+            owner = (resource.get("tags") or {}).get(TAG) or _named_disk(resource)
+            shown = dict(resource, tags=resource.get("tags") or {TAG: owner})
+            if owner and owner.lower() not in live and _tagged(shown, wanted):
+                left.setdefault(owner, shown)
         out += [Instance(provider=self.name, id=owner, name=owner, region=r.get("location"), flavor=None,
                          status=InstanceStatus.DELETED, user=self.user, tags=dict(r.get("tags") or {}))
                 for owner, r in sorted(left.items())]
@@ -598,19 +608,27 @@ class AzureProvider(Provider):
             raise errors[0]
 
     def _teardown(self, targets, tag=None):
-        """Delete (kind, name, trusted) resources (see _teardown_pass), trying again with back-off
-        while Azure refuses only for a while, for up to `teardown_timeout` seconds. Returns the
-        errors left (each logged, its `target` the (kind, name) still there)."""
+        """Delete (kind, name, trusted) resources (see _teardown_pass), the failed ones tried again
+        (see _backoff). Returns the errors left (each logged, its `target` the (kind, name) still
+        there)."""
+        def attempt():
+            nonlocal targets
+            targets, errors = self._teardown_pass(targets, tag)
+            return errors
+        return self._backoff(attempt)
+
+    def _backoff(self, attempt):
+        """attempt() -> errors, called again with back-off while Azure refuses only for a while,
+        for up to `teardown_timeout` seconds. Returns the last errors."""
         deadline = time.monotonic() + float(self.config.get("teardown_timeout", 600))
         delay = float(self.config.get("teardown_backoff", 2.0))
         while True:
-            failed, errors = self._teardown_pass(targets, tag)
+            errors = attempt()
             if not errors or not all(map(_retryable, errors)) or time.monotonic() + delay > deadline:
                 return errors
             say(f"{errors[0].message}; trying again in {delay:g} s")
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
-            targets = failed
 
     def _teardown_pass(self, targets, tag):
         """Delete (kind, name, trusted) resources in the order VM, disks, NICs, IPs; an untrusted one
@@ -638,7 +656,7 @@ class AzureProvider(Provider):
                     found = self._maybe(lambda: get(rg, name))
                     if not found:
                         continue
-                    if not trusted and (found.get("tags") or {}).get(TAG) != tag:
+                    if not trusted and ((found.get("tags") or {}).get(TAG) or _named_disk(found)) != tag:
                         log.info("azure: %s %s does not carry %s=%s: left alone", kind, name, TAG, tag)
                         continue
                     ip_id = _public_ip_id(found) if kind == "nic" else None
@@ -718,6 +736,17 @@ def _image(image):
 def _tagged(resource, wanted):
     tags = resource.get("tags") or {}
     return all(k in tags and (w is None or tags[k] == w) for k, w in wanted.items())
+
+
+def _named_disk(resource):
+    """The host an untagged, unattached disk named "<host>-osdisk" belongs to (its tag PATCH
+    failed, and the VM went without deleting it), else None. A disk with tags of its own is
+    someone else's."""
+    name = resource.get("name") or ""
+    if (resource.get("type") or "").lower() != "microsoft.compute/disks" or resource.get("tags") \
+            or resource.get("managedBy") or not name.endswith("-osdisk"):
+        return None
+    return name[:-len("-osdisk")]
 
 
 def _power_state(vm):
