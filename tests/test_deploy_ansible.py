@@ -40,7 +40,8 @@ UNUSED = "10.213.15.254"        # in the subnet, on the bridge, never given to a
 SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
        "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
 DEPLOYED = (f"{REMOTE_ROOT} {pyinfra_engine.UNIT_FILE} "
-            f"/etc/systemd/system/multi-user.target.wants/{SERVICE}.service")
+            f"/etc/systemd/system/multi-user.target.wants/{SERVICE}.service "
+            f"{pyinfra_engine.WORKDIR} {pyinfra_engine.TASK_HOME}")
 TIMINGS = {}
 
 
@@ -301,7 +302,8 @@ RENDER = """\
     - ansible.builtin.copy:
         dest: "{out}/vars.json"
         content: "{{{{ {{'pip_args': scitq_pip_args, 'supervisor_pid': scitq_supervisor_pid_test,
-                   'start': scitq_start_supervisor, 'stop': scitq_stop_supervisor}} | to_json }}}}"
+                   'start': scitq_start_supervisor, 'stop': scitq_stop_supervisor, 'workdir': scitq_workdir,
+                   'task_user': [scitq_task_user, scitq_task_home, scitq_task_shell]}} | to_json }}}}"
 - hosts: all
   gather_facts: false
   vars_files: [{roles}/scitq_teardown/defaults/main.yml]
@@ -309,7 +311,8 @@ RENDER = """\
     - ansible.builtin.copy:
         dest: "{out}/teardown.json"
         content: "{{{{ {{'root': scitq_root, 'unit': scitq_unit_file, 'supervisor_pid': scitq_supervisor_pid_test,
-                   'stop': scitq_stop_supervisor}} | to_json }}}}"
+                   'stop': scitq_stop_supervisor, 'workdir': scitq_workdir,
+                   'task_user': [scitq_task_user, scitq_task_home]}} | to_json }}}}"
 """
 
 
@@ -344,17 +347,23 @@ def test_the_roles_defaults_and_templates_are_the_pyinfra_engines(tmp_path):
     assert (out / "worker.env").read_text() == pyinfra_engine.worker_env(settings)
     assert (out / "scitq-worker.service").read_text() == pyinfra_engine.UNIT
     assert (out / "supervise.sh").read_text() == pyinfra_engine.SUPERVISE
+    task_user = [pyinfra_engine.TASK_USER, pyinfra_engine.TASK_HOME, pyinfra_engine.TASK_SHELL]
     wanted = {"pip_args": pyinfra_engine.pip_args(settings.wheelhouse_url), "start": pyinfra_engine.START_SUPERVISOR,
-              "supervisor_pid": pyinfra_engine._SUPERVISOR_PID, "stop": pyinfra_engine.STOP_SUPERVISOR}
+              "supervisor_pid": pyinfra_engine._SUPERVISOR_PID, "stop": pyinfra_engine.STOP_SUPERVISOR,
+              "workdir": pyinfra_engine.WORKDIR, "task_user": task_user}
     assert json.loads((out / "vars.json").read_text()) == wanted
     assert json.loads((out / "teardown.json").read_text()) == {
         "root": REMOTE_ROOT, "unit": pyinfra_engine.UNIT_FILE, "supervisor_pid": pyinfra_engine._SUPERVISOR_PID,
-        "stop": pyinfra_engine.STOP_SUPERVISOR}
+        "stop": pyinfra_engine.STOP_SUPERVISOR, "workdir": pyinfra_engine.WORKDIR, "task_user": task_user[:2]}
+    # Both engines start the worker so that its tasks run as the task user, not root.
+    for started in (pyinfra_engine.UNIT, pyinfra_engine.SUPERVISE):
+        assert f"-m scitq.worker --task-user {pyinfra_engine.TASK_USER}" in started
     # and what the engine passes is the pyinfra engine's, whatever the role defaults say
     passed = ansible_engine.extravars(settings)
     assert passed["scitq_pip_args"] == wanted["pip_args"] and passed["scitq_stop_supervisor"] == wanted["stop"]
     assert (passed["scitq_venv"], passed["scitq_env_file"], passed["scitq_unit_file"]) == (
         pyinfra_engine.VENV, pyinfra_engine.ENV_FILE, pyinfra_engine.UNIT_FILE)
+    assert [passed["scitq_task_user"], passed["scitq_task_home"], passed["scitq_task_shell"]] == task_user
 
 
 def test_deploys_in_threads_each_report_their_own_host(nothing_left_here):

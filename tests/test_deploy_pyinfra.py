@@ -163,6 +163,10 @@ def test_bootstrap_run_change_and_teardown(db_url, procs, provider, hosts, wheel
         assert ssh(ssh_key, a.ip, f"systemctl is-active {SERVICE}") == "active"
         assert ssh(ssh_key, a.ip, f"systemctl is-enabled {SERVICE}") == "enabled"
         assert ssh(ssh_key, a.ip, f"stat -c %a {REMOTE_ROOT}/worker.env") == "600"
+        for h in hosts:     # its tasks run as the task user, who cannot read REMOTE_ROOT
+            assert ssh(ssh_key, h.ip, f"stat -c '%U %a' {pyinfra_engine.TASK_HOME} {REMOTE_ROOT}").splitlines() == [
+                f"{pyinfra_engine.TASK_USER} 700", "root 700"]
+            assert f"--task-user {pyinfra_engine.TASK_USER}" in ssh(ssh_key, h.ip, "pgrep -af '[p]ython -m scitq.worker'")
         assert ssh(ssh_key, b.ip, f"test -e /etc/systemd/system/{SERVICE}.service && echo yes || echo no") == "no"
 
         # Nothing but httpx and its dependencies next to scitq: no click, rich, flask.
@@ -182,7 +186,9 @@ def test_bootstrap_run_change_and_teardown(db_url, procs, provider, hosts, wheel
         assert teardown(targets[h.name], log=logs[h.name].append) is False      # idempotent
         left = ssh(ssh_key, h.ip,
                    f"ls -d {REMOTE_ROOT} /etc/systemd/system/{SERVICE}.service "
-                   f"/etc/systemd/system/multi-user.target.wants/{SERVICE}.service 2>/dev/null; "
+                   f"/etc/systemd/system/multi-user.target.wants/{SERVICE}.service "
+                   f"{pyinfra_engine.WORKDIR} {pyinfra_engine.TASK_HOME} 2>/dev/null; "
+                   f"getent passwd {pyinfra_engine.TASK_USER}; "
                    "pgrep -af '[s]citq[.]worker|[s]upervise[.]sh' || true")
         assert left == "", f"left on {h.name}: {left}"
     assert ssh(ssh_key, a.ip, f"systemctl is-active {SERVICE} || true") in ("inactive", "unknown")
@@ -260,6 +266,12 @@ def test_worker_settings_file_and_the_worker_command_line():
     args = worker_main.parser({k: v.strip("'") for k, v in env.items()}).parse_args([])
     assert (args.url, args.concurrency, args.prefetch, args.name, args.batch) == ("http://10.0.0.1:5000", 4, 2, "w1", None)
     assert worker_main.parser({}).parse_args(["http://x", "-c", "2"]).concurrency == 2
+    # The unit starts it with its tasks run as the task user; SCITQ_TASK_USER says the same.
+    exec_start = next(line for line in pyinfra_engine.UNIT.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split()[1:3] == ["-m", "scitq.worker"]
+    started = worker_main.parser({"SCITQ_SERVER": "http://x"}).parse_args(exec_start.split()[3:])
+    assert started.task_user == pyinfra_engine.TASK_USER == "scitq-task"
+    assert worker_main.parser({"SCITQ_TASK_USER": "u"}).parse_args(["http://x"]).task_user == "u"
     for bad in ("it's", "two\nlines", "back\\slash"):
         settings.token = bad
         with pytest.raises(DeployError):

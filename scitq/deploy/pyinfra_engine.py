@@ -9,7 +9,9 @@ lines for the call go to `log`.
 On the host: a venv at REMOTE_ROOT/venv with scitq from the server's wheelhouse (pip with
 --no-index), the settings in REMOTE_ROOT/worker.env, and the worker run as
 `python -m scitq.worker` by a systemd unit where systemd is PID 1, or else by a small shell
-loop (REMOTE_ROOT/supervise.sh) that restarts it when it exits.
+loop (REMOTE_ROOT/supervise.sh) that restarts it when it exits. The worker runs as root and its
+tasks as the system user TASK_USER (`--task-user`): REMOTE_ROOT (mode 0700) and worker.env,
+which holds the token (0600), are root's alone, and the tasks' directories are under WORKDIR.
 """
 import contextlib
 import io
@@ -29,7 +31,7 @@ from pyinfra.api import BaseStateCallback, Config, FactBase, Inventory, State, S
 from pyinfra.api.exceptions import ConnectError, PyinfraError
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
-from pyinfra.operations import files, pip, systemd
+from pyinfra.operations import files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
 import scitq
@@ -42,7 +44,10 @@ STOP_TIMEOUT = 60            # seconds a stopping worker may drain before it is 
 
 VENV = f"{REMOTE_ROOT}/venv"
 ENV_FILE = f"{REMOTE_ROOT}/worker.env"
-WORKDIR = f"{REMOTE_ROOT}/work"
+TASK_USER = "scitq-task"               # tasks run as this system user, never as root
+TASK_HOME = f"/var/lib/{TASK_USER}"
+TASK_SHELL = "/usr/sbin/nologin"
+WORKDIR = "/var/lib/scitq-worker"      # outside REMOTE_ROOT: the task user goes through it
 UNIT_FILE = f"/etc/systemd/system/{SERVICE}.service"
 SUPERVISOR = f"{REMOTE_ROOT}/supervise.sh"
 PIDFILE = f"{REMOTE_ROOT}/{SERVICE}.pid"
@@ -58,7 +63,7 @@ After=network-online.target
 [Service]
 EnvironmentFile={ENV_FILE}
 Environment=PYTHONUNBUFFERED=1
-ExecStart={VENV}/bin/python -m scitq.worker
+ExecStart={VENV}/bin/python -m scitq.worker --task-user {TASK_USER}
 Restart=always
 RestartSec=2
 # SIGTERM to the worker alone (it drains: finishes its tasks), then whatever is left is killed.
@@ -79,7 +84,7 @@ echo $$ > {PIDFILE}
 stop= child=
 trap 'stop=1; [ -z "$child" ] || kill -s TERM "$child" 2>/dev/null' TERM INT
 while [ -z "$stop" ]; do
-    (set -a; . {ENV_FILE}; set +a; exec {VENV}/bin/python -m scitq.worker) >>{LOGFILE} 2>&1 &
+    (set -a; . {ENV_FILE}; set +a; exec {VENV}/bin/python -m scitq.worker --task-user {TASK_USER}) >>{LOGFILE} 2>&1 &
     child=$!
     while kill -0 "$child" 2>/dev/null; do wait "$child"; done
     child=
@@ -175,6 +180,10 @@ def bootstrap(target, settings, log):
         log(f"[{h.name}] worker supervised by {'systemd' if uses_systemd else SUPERVISOR}")
         plan = _Plan(state)
         plan.add("directory", files.directory, path=REMOTE_ROOT, mode="700")
+        user = plan.add(f"task user {TASK_USER}", server.user, user=TASK_USER, system=True, home=TASK_HOME,
+                        shell=TASK_SHELL, ensure_home=False)
+        plan.add("the task user's home", files.directory, path=TASK_HOME, user=TASK_USER, group=TASK_USER,
+                 mode="700")
         if settings.ca_pem:
             ca = plan.add("the server's CA certificate", files.put, src=io.StringIO(settings.ca_pem), dest=CA_FILE,
                      mode="644")
@@ -191,13 +200,13 @@ def bootstrap(target, settings, log):
                             mode="644")
             plan.add("systemd daemon-reload", systemd.daemon_reload, _if=any_changed(unit))
             plan.add("restart the worker on change", systemd.service, service=SERVICE, running=None,
-                     restarted=True, _if=any_changed(package, config, unit, ca))
+                     restarted=True, _if=any_changed(package, config, unit, ca, user))
             plan.add("worker service", systemd.service, service=SERVICE, running=True, enabled=True)
         else:
             script = plan.add("supervisor script", files.put, src=io.StringIO(SUPERVISE), dest=SUPERVISOR,
                               mode="755")
             plan.add("restart the worker on change", supervised, running=None, restarted=True,
-                     _if=any_changed(package, config, script, ca))
+                     _if=any_changed(package, config, script, ca, user))
             plan.add("supervised worker", supervised, running=True)
         changed = plan.run(h, relay)
         log(f"[{h.name}] {'changed' if changed else 'no change'}")
@@ -217,6 +226,9 @@ def teardown(target, log):
         if uses_systemd:
             plan.add("systemd daemon-reload", systemd.daemon_reload, _if=any_changed(unit))
         plan.add(f"remove {REMOTE_ROOT}", files.directory, path=REMOTE_ROOT, present=False)
+        plan.add(f"remove {WORKDIR}", files.directory, path=WORKDIR, present=False)
+        plan.add(f"remove the task user {TASK_USER}", server.user, user=TASK_USER, present=False)
+        plan.add(f"remove {TASK_HOME}", files.directory, path=TASK_HOME, present=False)
         changed = plan.run(h, relay)
         log(f"[{h.name}] {'removed' if changed else 'nothing to remove'}")
     return changed
