@@ -577,17 +577,20 @@ class AzureProvider(Provider):
             nic = nics.get(nic_ids[0].lower()) if nic_ids else None
             ip_id = _public_ip_id(nic)
             out.append(self._instance(vm, nic, ips.get(ip_id.lower()) if ip_id else None))
-        live = {v["name"].lower() for v in vms}
+        return out + self._leftovers([*nics.values(), *ips.values(), *disks],
+                                     {v["name"].lower() for v in vms}, wanted)
+
+    def _leftovers(self, resources, live, wanted):
+        """A DELETED instance per host of no live VM that still has resources carrying the tags."""
         left = {}
-        for resource in [*nics.values(), *ips.values(), *disks]:
+        for resource in resources:
             owner = (resource.get("tags") or {}).get(TAG) or _named_disk(resource)
             shown = dict(resource, tags=resource.get("tags") or {TAG: owner})
             if owner and owner.lower() not in live and _tagged(shown, wanted):
                 left.setdefault(owner, shown)
-        out += [Instance(provider=self.name, id=owner, name=owner, region=r.get("location"), flavor=None,
+        return [Instance(provider=self.name, id=owner, name=owner, region=r.get("location"), flavor=None,
                          status=InstanceStatus.DELETED, user=self.user, tags=dict(r.get("tags") or {}))
                 for owner, r in sorted(left.items())]
-        return out
 
     def delete(self, instance_id):
         """Delete the VM, then its OS disk, NIC and public IP: those named by the VM, and those
