@@ -21,7 +21,7 @@ from scitq.errors import BadRequest
 DEFAULT_SERVER = "http://127.0.0.1:5000"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::", "")
-SERVER_NOTE = "server.json"   # in a data dir: the URL and pid of the server that owns it
+SERVER_NOTE = "server.json"   # in a data dir: the URL, pid and CA of the server that owns it
 
 
 def config_path():
