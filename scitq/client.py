@@ -8,11 +8,13 @@
 import os
 import ssl
 import time
+import uuid
 
 import httpx
 
 from scitq import config
-from scitq.errors import BadRequest, Forbidden, ServerUnreachable, TasksFailed, Unauthorized, from_status
+from scitq.errors import (BadRequest, Forbidden, ScitqError, ServerUnreachable, TasksFailed,
+                          Unauthorized, from_status, retry_after)
 from scitq.trust import client_context, verify_failure
 
 
@@ -22,6 +24,10 @@ class Client:
     entry in the config file (`scitq login`), else, for the server that owns the local data
     dir only, its admin.token. `token_source` names where the token came from (said in
     authentication errors)."""
+
+    retries = 5          # times a call safe to repeat (a chunk of add_tasks) is sent again
+    retry_min = 0.5      # seconds before the first of them, doubled for each next one
+    retry_max = 30.0     # longest pause, a server's Retry-After included
 
     def __init__(self, server=None, token=None, timeout=60.0, token_source=None, ca=None):
         """`ca`: the CA certificate file an https server is verified against (or SCITQ_CA;
@@ -90,8 +96,29 @@ class Client:
             if isinstance(err, (Unauthorized, Forbidden)):    # which token, then
                 err.message += (f" (the token sent came from {self.token_source})" if self.token_source
                                 else f" (no token was sent: `scitq login {self.server} --token T`)")
+            err.retry_after = retry_after(resp.headers, self.retry_max)
             raise err
         return resp
+
+    def _idempotent(self, method, path, **kwargs):
+        """_request, sent again with back-off while its answer is lost (no connection, a
+        timeout, a 502, 503 or 504), up to `retries` times: only for calls the server
+        stores once whatever the number of times they come (a submission id)."""
+        delay = self.retry_min
+        for attempt in range(self.retries + 1):
+            try:
+                return self._request(method, path, **kwargs)
+            except ServerUnreachable as exc:
+                # Only a transport error is a lost answer: a certificate that fails stays so.
+                if attempt == self.retries or not isinstance(exc.__cause__, httpx.TransportError):
+                    raise
+                pause = delay
+            except ScitqError as exc:
+                if attempt == self.retries or exc.http_status not in (502, 503, 504):
+                    raise
+                pause = max(delay, exc.retry_after)
+            time.sleep(min(pause, self.retry_max))
+            delay *= 2
 
     def _json(self, method, path, **kwargs):
         return self._request(method, path, **kwargs).json()
@@ -168,16 +195,24 @@ class Client:
             body["batch"] = batch
         return self._json("POST", "/tasks", json=body)
 
-    def add_tasks(self, tasks, batch=None, chunk=10_000):
+    def add_tasks(self, tasks, batch=None, chunk=10_000, submission=None):
         """Submit many tasks (dicts with at least "command", and any option of add_task);
         returns their ids in order. Within one chunk, a task's depends_on may name the
-        `ref` of another task of the list; give all such tasks in one chunk."""
+        `ref` of another task of the list; give all such tasks in one chunk.
+
+        Each chunk is one transaction, sent with the id "<submission>:<chunk index>" that the
+        server stores with its tasks: a chunk whose answer was lost is sent again (see
+        `retries`) and stored once. `submission` names the call (e.g. "my-run-1"; default: a
+        random one per call): the same call again, after a crash of either side, stores only
+        the chunks not stored yet and returns the ids of all; the same name with other tasks
+        is refused (Conflict)."""
+        submission = submission or uuid.uuid4().hex
         ids = []
-        for i in range(0, len(tasks), chunk):
-            body = {"tasks": tasks[i:i + chunk]}
+        for n, i in enumerate(range(0, len(tasks), chunk)):
+            body = {"tasks": tasks[i:i + chunk], "submission": f"{submission}:{n}"}
             if batch is not None:
                 body["batch"] = batch
-            ids += self._json("POST", "/tasks/bulk", json=body)["ids"]
+            ids += self._idempotent("POST", "/tasks/bulk", json=body).json()["ids"]
         return ids
 
     def tasks(self, batch=None, status=None, name=None, after=None, limit=100):

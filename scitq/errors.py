@@ -91,6 +91,15 @@ def from_status(status, message, detail=None):
     return err
 
 
+def retry_after(headers, most):
+    """An answer's Retry-After in seconds, at most `most`; 0 when absent or a date."""
+    try:
+        seconds = float(headers.get("retry-after") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(seconds, most) if seconds > 0 else 0.0     # also NaN: 0
+
+
 # --- providers: typed so the reconciler knows whether to fail over -------------
 
 class ProviderError(ScitqError):

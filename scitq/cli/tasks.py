@@ -50,12 +50,16 @@ def _options(kw):
 @click.option("--no-shell", is_flag=True, help="Run the command without /bin/sh (split into argv).")
 @click.option("--file", "-f", "from_file", type=click.File("r"),
               help="Submit one task per non-empty line of this file ('-': standard input).")
+@click.option("--submission", help="With --file: a name of this submission; the same command "
+              "again (after a crash) stores only what was not stored yet.")
 @task_options
 @json_option
 @click.pass_obj
-def task_add(ctx, command, batch, name, no_shell, from_file, as_json, **kw):
+def task_add(ctx, command, batch, name, no_shell, from_file, submission, as_json, **kw):
     """Queue COMMAND (quote it, or put it after --). Prints the new task id(s)."""
     options = _options(kw)
+    if submission is not None and not from_file:
+        raise click.UsageError("--submission goes with --file")
     if from_file:
         if command:
             raise click.UsageError("give a COMMAND or --file, not both")
@@ -63,7 +67,7 @@ def task_add(ctx, command, batch, name, no_shell, from_file, as_json, **kw):
         if not lines:
             raise click.UsageError("the file holds no command")
         ids = ctx.client.add_tasks([{"command": c, "shell": not no_shell, **options} for c in lines],
-                                   batch=batch)
+                                   batch=batch, submission=submission)
         print_json({"ids": ids}) if as_json else click.echo("\n".join(map(str, ids)))
         return
     if not command:

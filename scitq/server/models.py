@@ -117,6 +117,24 @@ class TaskDependency(Base):
                                                primary_key=True, index=True)
 
 
+class Submission(Base):
+    """A chunk of tasks sent under a client's submission id (`Client.add_tasks`), written in the
+    transaction of its tasks: the same chunk sent again gets these ids back and stores nothing."""
+
+    __tablename__ = "submission"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)   # e.g. "<uuid>:<chunk>"
+    digest: Mapped[str] = mapped_column(String(64))     # sha256 of the chunk (tasks and batch)
+    first_id: Mapped[int] = mapped_column(Id)
+    last_id: Mapped[int] = mapped_column(Id)
+    count: Mapped[int] = mapped_column(Integer)
+    ids: Mapped[list | None] = mapped_column(JSON)      # only when they are not first..last
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def task_ids(self):
+        return self.ids if self.ids is not None else list(range(self.first_id, self.last_id + 1))
+
+
 def ahead(worker):
     """How many tasks a worker (a row or a Worker) holds beyond its concurrency: its pinned
     prefetch, else the depth it asked for."""

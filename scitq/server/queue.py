@@ -1,4 +1,6 @@
 """Batches and tasks: submission, queries and the user's changes to them."""
+import hashlib
+import json
 import re
 
 from sqlalchemy import delete, func, insert, select
@@ -6,7 +8,8 @@ from sqlalchemy import delete, func, insert, select
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import insert_with_ids, lookup, record
-from scitq.server.models import MAX_ID, Batch, Execution, MinuteRollup, Task, TaskDependency, utcnow
+from scitq.server.models import (MAX_ID, Batch, Execution, MinuteRollup, Submission, Task,
+                                 TaskDependency, utcnow)
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
@@ -286,6 +289,34 @@ def create_tasks(s, specs, batch_name=None):
         mine = [i for i, r in zip(ids, rows) if r["batch_id"] == batch.id]
         record(s, "tasks.created", batch, count=len(mine), first=mine[0], last=mine[-1])
     return ids
+
+
+def submit_tasks(s, specs, batch_name=None, submission=None):
+    """create_tasks, once per submission id: (ids, True) when stored now; (the ids stored
+    then, False) when a chunk with this id and the same content was stored already (a retry
+    of a request whose answer was lost); the same id with other content is a 409.
+
+    The submission row goes in the tasks' transaction, so a crash keeps both or neither. Two
+    requests of one id at once: the second fails on the row's primary key, and the route
+    calls again to find the first's ids.
+    """
+    if submission is None:
+        return create_tasks(s, specs, batch_name), True
+    submission = _text({"submission": submission}, "submission", "submission", 255)
+    digest = hashlib.sha256(json.dumps([batch_name, specs], sort_keys=True,
+                                       separators=(",", ":")).encode()).hexdigest()
+    stored = s.get(Submission, submission)
+    if stored is not None:
+        if stored.digest != digest:
+            raise Conflict(f"submission {submission[:80]!r} was stored with other tasks: "
+                           "give a new submission id")
+        return stored.task_ids(), False
+    ids = create_tasks(s, specs, batch_name)
+    contiguous = ids[-1] - ids[0] + 1 == len(ids)
+    s.add(Submission(id=submission, digest=digest, first_id=ids[0], last_id=ids[-1],
+                     count=len(ids), ids=None if contiguous else ids))
+    s.flush()
+    return ids, True
 
 
 def _insert_tasks(s, rows):

@@ -5,7 +5,7 @@ import random
 
 import httpx
 
-from scitq.errors import from_status
+from scitq.errors import from_status, retry_after
 from scitq.trust import client_context, verify_failure
 from scitq.worker import http11
 
@@ -54,7 +54,7 @@ class ServerLink:
                 if resp.status_code < 500:
                     break
                 problem = f"HTTP {resp.status_code}"
-                asked = retry_after(resp.headers)
+                asked = retry_after(resp.headers, self.retry_max)
             except (httpx.TransportError, http11.TransportError) as exc:
                 bad = verify_failure(exc)
                 if bad is not None:     # the handshake failed before any request (and token) went out
@@ -76,12 +76,3 @@ class ServerLink:
             raise from_status(resp.status_code, body.get("error") or resp.reason_phrase,
                               body.get("detail"))
         return resp.json()
-
-
-def retry_after(headers):
-    """A Retry-After in seconds (bounded by ServerLink.retry_max), 0 when absent or a date."""
-    try:
-        seconds = float(headers.get("retry-after") or 0)
-    except (TypeError, ValueError):
-        return 0.0
-    return min(seconds, ServerLink.retry_max) if seconds > 0 else 0.0     # also NaN: 0

@@ -1,5 +1,6 @@
 """Tasks: submit one or many, list with filters and a cursor, show, edit, relaunch, delete."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
+from sqlalchemy.exc import IntegrityError
 
 from scitq.server import lifecycle, queue
 from scitq.server.api import (ERROR_FIELDS, ID, IdOrName, NullableFloat, NullableInteger,
@@ -41,6 +42,9 @@ task_fields = {
 task_in = ns.model("TaskIn", task_fields)
 bulk_in = ns.model("TasksIn", {
     "batch": fields.String(max_length=128, description="default batch of the tasks"),
+    "submission": fields.String(min_length=1, max_length=255, description=(
+        "an id of this request chosen by the client: the same request sent again (its answer "
+        "was lost) returns the ids stored then and stores nothing; with other tasks, a 409")),
     "tasks": fields.List(fields.Nested(task_in), required=True, min_items=1),
 })
 task_edit = ns.model("TaskEdit", {k: v for k, v in task_fields.items() if k not in ("batch", "ref")} | {
@@ -80,10 +84,11 @@ list_args.add_argument("after", type=natural_id, help="cursor: the last id of th
 list_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
 
 
-def _created(ids):
-    dispatcher = state().dispatcher
-    dispatcher.tasks_added(len(ids))
-    dispatcher.wake()
+def _created(ids, new=True):
+    if new:
+        dispatcher = state().dispatcher
+        dispatcher.tasks_added(len(ids))
+        dispatcher.wake()
     return {"ids": ids, "count": len(ids)}, 201
 
 
@@ -116,14 +121,23 @@ class Tasks(Resource):
 @ns.route("/bulk")
 class BulkTasks(Resource):
     @ns.response(400, "Invalid task (none is stored)", error)
+    @ns.response(409, "This submission id was stored with other tasks", error)
     @ns.expect(bulk_in)
     @ns.marshal_with(created, code=201)
     def post(self):
-        """Submit many tasks in one request and one transaction (all or none)."""
+        """Submit many tasks in one request and one transaction (all or none); with a
+        `submission` id, once: the same request again returns the ids stored the first time."""
         payload = check_bulk(ns.payload)     # validate=True's rules, compiled (100k tasks)
-        with state().db.write() as s:
-            ids = queue.create_tasks(s, payload["tasks"], payload.get("batch"))
-        return _created(ids)
+        args = payload["tasks"], payload.get("batch"), payload.get("submission")
+        try:
+            with state().db.write() as s:
+                ids, new = queue.submit_tasks(s, *args)
+        except IntegrityError:
+            if args[2] is None:
+                raise
+            with state().db.write() as s:   # its twin (a client's retry) stored it meanwhile
+                ids, new = queue.submit_tasks(s, *args)
+        return _created(ids, new)
 
 
 @ns.route(f"/<{ID}:task_id>")
