@@ -54,7 +54,7 @@ def test_the_same_submission_with_other_tasks_is_a_409(client):
     assert stored(client) == 1
 
 
-@pytest.mark.parametrize("submission", ["", "x" * 256, "a\x00b", 7])
+@pytest.mark.parametrize("submission", ["", "x" * 256, "a\x00b", "a b", "\ud800", 7])
 def test_a_bad_submission_id_is_a_400(client, submission):
     answer = bulk(client, [{"command": "true"}], submission, expect=400)
     assert answer["error"]

@@ -20,6 +20,7 @@ BATCH_NAME = re.compile(r"(?!\d+\Z)[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}")    # f
 # engine's command line would read otherwise (no space, quote, $ or ;, no leading -).
 IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 DEFAULT_BATCH = "default"
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9._+@:=/-]{1,255}")     # fullmatch
 STATUSES = [s.value for s in TaskStatus]
 
 
@@ -302,7 +303,8 @@ def submit_tasks(s, specs, batch_name=None, submission=None):
     """
     if submission is None:
         return create_tasks(s, specs, batch_name), True
-    submission = _text({"submission": submission}, "submission", "submission", 255)
+    if not isinstance(submission, str) or not SUBMISSION_ID.fullmatch(submission):
+        raise BadRequest("'submission' must be 1-255 characters: letters, digits and ._+@:=/-")
     digest = hashlib.sha256(json.dumps([batch_name, specs], sort_keys=True,
                                        separators=(",", ":")).encode()).hexdigest()
     stored = s.get(Submission, submission)
