@@ -246,7 +246,7 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
         if state.auth:
             from scitq.server import tokens
             with state.db.write() as s:
-                env["SCITQ_TOKEN"] = tokens.worker_token(s, name)
+                _, env["SCITQ_TOKEN"] = tokens.worker_token(s, name)
         if state.ca_file:
             env["SCITQ_CA"] = str(state.ca_file)
         workdir = state.data_dir / "worker"    # its own: another `scitq up` has another

@@ -32,6 +32,7 @@ from sqlalchemy import func, insert, select, update
 from scitq.errors import ProviderError, ScitqError
 from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
 from scitq.recruit import policy
+from scitq.server import tokens
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, give_back
 from scitq.server.loop import Loop
@@ -436,6 +437,7 @@ class Reconciler(Loop):
             if error:
                 inst.error = error[:1024]
             record(s, "instance.deleted", inst, cost=inst.cost, error=error)
+            tokens.revoke_host_tokens(s, inst.name)     # no one may register as its worker now
 
     # -- what the providers say --------------------------------------------------------
 

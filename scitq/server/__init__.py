@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask, Request, jsonify, redirect, request, send_from_directory
 from werkzeug.exceptions import BadRequest as HTTPBadRequest, HTTPException
 
+from scitq.server.access import access, install as install_access
 from scitq.server.db import Database
 from scitq.server.deploys import Deployer
 from scitq.server.dispatch import Dispatcher, Notifier
@@ -72,14 +73,6 @@ class JSONRequest(Request):
     def on_json_loading_failed(self, e):
         raise HTTPBadRequest(f"the request body is not valid JSON ({e})" if e else
                              "the request body is not JSON (send Content-Type: application/json)")
-
-
-def _token_maker(db):
-    def token_for(worker_name):
-        from scitq.server import tokens
-        with db.write() as s:
-            return tokens.worker_token(s, worker_name)
-    return token_for
 
 
 def _start_auth(app, state):
@@ -173,7 +166,8 @@ def create_app(config=None):
         providers = load_config(app.config.get("PROVIDERS_FILE") or data_dir / "providers.yaml")
     job_logs = OutputStore(data_dir / "jobs", streams=("log",))
     auth = bool(app.config.get("AUTH"))
-    deployer = Deployer(data_dir, token_for=_token_maker(db) if auth else None)
+    from scitq.server.tokens import DeployTokens
+    deployer = Deployer(data_dir, tokens=DeployTokens(db) if auth else None)
     handlers = deployer.handlers()
     state = app.extensions["scitq"] = ServerState(
         db=db, outputs=OutputStore(data_dir / "outputs"), notifier=notifier,
@@ -205,11 +199,13 @@ def create_app(config=None):
     app.register_blueprint(metrics.create_blueprint())
 
     @app.get("/")
+    @access("public")
     def index():
         return redirect("/ui/")
 
     @app.get("/wheelhouse/")
     @app.get("/wheelhouse/<path:name>")
+    @access("public")
     def wheelhouse(name="index.html"):
         """The worker's packages, for hosts with no package index (pip --find-links)."""
         return send_from_directory(data_dir / "wheelhouse", name)
@@ -231,4 +227,7 @@ def create_app(config=None):
         """Errors outside the API's own routes (an unknown URL) are JSON too."""
         return jsonify(error=e.description, detail=None), e.code
 
+    # The framework's own routes: static files and the API's description (no secret in them).
+    install_access(app, public=("static", "ui.static", "restx_doc.static", "api.root", "api.doc",
+                                "api.specs"))
     return app

@@ -68,9 +68,9 @@ def check_server_url(url):
 class Deployer:
     """Job handlers for `deploy` and `teardown`, with the wheelhouse built once, on need."""
 
-    def __init__(self, data_dir, token_for=None):
+    def __init__(self, data_dir, tokens=None):
         self.data_dir = data_dir
-        self.token_for = token_for    # worker name -> a fresh worker token (None: auth is off)
+        self.tokens = tokens          # a tokens.DeployTokens (None: auth is off)
         self.ca_file = None           # the server's CA certificate, pinned on each host (None: none)
         self.wheelhouse = data_dir / "wheelhouse"
         self._building = threading.Lock()
@@ -100,9 +100,16 @@ class Deployer:
                                   concurrency=p["concurrency"], prefetch=p["prefetch"],
                                   batch=p.get("batch"),
                                   ca_pem=self.ca_file.read_text() if self.ca_file else None)
-        if self.token_for is not None:     # made now, never kept in the job's params or log
-            settings.token = self.token_for(settings.name)
-        changed = bootstrap(self._target(job), settings, p["engine"], log)
+        token_id = None
+        if self.tokens is not None:     # made now, never kept in the job's params or log
+            token_id, settings.token = self.tokens.mint(settings.name)
+        try:
+            changed = bootstrap(self._target(job), settings, p["engine"], log)
+        except BaseException:
+            # A next attempt mints its own: this one must not stay live on a host left half-made.
+            if token_id is not None:
+                self.tokens.revoke(token_id)
+            raise
         log(f"worker {settings.name} is up ({'changed' if changed else 'no change'})")
 
     def teardown(self, job, log):

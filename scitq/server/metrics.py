@@ -17,17 +17,17 @@ Two kinds of figures, chosen by whether they must equal what the database holds:
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select, text
 
-from scitq.errors import Forbidden, ScitqError
 from scitq.recruit.rules import cost_of
-from scitq.server import queue, tokens
+from scitq.server import queue
+from scitq.server.access import access
 from scitq.server.models import Batch, Instance, Job, utcnow
 from scitq.server.ui import dashboard as dash
-from scitq.status import ExecutionStatus, Role, TaskStatus
+from scitq.status import ExecutionStatus, TaskStatus
 
 CACHE_SECONDS = 5.0      # the database's figures are read at most this often
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -149,23 +149,18 @@ def create_blueprint():
     bp = Blueprint("metrics", __name__)
 
     @bp.get("/metrics")
+    @access("user", when="metrics_auth")
     def metrics():
         state = current_app.extensions["scitq"]
-        if state.metrics_auth:
-            try:
-                principal = tokens.authenticate(state.db, request.headers.get("Authorization"))
-                if principal.role == Role.WORKER.value:
-                    raise Forbidden("a worker token cannot read the metrics: use a user's token")
-            except ScitqError as err:
-                return jsonify(err.to_dict()), err.http_status
-            g.principal = principal
         return Response(state.metrics.exposition(), content_type=CONTENT_TYPE)
 
     @bp.get("/healthz")
+    @access("public")
     def healthz():
         return jsonify(status="ok")
 
     @bp.get("/readyz")
+    @access("public")
     def readyz():
         state = current_app.extensions["scitq"]
         try:

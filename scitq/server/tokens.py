@@ -1,4 +1,4 @@
-"""API tokens: made, looked up, revoked, and who may do what with them.
+"""API tokens: made, looked up and revoked (who may call which route: scitq.server.access).
 
 A token is `scitq_` and 43 random URL-safe characters; only its sha256 is stored (a token is
 random enough that a slow hash buys nothing), with its first characters to tell it apart.
@@ -14,11 +14,11 @@ import secrets
 import threading
 import time
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from scitq.server.db import record
-from scitq.server.models import MAX_ID, Execution, Token, Worker, utcnow
+from scitq.server.models import MAX_ID, Token, Worker, utcnow
 from scitq.status import Role
 
 PREFIX = "scitq_"          # scitq.log.SECRET matches what follows it, to redact tokens
@@ -65,6 +65,15 @@ def revoke(s, ref):
         rows = s.scalars(select(Token).where(Token.name == ref, Token.revoked_at.is_(None))).all()
     if not rows:
         raise NotFound(f"no token {ref!r}")
+    return _revoke_rows(s, rows)
+
+
+def _revoke_live(s, which):
+    """Revoke the live tokens that match a condition."""
+    return _revoke_rows(s, s.scalars(select(Token).where(which, Token.revoked_at.is_(None))).all())
+
+
+def _revoke_rows(s, rows):
     for row in rows:
         if row.revoked_at is None:
             row.revoked_at = utcnow()
@@ -74,15 +83,29 @@ def revoke(s, ref):
 
 
 def worker_token(s, worker_name):
-    """A fresh token for a worker about to be deployed; its earlier ones are revoked (a
-    redeploy rotates the token)."""
+    """A fresh token for a worker about to be deployed: (its row, the token); its earlier ones
+    are revoked (a redeploy rotates the token)."""
     worker = s.scalar(select(Worker).where(Worker.name == worker_name))
-    for old in s.scalars(select(Token).where(Token.name == f"worker:{worker_name}",
-                                             Token.revoked_at.is_(None))):
-        old.revoked_at = utcnow()
-    CACHE.clear()
-    return create_token(s, f"worker:{worker_name}", Role.WORKER.value,
-                        worker.id if worker else None)[1]
+    _revoke_live(s, Token.name == f"worker:{worker_name}")
+    return create_token(s, f"worker:{worker_name}", Role.WORKER.value, worker.id if worker else None)
+
+
+class DeployTokens:
+    """The tokens deploys give their workers, each made or revoked in a transaction of its own
+    (a deploy job runs outside any)."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def mint(self, worker_name):
+        """(its id, the token) of a fresh token for that worker."""
+        with self.db.write() as s:
+            row, token = worker_token(s, worker_name)
+            return row.id, token
+
+    def revoke(self, token_id):
+        with self.db.write() as s:
+            revoke(s, token_id)
 
 
 def first_admin(s):
@@ -144,46 +167,6 @@ def authenticate(db, header):
     return principal
 
 
-# What a worker token may call: (method, endpoint of the API blueprint, without "api.").
-WORKER_CALLS = {("POST", "workers_workers"), ("GET", "workers_one_worker"), ("POST", "workers_poll"),
-                ("POST", "workers_reports"), ("GET", "executions_execution_output"),
-                ("POST", "executions_execution_output"), ("POST", "executions_execution_cache"),
-                ("GET", "executions_one_execution")}
-# What only an admin may change (a user may still read them): the tokens, hosts rented by
-# hand, deploys.
-ADMIN_WRITES = ("tokens_", "providers_instances", "providers_one_instance", "providers_refresh",
-                "jobs_deploy", "jobs_teardown", "jobs_retry_job")
-OPEN = ("root", "specs", "doc")     # the API's description: no secret in it
-
-
-def authorize(db, principal, method, endpoint, view_args):
-    """Forbidden unless the principal's role reaches this call."""
-    if principal.role == Role.ADMIN.value:
-        return
-    if principal.role == Role.USER.value:
-        if endpoint.startswith("tokens_") or (method != "GET" and endpoint.startswith(ADMIN_WRITES)):
-            raise Forbidden("this needs an admin token")
-        return
-    if (method, endpoint) not in WORKER_CALLS:
-        raise Forbidden("a worker token only reaches its own worker's calls")
-    if endpoint == "workers_workers":
-        return                     # registration: the name is checked by bind_worker()
-    if principal.worker_id is None:
-        raise Forbidden("this worker token has not registered a worker yet")
-    if "worker_id" in view_args and view_args["worker_id"] != principal.worker_id:
-        raise Forbidden("a worker token only reaches its own worker")
-    if "ref" in view_args and view_args["ref"] not in (str(principal.worker_id),):
-        with db.read() as s:
-            worker = s.scalar(select(Worker.id).where(Worker.name == view_args["ref"]))
-        if worker != principal.worker_id:
-            raise Forbidden("a worker token only reaches its own worker")
-    if "execution_id" in view_args:
-        with db.read() as s:
-            owner = s.scalar(select(Execution.worker_id).where(Execution.id == view_args["execution_id"]))
-        if owner != principal.worker_id:
-            raise Forbidden("a worker token only reaches its own worker's executions")
-
-
 def bind_worker(s, principal, name):
     """A worker token registers its worker. A token bound to a worker registers that one
     only; an unbound one a new name, or the name it was minted for (`NAME` or `worker:NAME`),
@@ -201,10 +184,17 @@ def bind_worker(s, principal, name):
 
 def revoke_worker_tokens(s, worker_id):
     """The tokens bound to a worker that is deleted: no one may take its name with them."""
-    for row in s.scalars(select(Token).where(Token.worker_id == worker_id, Token.revoked_at.is_(None))):
-        row.revoked_at = utcnow()
-        record(s, "token.revoked", row, name=row.name)
-    CACHE.clear()
+    _revoke_live(s, Token.worker_id == worker_id)
+
+
+def revoke_host_tokens(s, name):
+    """The tokens of a host that is gone: those minted for its worker (`worker:NAME`, bound or
+    not yet) and those bound to the worker of that name."""
+    which = Token.name == f"worker:{name}"
+    worker_id = s.scalar(select(Worker.id).where(Worker.name == name))
+    if worker_id is not None:
+        which = or_(which, Token.worker_id == worker_id)
+    _revoke_live(s, which)
 
 
 def is_worker(principal):

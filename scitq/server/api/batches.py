@@ -5,6 +5,7 @@ from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.errors import BadRequest
 from scitq.server import lifecycle, queue
+from scitq.server.access import access
 from scitq.server.api import ERROR_FIELDS, NullableInteger, state
 from scitq.status import BatchStatus
 
@@ -41,6 +42,7 @@ pause_args.add_argument("running", type=inputs.boolean, default=False,
 
 
 @ns.route("")
+@access("user")
 class Batches(Resource):
     @ns.marshal_list_with(batch)
     def get(self):
@@ -62,6 +64,7 @@ class Batches(Resource):
 @ns.route("/<ref>")
 @ns.param("ref", "batch id or name")
 @ns.response(404, "No such batch", error)
+@access("user")
 class OneBatch(Resource):
     @ns.marshal_with(batch)
     def get(self, ref):
@@ -95,6 +98,7 @@ class OneBatch(Resource):
 @ns.route("/<ref>/wait")
 @ns.param("ref", "batch id or name")
 @ns.response(404, "No such batch", error)
+@access("user")
 class WaitBatch(Resource):
     @ns.response(400, "Invalid timeout", error)
     @ns.expect(wait_args)
@@ -140,6 +144,7 @@ def _steer(ref, change):
 
 @ns.route("/<ref>/pause")
 @ns.response(404, "No such batch", error)
+@access("user")
 class PauseBatch(Resource):
     @ns.response(400, "Invalid argument", error)
     @ns.expect(pause_args)
@@ -157,6 +162,7 @@ class PauseBatch(Resource):
 
 @ns.route("/<ref>/resume")
 @ns.response(404, "No such batch", error)
+@access("user")
 class ResumeBatch(Resource):
     @ns.marshal_with(batch)
     def post(self, ref):
@@ -169,6 +175,7 @@ class ResumeBatch(Resource):
 
 @ns.route("/<ref>/stop")
 @ns.response(404, "No such batch", error)
+@access("user")
 class StopBatch(Resource):
     @ns.response(400, "Invalid argument", error)
     @ns.expect(stop_args)

@@ -7,6 +7,7 @@ from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy import select
 
 from scitq.errors import BadRequest, Conflict, NotFound, TooLarge
+from scitq.server.access import access
 from scitq.server.api import (ERROR_FIELDS, ID, NullableInteger, NullableNested, NullableString,
                               natural_id, state)
 from scitq.server.models import Execution, Task
@@ -78,6 +79,7 @@ def output_response(ex, args):
 
 
 @ns.route("")
+@access("user")
 class Executions(Resource):
     @ns.response(400, "Invalid filter", error)
     @ns.expect(list_args)
@@ -97,6 +99,7 @@ class Executions(Resource):
 
 @ns.route(f"/<{ID}:execution_id>")
 @ns.response(404, "No such execution", error)
+@access("worker")
 class OneExecution(Resource):
     @ns.marshal_with(execution)
     def get(self, execution_id):
@@ -107,6 +110,7 @@ class OneExecution(Resource):
 @ns.route(f"/<{ID}:execution_id>/output")
 @ns.response(400, "Invalid stream, offset or limit", error)
 @ns.response(404, "No such execution", error)
+@access("worker")
 class ExecutionOutput(Resource):
     @ns.response(200, "Bytes of the stream from offset (X-Scitq-Size: its size now)")
     @ns.expect(output_args)
@@ -141,6 +145,7 @@ class ExecutionOutput(Resource):
 
 
 @ns.route(f"/<{ID}:execution_id>/cache")
+@access("worker")
 class ExecutionCache(Resource):
     @ns.response(400, "Invalid input hashes", error)
     @ns.response(404, "No such execution", error)

@@ -5,6 +5,7 @@ from sqlalchemy import select
 
 from scitq.errors import BadRequest
 from scitq.server import jobs as jobs_
+from scitq.server.access import access
 from scitq.server.api import ERROR_FIELDS, ID, NullableInteger, NullableString, natural_id, state
 from scitq.server.deploys import ENGINES, deploy_params
 from scitq.server.models import Job
@@ -64,6 +65,7 @@ def _create(kind, params, hosts, max_attempts):
 
 
 @ns.route("")
+@access("user")
 class Jobs(Resource):
     @ns.response(400, "Invalid filter", error)
     @ns.expect(list_args)
@@ -82,6 +84,7 @@ class Jobs(Resource):
 
 
 @ns.route("/deploy")
+@access("admin")
 class Deploy(Resource):
     @ns.response(400, "Invalid hosts or settings (no job is made)", error)
     @ns.expect(deploy_in, validate=True)
@@ -96,6 +99,7 @@ class Deploy(Resource):
 
 
 @ns.route("/teardown")
+@access("admin")
 class Teardown(Resource):
     @ns.response(400, "Invalid hosts or settings (no job is made)", error)
     @ns.expect(teardown_in, validate=True)
@@ -110,6 +114,7 @@ class Teardown(Resource):
 
 @ns.route(f"/<{ID}:job_id>")
 @ns.response(404, "No such job", error)
+@access("user")
 class OneJob(Resource):
     @ns.marshal_with(job)
     def get(self, job_id):
@@ -120,6 +125,7 @@ class OneJob(Resource):
 @ns.route(f"/<{ID}:job_id>/retry")
 @ns.response(404, "No such job", error)
 @ns.response(409, "The job has not failed", error)
+@access("admin")
 class RetryJob(Resource):
     @ns.marshal_with(job)
     def post(self, job_id):
@@ -132,6 +138,7 @@ class RetryJob(Resource):
 
 
 @ns.route(f"/<{ID}:job_id>/log")
+@access("user")
 class JobLog(Resource):
     @ns.response(200, "The log from offset (X-Scitq-Size: its size now)")
     @ns.response(400, "Invalid offset or limit", error)

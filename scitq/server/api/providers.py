@@ -1,6 +1,7 @@
 """Providers: the clouds (and machines) hosts come from, their flavors, quotas and instances."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
+from scitq.server.access import access
 from scitq.server.api import ERROR_FIELDS, NullableFloat, NullableString, state
 from scitq.server.deploys import check_reachable
 from scitq.server.models import MAX_INT
@@ -58,6 +59,7 @@ def providers():
 
 
 @ns.route("")
+@access("user")
 class Providers(Resource):
     @ns.marshal_list_with(provider)
     def get(self):
@@ -66,6 +68,7 @@ class Providers(Resource):
 
 
 @ns.route("/flavors")
+@access("user")
 class Flavors(Resource):
     @ns.response(400, "Invalid filter", error)
     @ns.expect(flavor_args)
@@ -80,6 +83,7 @@ class Flavors(Resource):
 @ns.route("/<string:name>/regions")
 @ns.response(400, "Unknown provider, not configured here, or unusable", error)
 @ns.response(502, "The provider failed or could not be reached", error)
+@access("user")
 class Regions(Resource):
     @ns.response(200, "Its region names", fields.List(fields.String))
     def get(self, name):
@@ -91,6 +95,7 @@ class Regions(Resource):
 @ns.route("/<string:name>/refresh")
 @ns.response(400, "Unknown provider, not configured here, or unusable", error)
 @ns.response(502, "The provider failed or could not be reached", error)
+@access("admin")
 class Refresh(Resource):
     @ns.response(200, "Refreshed", refreshed)
     def post(self, name):
@@ -103,6 +108,7 @@ class Refresh(Resource):
 @ns.route("/<string:name>/quotas")
 @ns.response(400, "Unknown provider, not configured here, or unusable", error)
 @ns.response(502, "The provider failed or could not be reached", error)
+@access("user")
 class Quotas(Resource):
     @ns.expect(region_arg)
     @ns.marshal_list_with(quota)
@@ -115,6 +121,7 @@ class Quotas(Resource):
 @ns.route("/<string:name>/instances")
 @ns.response(400, "Unknown provider, not configured here, or unusable", error)
 @ns.response(502, "The provider failed or could not be reached", error)
+@access("user", write="admin")
 class Instances(Resource):
     @ns.marshal_list_with(instance)
     def get(self, name):
@@ -139,6 +146,7 @@ class Instances(Resource):
 @ns.route("/<string:name>/instances/<string:instance_id>")
 @ns.response(400, "Unknown provider, not configured here, or unusable", error)
 @ns.response(502, "The provider failed or could not be reached", error)
+@access("user", write="admin")
 class OneInstance(Resource):
     @ns.response(404, "No such instance", error)
     @ns.marshal_with(instance)

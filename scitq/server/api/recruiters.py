@@ -3,6 +3,7 @@ what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.recruit import rules
+from scitq.server.access import access
 from scitq.server.deploys import check_reachable
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, natural_id, state)
@@ -77,6 +78,7 @@ def _wake():
 
 
 @ns.route("")
+@access("user")
 class Recruiters(Resource):
     @ns.response(404, "No such batch", error)
     @ns.expect(list_args)
@@ -105,6 +107,7 @@ class Recruiters(Resource):
 
 
 @ns.route("/cost")
+@access("user")
 class BatchCost(Resource):
     @ns.response(400, "No batch given", error)
     @ns.response(404, "No such batch", error)
@@ -118,6 +121,7 @@ class BatchCost(Resource):
 
 @ns.route(f"/<{ID}:recruiter_id>")
 @ns.response(404, "No such recruiter", error)
+@access("user")
 class OneRecruiter(Resource):
     @ns.marshal_with(recruiter)
     def get(self, recruiter_id):
@@ -165,6 +169,7 @@ instance_args.add_argument("limit", type=inputs.int_range(1, 1000), default=100)
 
 
 @instances_ns.route("")
+@access("user")
 class Instances(Resource):
     @instances_ns.response(400, "Invalid filter", instances_error)
     @instances_ns.response(404, "No such batch", instances_error)
@@ -181,6 +186,7 @@ class Instances(Resource):
 
 @instances_ns.route(f"/<{ID}:instance_id>")
 @instances_ns.response(404, "No such instance", instances_error)
+@access("user")
 class OneInstance(Resource):
     @instances_ns.marshal_with(instance)
     @instances_ns.doc(id="get_rented_instance")

@@ -3,6 +3,7 @@ from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy.exc import IntegrityError
 
 from scitq.server import lifecycle, queue
+from scitq.server.access import access
 from scitq.server.api import (ERROR_FIELDS, ID, IdOrName, NullableFloat, NullableInteger,
                               NullableString, natural_id, state)
 from scitq.server.api.executions import execution, output_response, output_args
@@ -93,6 +94,7 @@ def _created(ids, new=True):
 
 
 @ns.route("")
+@access("user")
 class Tasks(Resource):
     @ns.response(400, "Invalid filter", error)
     @ns.response(404, "No such batch", error)
@@ -119,6 +121,7 @@ class Tasks(Resource):
 
 
 @ns.route("/bulk")
+@access("user")
 class BulkTasks(Resource):
     @ns.response(400, "Invalid task (none is stored)", error)
     @ns.response(409, "This submission id was stored with other tasks", error)
@@ -142,6 +145,7 @@ class BulkTasks(Resource):
 
 @ns.route(f"/<{ID}:task_id>")
 @ns.response(404, "No such task", error)
+@access("user")
 class OneTask(Resource):
     @ns.marshal_with(task_detail)
     def get(self, task_id):
@@ -172,6 +176,7 @@ class OneTask(Resource):
 @ns.route(f"/<{ID}:task_id>/relaunch")
 @ns.response(404, "No such task", error)
 @ns.response(409, "The task is not finished", error)
+@access("user")
 class RelaunchTask(Resource):
     @ns.marshal_with(task)
     def post(self, task_id):
@@ -197,6 +202,7 @@ def _act(task_id, action):
 @ns.route(f"/<{ID}:task_id>/force")
 @ns.response(404, "No such task", error)
 @ns.response(409, "The task is neither waiting nor canceled", error)
+@access("user")
 class ForceTask(Resource):
     @ns.marshal_with(task)
     def post(self, task_id):
@@ -205,6 +211,7 @@ class ForceTask(Resource):
 
 
 def _signal_route(sig, doc):
+    @access("user")
     class Signal(Resource):
         @ns.marshal_with(task)
         def post(self, task_id):
@@ -223,6 +230,7 @@ _signal_route("resume", "Continue a paused task (SIGCONT, or docker unpause).")
 
 
 @ns.route(f"/<{ID}:task_id>/output")
+@access("user")
 class TaskOutput(Resource):
     @ns.response(200, "Bytes of the stream from offset (X-Scitq-Size: its size now)")
     @ns.response(400, "Invalid stream, offset or limit", error)

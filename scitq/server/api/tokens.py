@@ -2,6 +2,7 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.server import tokens
+from scitq.server.access import access
 from scitq.server.api import ERROR_FIELDS, NullableInteger, NullableString, state
 from scitq.status import Role
 
@@ -26,6 +27,7 @@ list_args.add_argument("revoked", type=inputs.boolean, default=False, help="list
 
 
 @ns.route("")
+@access("admin")
 class Tokens(Resource):
     @ns.response(400, "Invalid argument", error)
     @ns.expect(list_args)
@@ -47,6 +49,7 @@ class Tokens(Resource):
 @ns.route("/<ref>")
 @ns.param("ref", "token id, or name (every live token of that name)")
 @ns.response(404, "No such token", error)
+@access("admin")
 class OneToken(Resource):
     @ns.marshal_list_with(token)
     def delete(self, ref):

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from scitq.errors import BadRequest, Overloaded
 from scitq.server import reports, tokens
+from scitq.server.access import access
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
 from scitq.server.api.fastcheck import compile_model
@@ -171,6 +172,7 @@ def worker_dict(s, w):
 
 
 @ns.route("")
+@access("user", write="worker")
 class Workers(Resource):
     @ns.marshal_list_with(worker)
     def get(self):
@@ -197,6 +199,7 @@ class Workers(Resource):
 @ns.route("/<ref>")
 @ns.param("ref", "worker id or name")
 @ns.response(404, "No such worker", error)
+@access("worker", write="user")
 class OneWorker(Resource):
     @ns.marshal_with(worker)
     def get(self, ref):
@@ -233,6 +236,7 @@ class OneWorker(Resource):
 @ns.route(f"/<{ID}:worker_id>/poll")
 @ns.response(400, "Invalid poll", error)
 @ns.response(404, "No such worker", error)
+@access("worker")
 class Poll(Resource):
     @ns.expect(poll_in)
     @ns.response(200, "Success", poll_out)
@@ -304,6 +308,7 @@ def _hang(st, worker_id, seen, deadline):
 @ns.route(f"/<{ID}:worker_id>/reports")
 @ns.response(400, "Invalid reports", error)
 @ns.response(404, "No such worker", error)
+@access("worker")
 class Reports(Resource):
     @ns.expect(reports_in)
     @ns.response(200, "Success", reports_out)

@@ -6,19 +6,19 @@ Pages only read. Every change goes through a POST, PUT or DELETE, made by the pa
 script with the session's cookie and its CSRF token (scitq.server.ui.sessions): the API token
 given at login stays on the server.
 With auth on, the pages themselves are open (they hold no data, and the login page must be
-reachable); the data is behind the API's check and the same check on this blueprint's JSON.
+reachable); the data is behind the API's check, and this blueprint's JSON is for users and
+admins (scitq.server.access).
 """
-from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from scitq.errors import BadRequest, Forbidden, ScitqError
 from scitq.server import queue, rollups, tokens
+from scitq.server.access import access
 from scitq.server.models import MAX_ID
 from scitq.server.ui import dashboard as dash
 from scitq.server.ui import sessions
 from scitq.status import Role
 
-JSON_ENDPOINTS = ("ui.dashboard_json", "ui.relaunch_failed", "ui.chart_json", "ui.task_runs_json",
-                  "ui.worker_activity_json")
 UI_ROLES = (Role.ADMIN.value, Role.USER.value)
 
 PAGES = [("ui.dashboard_page", "Dashboard"), ("ui.tasks_page", "Tasks"),
@@ -30,23 +30,9 @@ def _state():
     return current_app.extensions["scitq"]
 
 
-def _principal():
-    """Who calls (bearer header or session), if that may use the UI: a user or an admin."""
-    principal = sessions.caller(_state().db, request)
-    if principal.role not in UI_ROLES:
-        raise Forbidden("a worker token cannot use the UI: log in with a user's token")
-    return principal
-
-
 def create_blueprint():
     bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates",
                    static_folder="static", static_url_path="/static")
-
-    @bp.before_request
-    def check_token():
-        """The UI's JSON answers to the tokens the API answers to (users and admins)."""
-        if request.endpoint in JSON_ENDPOINTS and _state().auth:
-            g.principal = _principal()
 
     @bp.context_processor
     def page_context():
@@ -61,30 +47,37 @@ def create_blueprint():
     # --- pages ---------------------------------------------------------------------
 
     @bp.get("/")
+    @access("public")
     def dashboard_page():
         return render_template("dashboard.html", page="ui.dashboard_page")
 
     @bp.get("/tasks")
+    @access("public")
     def tasks_page():
         return render_template("tasks.html", page="ui.tasks_page")
 
     @bp.get("/tasks/<int:task_id>")
+    @access("public")
     def task_page(task_id):
         return render_template("task.html", page="ui.tasks_page", task_id=task_id)
 
     @bp.get("/workers")
+    @access("public")
     def workers_page():
         return render_template("workers.html", page="ui.workers_page")
 
     @bp.get("/recruiters")
+    @access("public")
     def recruiters_page():
         return render_template("recruiters.html", page="ui.recruiters_page")
 
     @bp.get("/jobs")
+    @access("public")
     def jobs_page():
         return render_template("jobs.html", page="ui.jobs_page")
 
     @bp.route("/login", methods=["GET", "POST"])
+    @access("public")
     def login():
         """Exchange the API token for a session (a cookie of a random id). With auth off
         there is nothing to log in to: the page says so."""
@@ -108,6 +101,7 @@ def create_blueprint():
         return answer
 
     @bp.post("/logout")
+    @access("public")
     def logout():
         sid = request.cookies.get(sessions.COOKIE)
         if _state().auth and sid:
@@ -120,11 +114,13 @@ def create_blueprint():
     # --- compact JSON for the live views -------------------------------------------------
 
     @bp.get("/api/dashboard")
+    @access("user")
     def dashboard_json():
         with _state().db.read() as s:
             return jsonify(dash.dashboard(s))
 
     @bp.get("/api/charts")
+    @access("user")
     def chart_json():
         """Per-minute series of a batch (?batch=id or name) or of every batch, from the rollups."""
         minutes = _int_arg("minutes", 60, 1, rollups.MAX_MINUTES)
@@ -134,6 +130,7 @@ def create_blueprint():
             return jsonify(rollups.chart(s, batch_id, minutes))
 
     @bp.get("/api/task-runs")
+    @access("user")
     def task_runs_json():
         """The latest attempt of each task of a page (?ids=1,2,3): worker, start and end."""
         ids = _ids_arg()
@@ -141,6 +138,7 @@ def create_blueprint():
             return jsonify(dash.latest_runs(s, ids))
 
     @bp.get("/api/worker-activity")
+    @access("user")
     def worker_activity_json():
         """Per worker (?ids=1,2): tasks succeeded and failed (from the rollups), and those
         it runs now."""
@@ -151,6 +149,7 @@ def create_blueprint():
                             for wid, c in rollups.worker_counts(s, ids).items()})
 
     @bp.post("/api/batches/<ref>/relaunch-failed")
+    @access("user")
     def relaunch_failed(ref):
         """Relaunch every failed task of the batch (the API relaunches one task at a time)."""
         st = _state()
