@@ -115,6 +115,29 @@ def test_the_client_sends_a_chunk_whose_answer_was_lost_again_and_it_is_stored_o
         proxy.upstream.close()
 
 
+def test_the_same_chunk_sent_by_several_at_once_is_stored_once(live):
+    """A retry that overtakes its first try (whose answer timed out): one stores, the others
+    wait for its commit and get its ids."""
+    body = {"batch": "twins", "submission": "twins:0",
+            "tasks": [{"command": f"echo {i}"} for i in range(3000)]}
+    answers = []
+    start = threading.Barrier(4)
+
+    def post():
+        with httpx.Client(base_url=live.url, timeout=60) as h:
+            start.wait()
+            answers.append(h.post("/api/v1/tasks/bulk", json=body))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert [a.status_code for a in answers] == [201] * 4, [a.text[:200] for a in answers]
+    assert len({tuple(a.json()["ids"]) for a in answers}) == 1
+    assert live.batch("twins")["counts"]["total"] == 3000
+
+
 def count_tasks(engine):
     with engine.connect() as conn:
         return conn.execute(text("SELECT count(*) FROM task")).scalar()
