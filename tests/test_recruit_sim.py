@@ -206,6 +206,28 @@ def test_1000_hosts_for_200000_tasks_converge_without_churn(sim_of):
     # The pass times are bench/recruit.py's to print (a test asserts no timing).
 
 
+def test_a_recruiters_own_deploy_timeout_deletes_its_host_at_the_first_tick_that_reaches_it(sim_of):
+    sim = sim_of(deploy_timeout=900)
+    quick, slow = sim.batch("quick", tasks=10), sim.batch("slow", tasks=10)
+    sim.recruiter(quick, max_workers=1, tasks_per_worker=10, deploy_timeout=120)
+    sim.recruiter(slow, max_workers=1, tasks_per_worker=10)       # the server's 900 s
+    sim.tick()
+    first, other = sim.instances()
+    assert first.batch_id == quick and other.batch_id == slow
+    for _ in range(11):                               # 10 s ticks: 110 s old, still kept
+        assert not sim.tick().delete
+    plan = sim.tick()                                 # 120 s: the timeout is reached
+    assert plan.delete == [(first.id, "no worker registered within the deploy timeout (120s)")]
+    with sim.db.read() as s:
+        gone = s.get(Instance, first.id)
+        assert gone.status == "deleted" and (gone.deleted_at - gone.created_at).total_seconds() == 120
+        assert gone.cost == pytest.approx(gone.hourly_cost * 120 / 3600)
+    live = sim.instances()
+    assert other.id in [i.id for i in live] and len(live) == 2       # the other kept; one replaced
+    assert not any(iid == other.id for iid, _ in sim.tick(770).delete)   # 890 s
+    assert [iid for iid, _ in sim.tick(10).delete if iid == other.id] == [other.id]   # 900 s
+
+
 def test_a_host_whose_deploy_failed_for_good_is_deleted_within_a_tick_its_cost_closed(sim_of):
     from datetime import timedelta
 

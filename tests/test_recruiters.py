@@ -46,13 +46,15 @@ def test_recruiters_round_trip(app, client):
     first = add(client, rank=5)
     assert first["batch"] == "align" and first["flavor"] == "static-8c"
     assert (first["prefetch"], first["idle_timeout"], first["spot"], first["gpu"]) == (None, 300.0, False, False)
+    assert first["deploy_timeout"] is None                       # the server's
     assert first["cost"] == {"spent": 0.0, "hourly": 0.0, "hosts": 0} and first["remaining"] == 0
     second = add(client, batch="call", flavor=..., min_cpu=4, min_ram=16, min_disk=50.5, gpu=True,
                  regions=["static", "static"], budget=12.5, max_hourly_cost=0.5, spot=True,
-                 idle_timeout=0, prefetch=3, rank=-1)
+                 idle_timeout=0, prefetch=3, rank=-1, deploy_timeout=600)
     assert second["regions"] == ["static"]          # repeats dropped
     assert (second["min_cpu"], second["min_ram"], second["min_disk"], second["gpu"]) == (4, 16.0, 50.5, True)
     assert (second["budget"], second["max_hourly_cost"], second["idle_timeout"]) == (12.5, 0.5, 0.0)
+    assert second["deploy_timeout"] == 600
     assert {b["name"] for b in call(client, "GET", "/batches")} == {"align", "call"}
 
     listed = call(client, "GET", "/recruiters")
@@ -98,6 +100,10 @@ BAD = [
     ("negative prefetch", {"prefetch": -1}),
     ("negative idle timeout", {"idle_timeout": -1}),
     ("idle timeout over 30 days", {"idle_timeout": 31 * 86400}),
+    ("zero deploy timeout", {"deploy_timeout": 0}),
+    ("deploy timeout over a day", {"deploy_timeout": 86401}),
+    ("deploy timeout a float", {"deploy_timeout": 120.5}),
+    ("deploy timeout a string", {"deploy_timeout": "2m"}),
     ("negative budget", {"budget": -1}),
     ("zero budget", {"budget": 0}),
     ("zero max hourly cost", {"max_hourly_cost": 0}),
@@ -274,10 +280,12 @@ def test_cli_recruiters_and_instances(db_url, procs, tmp_path):
     first = int(made.stdout)
     made = scitq(url, "recruiter", "add", "align", "-p", "static", "--regions", "static",
                  "--min-cpu", "4", "--min-ram", "16", "--gpu", "-n", "3", "-k", "5", "-c", "2",
-                 "--idle-timeout", "90", "--budget", "10", "--spot", "--rank", "1", "--json")
+                 "--idle-timeout", "90", "--deploy-timeout", "120", "--budget", "10", "--spot",
+                 "--rank", "1", "--json")
     assert made.returncode == 0, made.stderr
     second = json.loads(made.stdout)
     assert (second["regions"], second["min_cpu"], second["gpu"], second["spot"]) == (["static"], 4, True, True)
+    assert second["deploy_timeout"] == 120
 
     listed = scitq(url, "recruiter", "list")
     assert listed.returncode == 0, listed.stderr
@@ -286,10 +294,13 @@ def test_cli_recruiters_and_instances(db_url, procs, tmp_path):
     assert "static-8c" in rows[str(first)] and "0/2" in rows[str(first)] and "5m" in rows[str(first)]
     assert "cpu>=4 ram>=16G gpu" in rows[str(second["id"])] and "1m30s" in rows[str(second["id"])]
     assert "10.00" in rows[str(second["id"])]
+    assert "2m" in rows[str(second["id"])].split() and "server" in rows[str(first)].split()
     as_json = json.loads(scitq(url, "recruiter", "list", "--batch", "align", "--json").stdout)
     assert [r["id"] for r in as_json] == [first, second["id"]]
     shown = scitq(url, "recruiter", "show", str(second["id"]))
     assert shown.returncode == 0 and "tasks_per_worker: 5" in shown.stdout
+    assert "deploy_timeout: 2m" in shown.stdout
+    assert "deploy_timeout: server" in scitq(url, "recruiter", "show", str(first)).stdout
     assert json.loads(scitq(url, "recruiter", "show", str(first), "--json").stdout)["id"] == first
 
     # Ledger rows as the recruitment loop writes them (ended ones: nothing left for it to do).
@@ -325,6 +336,8 @@ def test_cli_recruiters_and_instances(db_url, procs, tmp_path):
         ("recruiter", "add", "align", "-p", "static", "-f", "x", "-n", "0", "-k", "1", "-c", "1"),
         ("recruiter", "add", "align", "-p", "static", "-f", "x", "-n", "1", "-k", "1", "-c", "1",
          "--budget", "-1"),
+        ("recruiter", "add", "align", "-p", "static", "-f", "x", "-n", "1", "-k", "1", "-c", "1",
+         "--deploy-timeout", "0"),
         ("recruiter", "show", "999999"),
         ("recruiter", "delete", "999999"),
         ("recruiter", "list", "--batch", "no-such-batch"),

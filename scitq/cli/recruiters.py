@@ -25,6 +25,11 @@ def duration(seconds):
             return out
 
 
+def deploy_timeout(r):
+    """Its own deploy timeout, or 'server' when it takes the server's."""
+    return "server" if r.get("deploy_timeout") is None else duration(r["deploy_timeout"])
+
+
 def money(value):
     return "-" if value is None else f"{value:.2f}"
 
@@ -43,6 +48,7 @@ RECRUITER_COLUMNS = [
     ("id", "id"), ("batch", "batch"), ("provider", "provider"), ("wants", wants),
     ("workers", lambda r: f"{r['cost']['hosts']}/{r['max_workers']}"),
     ("concurrency", "concurrency"), ("idle timeout", lambda r: duration(r["idle_timeout"])),
+    ("deploy timeout", deploy_timeout),
     ("per hour", lambda r: money(r["cost"]["hourly"])), ("spent", lambda r: money(r["cost"]["spent"])),
     ("budget", lambda r: money(r["budget"])),
 ]
@@ -76,6 +82,9 @@ def recruiter():
 @click.option("--prefetch", type=PREFETCH, help=PREFETCH_HELP)
 @click.option("--idle-timeout", type=click.FloatRange(0), help="Seconds a host may run nothing "
               "before it is deleted (default 300).")
+@click.option("--deploy-timeout", type=click.IntRange(1, 86400), help="Seconds from a host's "
+              "order to its worker's registration, past which it is deleted (default: the "
+              "server's).")
 @click.option("--max-hourly-cost", type=click.FloatRange(0, min_open=True),
               help="At most this much an hour for all its live hosts together.")
 @click.option("--budget", type=click.FloatRange(0, min_open=True),
@@ -116,12 +125,13 @@ def recruiter_show(ctx, recruiter_id, as_json):
         return print_json(r)
     shown = {**r, "wants": wants(r), "regions": ", ".join(r["regions"] or ["all"]),
              "workers": f"{r['cost']['hosts']} live / {r['max_workers']} at most",
-             "idle_timeout": duration(r["idle_timeout"]), "per_hour": money(r["cost"]["hourly"]),
+             "idle_timeout": duration(r["idle_timeout"]), "deploy_timeout": deploy_timeout(r),
+             "per_hour": money(r["cost"]["hourly"]),
              "spent": money(r["cost"]["spent"]), "budget": money(r["budget"]),
              "max_hourly_cost": money(r["max_hourly_cost"]), "spot": "yes" if r["spot"] else "no"}
     for key in ("id", "batch", "provider", "regions", "wants", "spot", "workers",
-                "tasks_per_worker", "concurrency", "prefetch", "idle_timeout", "max_hourly_cost",
-                "per_hour", "spent", "budget", "rank", "remaining", "created_at"):
+                "tasks_per_worker", "concurrency", "prefetch", "idle_timeout", "deploy_timeout",
+                "max_hourly_cost", "per_hour", "spent", "budget", "rank", "remaining", "created_at"):
         click.echo(f"{key:>16}: {shown[key]}")
 
 

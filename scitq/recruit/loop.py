@@ -51,7 +51,8 @@ REMAINING = WORK + (TaskStatus.ASSIGNED.value, TaskStatus.RUNNING.value)
 class Reconciler(Loop):
     name = "reconciler"
     tick = 10.0               # seconds between passes when nothing wakes it
-    deploy_timeout = 900.0    # seconds for a host's worker to register, from its order
+    deploy_timeout = 900.0    # seconds for a host's worker to register, from its order,
+                              # unless its recruiter says its own
     orphan_grace = 600.0      # seconds a host unknown to the database may live
     backoff = 600.0           # seconds a failing (provider, region, flavor) is left alone
     sweep_every = 60.0        # seconds between listings of the providers' hosts
@@ -150,7 +151,8 @@ class Reconciler(Loop):
             tasks_per_worker=r.tasks_per_worker, remaining=remaining.get(r.batch_id, 0),
             rank=r.rank, regions=tuple(r.regions) if r.regions else None, flavor=r.flavor,
             min_cpu=r.min_cpu, min_ram=r.min_ram, min_disk=r.min_disk, gpu=r.gpu, spot=r.spot,
-            idle_timeout=r.idle_timeout, max_hourly_cost=r.max_hourly_cost, budget=r.budget,
+            idle_timeout=r.idle_timeout, deploy_timeout=r.deploy_timeout,
+            max_hourly_cost=r.max_hourly_cost, budget=r.budget,
             spent=spent.get(r.id, 0.0)) for r in recruiters]
         catalog = self._catalog(s, {(row[3], row[4], row[5]) for row in live})
         hosts, registered = [], []

@@ -5,8 +5,8 @@ own, so it is tested at 1,000 hosts with made-up state (tests/test_recruit_polic
 mechanism that observes the state and carries the plan out is `scitq.recruit.loop`.
 
 What it decides, in this order (DESIGN.md section 6):
-1. broken hosts go: a worker that never registered within the deploy timeout, a worker that
-   is lost or gone offline;
+1. broken hosts go: a worker that never registered within the deploy timeout (its recruiter's,
+   else the server's), a deploy that failed for good, a worker that is lost or gone offline;
 2. a budget is never exceeded: when what a recruiter spent plus what its hosts will cost
    until the next look passes its budget, hosts go (idle ones first);
 3. per recruiter, by rank: want = min(max_workers, ceil(remaining tasks / tasks_per_worker));
@@ -41,6 +41,7 @@ class Rule:
     gpu: bool = False
     spot: bool = False
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    deploy_timeout: float | None = None   # None: the server's (plan's deploy_timeout)
     max_hourly_cost: float | None = None
     budget: float | None = None
     spent: float = 0.0                # cost of its hosts so far (closed and accruing)
@@ -123,7 +124,8 @@ def _broken(h, deploy_timeout):
     """Why a host will never serve (so is deleted now), or None."""
     if h.worker is None and h.deploy_failed:
         return "its deploy failed for good"
-    if h.worker is None and h.age > deploy_timeout:
+    # Reached, not passed: the first pass to see the timeout reached deletes the host.
+    if h.worker is None and h.age >= deploy_timeout:
         return f"no worker registered within the deploy timeout ({deploy_timeout:g}s)"
     if h.worker in ("lost", "offline"):
         return f"its worker is {h.worker}"
@@ -138,7 +140,7 @@ def plan(rules, hosts, offers, *, unhealthy=frozenset(), quotas=None, deploy_tim
     budget must hold until then)."""
     out = Plan()
     by_rule = {r.id: r for r in rules}
-    _drop_broken(out, hosts, deploy_timeout)                           # 1. broken hosts
+    _drop_broken(out, hosts, by_rule, deploy_timeout)                  # 1. broken hosts
     mine = {}
     for h in hosts:
         if h.id not in out.gone:
@@ -157,9 +159,11 @@ def plan(rules, hosts, offers, *, unhealthy=frozenset(), quotas=None, deploy_tim
     return out
 
 
-def _drop_broken(out, hosts, deploy_timeout):
+def _drop_broken(out, hosts, by_rule, deploy_timeout):
     for h in hosts:
-        why = _broken(h, deploy_timeout)
+        rule = by_rule.get(h.recruiter_id)
+        own = rule.deploy_timeout if rule is not None else None
+        why = _broken(h, deploy_timeout if own is None else own)
         if why:
             out.drop(h, why)
 

@@ -15,13 +15,14 @@ from scitq.status import LIVE_HOSTS, HostStatus
 
 FIELDS = ("batch", "provider", "regions", "flavor", "min_cpu", "min_ram", "min_disk", "gpu",
           "max_workers", "tasks_per_worker", "concurrency", "prefetch", "idle_timeout",
-          "max_hourly_cost", "budget", "spot", "rank")
+          "deploy_timeout", "max_hourly_cost", "budget", "spot", "rank")
 MINIMUMS = ("min_cpu", "min_ram", "min_disk")
 MAX_WORKERS = 10_000
 MAX_TASKS_PER_WORKER = 10 ** 9
 MAX_CONCURRENCY = 1024
 MAX_PREFETCH = 1024
 MAX_IDLE_TIMEOUT = 30 * 86400.0      # seconds
+MAX_DEPLOY_TIMEOUT = 86400           # seconds: no deploy takes a day
 MAX_GIB = 10.0 ** 7                  # RAM or disk asked of one host
 MAX_MONEY = 10.0 ** 12               # hourly cost or budget, in the providers' currency
 MAX_REGIONS = 1000
@@ -126,6 +127,8 @@ def check_recruiter(spec, providers):
         "concurrency": _int(spec, "concurrency", 1, MAX_CONCURRENCY),
         "prefetch": _int(spec, "prefetch", 0, MAX_PREFETCH, default=None),   # None: auto
         "idle_timeout": _idle_timeout(spec),
+        # None: the server's deploy timeout.
+        "deploy_timeout": _int(spec, "deploy_timeout", 1, MAX_DEPLOY_TIMEOUT, default=None),
         "max_hourly_cost": _positive(spec, "max_hourly_cost", MAX_MONEY),
         "budget": _positive(spec, "budget", MAX_MONEY),
         "rank": _int(spec, "rank", -MAX_INT, MAX_INT, default=0),

@@ -316,6 +316,8 @@ class Recruiter(Base):
     concurrency: Mapped[int] = mapped_column(Integer)
     prefetch: Mapped[int | None] = mapped_column(Integer, default=None)   # None: the workers size it
     idle_timeout: Mapped[float] = mapped_column(default=300.0)     # seconds
+    # Seconds a host may take from its order to its worker's registration; None: the server's.
+    deploy_timeout: Mapped[int | None] = mapped_column(Integer)
     max_hourly_cost: Mapped[float | None]
     budget: Mapped[float | None]
     rank: Mapped[int] = mapped_column(Integer, default=0)          # lower ranks recruit first
@@ -330,6 +332,7 @@ class Recruiter(Base):
                 "gpu": self.gpu, "spot": self.spot, "max_workers": self.max_workers,
                 "tasks_per_worker": self.tasks_per_worker, "concurrency": self.concurrency,
                 "prefetch": self.prefetch, "idle_timeout": self.idle_timeout,
+                "deploy_timeout": self.deploy_timeout,
                 "max_hourly_cost": self.max_hourly_cost, "budget": self.budget, "rank": self.rank,
                 "created_at": iso(self.created_at)}
 

@@ -41,6 +41,10 @@ recruiter_fields = {
                                 "takes ahead; null (the default): each worker sizes it"),
     "idle_timeout": fields.Float(min=0, max=rules.MAX_IDLE_TIMEOUT, default=300,
                                  description="seconds a host may run nothing before it is deleted"),
+    "deploy_timeout": NullableInteger(min=1, max=rules.MAX_DEPLOY_TIMEOUT,
+                                      description="seconds from a host's order to its worker's "
+                                                  "registration, past which it is deleted "
+                                                  "(null: the server's default)"),
     # Above 0 (checked by the rules: JSON Schema drafts disagree on exclusiveMinimum).
     "max_hourly_cost": NullableFloat(min=0, description="at most this much an hour for all its "
                                                         "live hosts together, above 0 (null: any)"),
