@@ -98,10 +98,11 @@ def test_a_spot_eviction_leaves_nothing_within_one_tick_and_is_replaced(azure_si
         assert new.id != inst.id and cloud.names("virtualMachines") == [new.name]
 
 
-def test_a_delete_failing_asynchronously_is_retried_and_shows_deleting_meanwhile(azure_sim):
+def test_a_delete_failing_asynchronously_is_retried_and_shows_deleting_meanwhile(azure_sim, app):
     """Acceptance 3. The DELETE is accepted (202, Azure-AsyncOperation and Location, as
     NetworkInterfaceDelete.json / VirtualMachine_Delete_Force.json show) and its operation then
-    fails; the host stays deleting, shown so by `provider instances`, until a later try works."""
+    fails; the host stays deleting, shown so by `provider instances` and by the API the UI reads
+    (GET /api/v1/instances, the server on the same database), until a later try works."""
     with FakeAzure() as cloud:
         sim = azure_sim(cloud, sim_settings={"deploy_timeout": 300})
         recruiter(sim)
@@ -118,6 +119,9 @@ def test_a_delete_failing_asynchronously_is_retried_and_shows_deleting_meanwhile
         with sim.db.read() as s:
             shown = {i["name"]: i["status"] for i in sim.rec.providers.instances(s, "azure")}
         assert shown[inst.name] == "deleting"
+        listed = app.test_client().get("/api/v1/instances", query_string={"status": "live"})
+        assert listed.status_code == 200, listed.get_json()
+        assert {i["name"]: i["status"] for i in listed.get_json()["items"]}[inst.name] == "deleting"
         sim.clock.advance(60)
         sim.rec.sweep_providers()                    # still there, no delete under way: again
         sim.tick()
@@ -147,6 +151,28 @@ def test_throttling_beyond_the_bound_fails_over_to_the_next_region(azure_sim):
         with sim.db.read() as s:
             kinds = [e.kind for e in s.scalars(select(Event).where(Event.object_id == failed.id))]
         assert "instance.failed" in kinds
+
+
+def test_a_spot_price_above_the_max_fails_over_to_the_next_region(azure_sim):
+    """Acceptance 5 (fail over): Azure refuses the first spot create with 409
+    VariablePriceGreaterThanProvidedMaxPrice (the spot error codes of the Azure docs); that is a
+    capacity error, so the region is left alone, nothing of the attempt stays, and the next tick
+    rents in the other region."""
+    with FakeAzure() as cloud:
+        sim = azure_sim(cloud)
+        recruiter(sim, spot=True, regions=["westeurope", "northeurope"])
+        cloud.fail_next_vm("VariablePriceGreaterThanProvidedMaxPrice",
+                           "Cannot create this Virtual Machine since the provided max price is lower than the "
+                           "current variable price 0.0192 for spot VM size Standard_D2s_v5.")
+        sim.tick()
+        (failed,) = sim.instances(live_only=False)
+        assert failed.status == "failed" and "VariablePriceGreaterThanProvidedMaxPrice" in failed.error
+        assert ours(cloud, failed.name) == NOTHING and cloud.pending_failures() == 0
+        plan = sim.tick()
+        (choice,) = [o for _, o in plan.create]
+        (new,) = sim.instances()
+        assert new.spot and new.region == choice.region != failed.region
+        assert cloud.resource("virtualMachines", new.name)["properties"]["priority"] == "Spot"
 
 
 def test_throttling_within_the_bound_waits_and_the_job_says_until_when(azure_sim):
