@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 from apicalls import call, submit
 from procs import wait_until
 from scitq.server.models import Batch, Execution, Instance, Job, Recruiter, Task, utcnow
+from scitq.server.rollups import Rollups, minute_of
 from ui_browser import PHONE, browser, page, shots  # noqa: F401  (fixtures)
 
 @contextlib.contextmanager
@@ -189,7 +190,10 @@ def test_dashboard_json_counts_throughput_eta_workers_and_cost(app, client):
                        hourly_cost=2.0, status="deleted", cost=5.0,
                        created_at=now - timedelta(hours=3), deleted_at=now - timedelta(hours=1)))
 
+    Rollups(db).roll()         # the throughput is read from the per-minute rollups
+    before = utcnow()
     r = client.get("/ui/api/dashboard")
+    after = utcnow()
     assert r.status_code == 200 and r.is_json
     d = r.get_json()
     rows = {b["name"]: b for b in d["batches"]}
@@ -198,8 +202,11 @@ def test_dashboard_json_counts_throughput_eta_workers_and_cost(app, client):
     assert set(ra) == {"id", "name", "status", "concurrency", "counts", "throughput", "eta", "cost"}
     assert ra["counts"] == {"waiting": 0, "pending": 2, "assigned": 0, "running": 1, "succeeded": 6,
                             "failed": 1, "canceled": 0, "remaining": 3, "total": 10}
-    assert ra["throughput"] == pytest.approx(7.0, abs=0.2)
-    assert ra["eta"] == pytest.approx(3 / 7 * 60, abs=2)
+    # 7 ended over the time since the start of the minute of the first of them
+    first = minute_of(now - timedelta(seconds=30))
+    assert 7 * 60 / (after - first).total_seconds() - 0.01 <= ra["throughput"] \
+        <= 7 * 60 / (before - first).total_seconds() + 0.01
+    assert ra["eta"] == pytest.approx(3 / ra["throughput"] * 60, abs=1)
     assert ra["cost"]["hosts"] == 1 and ra["cost"]["hourly"] == 2.0
     assert ra["cost"]["spent"] == pytest.approx(6.0, abs=0.01)      # 5 closed + 30 min at 2/h
     rb = rows["b"]

@@ -3,11 +3,12 @@
 Two kinds of figures, chosen by whether they must equal what the database holds:
 
 - Counts of what exists now (tasks by batch and status, workers by status, busy and free
-  slots, rented hosts, cost, jobs) are gauges read from the database by a few grouped
-  queries on indexed columns, made at most once per CACHE_SECONDS however many scrapers
-  ask. They stay right with several server processes on one PostgreSQL and across restarts,
-  which counters kept in one process could not; a counts table kept by every transition
-  would put one more hot row on the path of every report instead.
+  slots, rented hosts, cost, jobs) are gauges read from the database, made at most once per
+  CACHE_SECONDS however many scrapers ask. Tasks by batch and status come from task_count,
+  kept by database triggers in the transaction of every task write (models.TaskCount): a
+  few rows per batch, not a scan of the task table. They stay right with several server
+  processes on one PostgreSQL and across restarts, which counters kept in one process could
+  not.
 - What happened (executions assigned, started and ended, job outcomes, events by kind) are
   counters of this process, counted when the transaction that recorded the event commits
   (Database.on_events), so a rolled-back change is never counted. With several processes,

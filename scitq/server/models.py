@@ -62,7 +62,8 @@ class Task(Base):
     __tablename__ = "task"
     __table_args__ = (
         Index("ix_task_status_id", "status", "id"),          # pages of tasks by status
-        Index("ix_task_batch_status", "batch_id", "status"),  # per-batch counts
+        # a batch's tasks of a status, in id order, whatever other batches hold
+        Index("ix_task_batch_status_id", "batch_id", "status", "id"),
         # dispatch: oldest pending first. Only pending tasks are in it, so PostgreSQL takes it
         # for claims whatever its statistics say, and never walks the tasks already done.
         Index("ix_task_pending", "id", postgresql_where=text("status = 'pending'"),
@@ -105,6 +106,22 @@ class Task(Base):
                 "inputs": self.inputs or [], "resources": self.resources or [],
                 "output": self.output, "use_cache": self.use_cache,
                 "created_at": iso(self.created_at), "updated_at": iso(self.updated_at)}
+
+
+class TaskCount(Base):
+    """Tasks per (batch, status), kept by triggers on task (migration task_counts) in the
+    transaction of every insert, status change and delete, whoever writes it. A batch's
+    count is the sum of its rows: on PostgreSQL each statement adds rows of differences (no
+    row is updated, so concurrent writers never wait on each other) and
+    scitq.server.queue.compact_counts folds them; on SQLite (one writer) a row per key."""
+
+    __tablename__ = "task_count"
+    __table_args__ = (Index("ix_task_count_batch_status", "batch_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class TaskDependency(Base):

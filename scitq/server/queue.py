@@ -3,13 +3,13 @@ import hashlib
 import json
 import re
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
 from scitq.server.db import insert_with_ids, lookup, record
 from scitq.server.models import (MAX_ID, Batch, Execution, MinuteRollup, Submission, Task,
-                                 TaskDependency, utcnow)
+                                 TaskCount, TaskDependency, utcnow)
 from scitq.status import REMAINING, BatchStatus, TaskStatus
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
@@ -367,14 +367,28 @@ def _topological(local_deps):
 
 
 def batch_counts(s, batch_ids=None):
-    """{batch_id: {status: n, ..., "remaining": n, "total": n}} from one GROUP BY."""
-    q = select(Task.batch_id, Task.status, func.count()).group_by(Task.batch_id, Task.status)
+    """{batch_id: {status: n, ..., "remaining": n, "total": n}} from the rows of task_count
+    (kept by triggers in each writer's transaction: exact, and a few rows per batch)."""
+    n = func.sum(TaskCount.n)
+    q = (select(TaskCount.batch_id, TaskCount.status, n)
+         .group_by(TaskCount.batch_id, TaskCount.status).having(n != 0))
     if batch_ids is not None:
-        q = q.where(Task.batch_id.in_(batch_ids))
+        q = q.where(TaskCount.batch_id.in_(batch_ids))
     counts = {}
-    for batch_id, status, n in s.execute(q):
-        counts.setdefault(batch_id, {})[status] = n
+    for batch_id, status, total in s.execute(q):
+        counts.setdefault(batch_id, {})[status] = int(total)
     return {bid: summarize(c) for bid, c in counts.items()}
+
+
+def compact_counts(s):
+    """Fold task_count's rows into one per (batch, status), dropping those at zero (a deleted
+    batch's). Exact under concurrent writers: rows they add meanwhile are not deleted."""
+    if s.bind.dialect.name == "postgresql":
+        s.execute(text("WITH gone AS (DELETE FROM task_count RETURNING batch_id, status, n) "
+                       "INSERT INTO task_count (batch_id, status, n) SELECT batch_id, status, sum(n) "
+                       "FROM gone GROUP BY batch_id, status HAVING sum(n) <> 0"))
+    else:
+        s.execute(delete(TaskCount).where(TaskCount.n == 0))
 
 
 def summarize(by_status):

@@ -5,8 +5,8 @@ A pass (every TICK seconds, and once at start) counts the executions that ended 
 last minute rolled up, less LAG (an execution's ended_at is written a moment before its
 transaction commits: those minutes are counted again, and the counts overwrite the old
 ones), by batch, worker and minute, through the index on ended_at. It then samples the
-slots busy (per batch: its tasks assigned or running, through the (batch_id, status) index
-for the batches still running; overall: the workers' slots too) and the cost spent so far.
+slots busy (per batch: its tasks assigned or running, from the task counts; overall: the
+workers' slots too) and the cost spent so far.
 Passes of several server processes are serialized by an advisory lock on PostgreSQL and
 give the same rows.
 """
@@ -16,6 +16,7 @@ from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from scitq.recruit.rules import cost_of
+from scitq.server import queue
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Execution, MinuteRollup, Task, utcnow
 from scitq.server.ui import dashboard as dash
@@ -62,6 +63,7 @@ class Rollups(Loop):
             if since is not None:
                 _upsert(s, self._ended(s, minute_of(since)), ("succeeded", "failed"))
             _upsert(s, self._samples(s, minute_of(now), now), ("busy", "slots", "cost"))
+            queue.compact_counts(s)     # under the same lock: one compaction at a time
 
     def _ended(self, s, since):
         """Rows {batch_id, worker_id, minute, succeeded, failed} of the executions ended
@@ -75,7 +77,7 @@ class Rollups(Loop):
              .group_by(Task.batch_id, worker, minute, Execution.status))
         rows = {}
         for batch_id, worker_id, at, status, n in s.execute(q):
-            at = _aware(at)
+            at = aware(at)
             for key in ((batch_id, worker_id, at), (batch_id, ALL, at), (ALL, ALL, at)):
                 row = rows.setdefault(key, {"batch_id": key[0], "worker_id": key[1],
                                             "minute": key[2], "succeeded": 0, "failed": 0})
@@ -87,14 +89,12 @@ class Rollups(Loop):
         """This minute's samples: busy slots and cost per batch that runs something or
         pays for hosts, and overall (with the slots of the workers alive)."""
         ids = list(s.scalars(select(Batch.id)))
-        busy = dict(s.execute(select(Task.batch_id, func.count())
-                              .where(Task.batch_id.in_(ids), Task.status.in_(BUSY))
-                              .group_by(Task.batch_id)).all()) if ids else {}
+        counts = queue.batch_counts(s)
+        busy = {bid: sum(counts[bid][st] for st in BUSY) for bid in ids if bid in counts}
         costs = cost_of(s, batch_ids=ids, now=now)
         rows = [{"batch_id": bid, "worker_id": ALL, "minute": minute, "succeeded": 0, "failed": 0,
                  "busy": busy.get(bid, 0), "slots": None, "cost": costs[bid]["spent"]}
                 for bid in ids if busy.get(bid) or costs[bid]["hosts"]]
-        counts = {bid: {"assigned": n, "running": 0} for bid, n in busy.items()}
         workers = dash.workers_summary(s, counts)
         total = dash.total_cost(costs)
         rows.append({"batch_id": ALL, "worker_id": ALL, "minute": minute, "succeeded": 0,
@@ -103,7 +103,7 @@ class Rollups(Loop):
         return rows
 
 
-def _aware(at):
+def aware(at):
     """A minute as the database gives it back: SQLite's strftime gives text."""
     if isinstance(at, str):
         at = datetime.fromisoformat(at)
@@ -135,7 +135,7 @@ def chart(s, batch_id=ALL, minutes=60, now=None):
     out = {"minutes": [], "succeeded": [], "failed": [], "busy": [], "free": [], "cost": []}
     if not rows:
         return out
-    by_minute = {int(_aware(r.minute).timestamp()): r for r in rows}
+    by_minute = {int(aware(r.minute).timestamp()): r for r in rows}
     first, last = min(by_minute), max(by_minute)
     out["minutes"] = list(range(first, last + 60, 60))
     for at in out["minutes"]:
