@@ -403,6 +403,18 @@ class Client:
                 **{k: v for k, v in options.items() if v is not None}}
         return self._json("POST", "/recruiters", json=body)
 
+    def plan_recruiter(self, batch, provider, **options):
+        """What add_recruiter(batch, provider, **options) would rent now and why, storing
+        nothing and renting nothing: the plan batch_plan() answers."""
+        return self.add_recruiter(batch, provider, dry_run=True, **options)
+
+    def batch_plan(self, ref):
+        """What recruitment would do now for a batch's recruiters, and why: {"batch",
+        "remaining", "rate", "drain", "note", "recruiters", "rows"}, each row a choice (rent,
+        reuse, delete, ruled out) with its provider, region, flavor, count, hourly_cost,
+        expected cost, drain seconds and why. Nothing is rented."""
+        return self._json("GET", f"/batches/{ref}/plan")
+
     def delete_recruiter(self, recruiter_id):
         """Stop a recruiter renting; its live hosts keep serving until idle."""
         return self._json("DELETE", f"/recruiters/{recruiter_id}")

@@ -1,5 +1,6 @@
-"""scitq recruiter add|list|show|delete|cost and scitq instance list|show: the rules that
-rent hosts for a batch, and the hosts rented with what they cost."""
+"""scitq recruiter add|list|show|delete|cost|plan and scitq instance list|show: the rules that
+rent hosts for a batch, what they would rent now and why, and the hosts rented with what they
+cost."""
 import click
 
 from scitq.cli import cli
@@ -34,6 +35,11 @@ def money(value):
     return "-" if value is None else f"{value:.2f}"
 
 
+def hourly(value):
+    """A price per hour: cents are too coarse for one host."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def wants(r):
     """The flavor asked for, or the minimums: 'cpu>=8 ram>=32G gpu'."""
     if r.get("flavor"):
@@ -51,6 +57,12 @@ RECRUITER_COLUMNS = [
     ("deploy timeout", deploy_timeout),
     ("per hour", lambda r: money(r["cost"]["hourly"])), ("spent", lambda r: money(r["cost"]["spent"])),
     ("budget", lambda r: money(r["budget"])),
+]
+PLAN_COLUMNS = [
+    ("recruiter", lambda r: "new" if r["recruiter"] is None else r["recruiter"]),
+    ("action", "action"), ("provider", "provider"), ("region", "region"), ("flavor", "flavor"),
+    ("count", "count"), ("per hour", lambda r: hourly(r["hourly_cost"])),
+    ("cost", lambda r: money(r["cost"])), ("drain", lambda r: duration(r["drain"])), ("why", "why"),
 ]
 INSTANCE_COLUMNS = [
     ("id", "id"), ("name", "name"), ("provider", "provider"), ("region", "region"),
@@ -91,15 +103,42 @@ def recruiter():
               help="Its hosts never cost more than this in all (they go before it is reached).")
 @click.option("--spot", is_flag=True, default=None, help="Rent spot (preemptible) hosts.")
 @click.option("--rank", type=int, help="Lower ranks recruit first (default 0).")
+@click.option("--dry-run", is_flag=True, help="Add nothing, rent nothing: show what it would "
+              "rent now and why (as `recruiter plan`).")
 @json_option
 @click.pass_obj
-def recruiter_add(ctx, batch, provider, regions, as_json, **options):
+def recruiter_add(ctx, batch, provider, regions, dry_run, as_json, **options):
     """Rent hosts for BATCH (created if missing). Prints the recruiter's id."""
     options["prefetch"] = prefetch_value(options["prefetch"])
     if regions is not None:
         options["regions"] = [r.strip() for r in regions.split(",") if r.strip()]
+    if dry_run:
+        return show_plan(ctx.client.plan_recruiter(batch, provider, **options), as_json)
     r = ctx.client.add_recruiter(batch, provider, **options)
     print_json(r) if as_json else click.echo(r["id"])
+
+
+@recruiter.command("plan")
+@click.argument("batch")
+@json_option
+@click.pass_obj
+def recruiter_plan(ctx, batch, as_json):
+    """What the recruiters of BATCH would do now and why: the hosts they would rent (provider,
+    region, flavor, count, price, expected cost and time to drain the batch at its measured
+    rate) and the offers ruled out (quota, budget, max hourly cost, unhealthy). Rents nothing."""
+    show_plan(ctx.client.batch_plan(batch), as_json)
+
+
+def show_plan(plan, as_json):
+    if as_json:
+        return print_json(plan)
+    if plan["rows"]:
+        table(plan["rows"], PLAN_COLUMNS)
+    else:
+        wanted = ", ".join(f"{'new' if r['id'] is None else r['id']}: {r['live']} live, wants "
+                           f"{r['want']}" for r in plan["recruiters"])
+        click.echo(f"nothing to do ({wanted})")
+    click.echo(f"batch {plan['batch']}: {plan['note']}")
 
 
 @recruiter.command("list")

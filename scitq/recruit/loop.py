@@ -32,7 +32,7 @@ from sqlalchemy import func, insert, select, update
 from scitq.errors import ProviderError, ScitqError
 from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
 from scitq.recruit import policy
-from scitq.server import tokens
+from scitq.server import reports, tokens
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, give_back
 from scitq.server.loop import Loop
@@ -74,6 +74,7 @@ class Reconciler(Loop):
                     raise TypeError(f"unknown reconciler setting {key}")
                 setattr(self, key, value)
         self.unhealthy = {}                   # (provider, region, flavor) -> until (datetime)
+        self.refused = {}                     # (provider, region, flavor) -> the provider's last refusal
         self._seen_orphans = {}               # (provider, provider id) -> first seen
         self._last_sweep = None
         self._lock = threading.Lock()         # one pass at a time (jobs call in too)
@@ -93,15 +94,14 @@ class Reconciler(Loop):
         """One pass: returns the plan it carried out."""
         with self._lock, self.db.write() as s:
             now = self.clock()
-            rules, hosts = self._observe(s, now)
+            rules, hosts, registered = self._observe(s, now)
+            self._mark_running(s, registered, now)
             if not rules and not hosts:
                 self.last_plan = policy.Plan()
                 return self.last_plan
             offers = self._offers(s, rules)
             self.unhealthy = {k: t for k, t in self.unhealthy.items() if t > now}
-            plan = policy.plan(rules, hosts, offers, unhealthy=set(self.unhealthy),
-                               quotas=self._quota_room(s, rules),
-                               deploy_timeout=self.deploy_timeout, horizon=2 * self.tick + 60)
+            plan = self._decide(rules, hosts, offers, self._quota_room(rules, _unsent(s, rules)), now)
             created, deleted = self._apply(s, plan, rules, now)
         self.last_plan = plan
         if self.inline:
@@ -120,11 +120,36 @@ class Reconciler(Loop):
                 log.warning("recruitment: %s of instance %s failed: %s", action.__name__,
                             instance_id, err)
 
+    def preview(self, extra=()):
+        """What a pass would do now, doing none of it: (rules, hosts, plan), from the same
+        observation and the same `_decide` as reconcile(). `extra`: recruiters not stored (a
+        dry run), planned among the others. The database is only read (not even a registered
+        host is marked running), and the providers (catalog, quotas) are asked after that
+        read transaction has ended."""
+        with self.db.read() as s:
+            now = self.clock()
+            rules, hosts, _ = self._observe(s, now, extra)
+            wanted = _wanted(rules)
+            offers = _catalog_offers(s, wanted)
+            unsent = _unsent(s, rules)
+        for name in sorted(wanted - {o.provider for o in offers}):
+            # An empty catalog is read from the provider here, not stored (a pass stores it).
+            offers += [_offer(f) for f in self.providers.catalog(name)[1]]
+        return rules, hosts, self._decide(rules, hosts, offers, self._quota_room(rules, unsent), now)
+
+    def _decide(self, rules, hosts, offers, quotas, now):
+        """The policy's plan on what was observed: what a pass carries out, and a preview shows."""
+        unhealthy = {k: self.refused.get(k) for k, until in list(self.unhealthy.items()) if until > now}
+        return policy.plan(rules, hosts, offers, unhealthy=unhealthy, quotas=quotas,
+                           deploy_timeout=self.deploy_timeout, horizon=2 * self.tick + 60)
+
     # -- what is -------------------------------------------------------------------
 
-    def _observe(self, s, now):
-        recruiters = s.scalars(select(Recruiter).order_by(Recruiter.rank, Recruiter.id)).all()
-        batch_ids = {r.batch_id for r in recruiters}
+    def _observe(self, s, now, extra=()):
+        """(rules, hosts, ids of the hosts deploying whose worker registered): reads only."""
+        stored = s.scalars(select(Recruiter).order_by(Recruiter.rank, Recruiter.id)).all()
+        recruiters = [*stored, *extra]
+        batch_ids = {r.batch_id for r in recruiters} - {None}
         live = s.execute(
             select(Instance.id, Instance.recruiter_id, Instance.batch_id, Instance.provider,
                    Instance.region, Instance.flavor, Instance.status, Instance.created_at,
@@ -145,7 +170,7 @@ class Reconciler(Loop):
                 remaining[bid] = remaining.get(bid, 0) + n
                 if status in WORK:
                     work.add(bid)
-        spent = self._spent(s, [r.id for r in recruiters], now)
+        spent = self._spent(s, [r.id for r in stored], now)
         rules = [policy.Rule(
             id=r.id, batch_id=r.batch_id, provider=r.provider, max_workers=r.max_workers,
             tasks_per_worker=r.tasks_per_worker, remaining=remaining.get(r.batch_id, 0),
@@ -170,12 +195,14 @@ class Reconciler(Loop):
                 worker=wstatus, idle_for=idle,
                 has_work=(wbatch if wbatch is not None else ibatch) in work,
                 offer=catalog.get((provider, region, flavor)), deploy_failed=iid in failed))
+        return rules, hosts, registered
+
+    def _mark_running(self, s, registered, now):
         if registered:
             s.execute(update(Instance).where(Instance.id.in_(registered))
                       .values(status=HostStatus.RUNNING.value)
                       .execution_options(synchronize_session=False))
             _events(s, "instance.running", registered, now)
-        return rules, hosts
 
     def _failed_deploys(self, s, live):
         """Ids of the live hosts without a worker whose deploy job failed for good: one made
@@ -218,38 +245,32 @@ class Reconciler(Loop):
                 if (f.provider, f.region, f.name) in keys}
 
     def _offers(self, s, rules):
-        wanted = {r.provider for r in rules if policy.want(r) > 0}
-        if not wanted:
-            return []
-        rows = s.scalars(select(Flavor).where(Flavor.provider.in_(wanted))).all()
-        missing = wanted - {f.provider for f in rows}
+        wanted = _wanted(rules)
+        offers = _catalog_offers(s, wanted)
+        missing = wanted - {o.provider for o in offers}
         for name in missing:       # an empty catalog is filled on first need
             try:
                 self.providers.refresh_catalog(s, name)
             except ScitqError as err:
                 log.warning("recruitment: cannot read %s's flavors: %s", name, err)
-        if missing:
-            rows = s.scalars(select(Flavor).where(Flavor.provider.in_(wanted))).all()
-        return [_offer(f) for f in rows]
+        return _catalog_offers(s, wanted) if missing else offers
 
-    def _quota_room(self, s, rules):
+    def _quota_room(self, rules, unsent):
         """{(provider, region): instances that may still be made}: the provider's instance
-        quota, less our orders it may not count yet. Read only when something is wanted."""
+        quota, less our orders it may not count yet (`unsent`, from _unsent). Asked of the
+        providers only when something is wanted."""
         out = {}
-        for provider in {r.provider for r in rules if policy.want(r) > 0}:
+        for provider in _wanted(rules):
             try:
                 p = self.providers.get(provider)
                 regions = {x for r in rules if r.provider == provider for x in (r.regions or ())} \
                     or set(p.regions())
             except ScitqError:
                 continue
-            ordered = dict(s.execute(select(Instance.region, func.count()).where(
-                Instance.provider == provider, Instance.status == HostStatus.CREATING.value,
-                Instance.provider_id.is_(None)).group_by(Instance.region)).all())
             for region in regions:
                 room = _instances_room(p, region)
                 if room is not None:
-                    out[(provider, region)] = max(room - ordered.get(region, 0), 0)
+                    out[(provider, region)] = max(room - unsent.get((provider, region), 0), 0)
         return out
 
     # -- what to do -----------------------------------------------------------------
@@ -294,6 +315,8 @@ class Reconciler(Loop):
         inst.recruiter_id, inst.batch_id = recruiter.id, recruiter.batch_id
         worker.batch_id = recruiter.batch_id
         worker.concurrency, worker.prefetch = recruiter.concurrency, recruiter.prefetch
+        reports.remember(worker, {"batch": recruiter.batch.name, "concurrency": recruiter.concurrency,
+                                  "prefetch": recruiter.prefetch})
         record(s, "instance.reused", inst, recruiter_id=recruiter.id, batch_id=recruiter.batch_id)
         if self.notifier is not None:
             self.notifier.notify(worker.id)
@@ -381,6 +404,7 @@ class Reconciler(Loop):
                     record(s, "instance.failed", inst, error=err.message)
             key = (provider_name, spec_args["region"], spec_args["flavor"])
             self.unhealthy[key] = self.clock() + timedelta(seconds=self.backoff)
+            self.refused[key] = err.message
             log_line(f"{provider_name} refused: {err.message}; {key[1]}/{key[2]} left alone for "
                      f"{self.backoff:g}s")
             self.wake()
@@ -523,6 +547,29 @@ def _events(s, kind, instance_ids, now, details=None):
         insert_rows(s.connection(), Event.__table__, [
             {"at": now, "kind": kind, "object_type": "instance", "object_id": i,
              "detail": {"reason": details[i]} if details else None} for i in instance_ids])
+
+
+def _wanted(rules):
+    """The providers some recruiter wants hosts of now."""
+    return {r.provider for r in rules if policy.want(r) > 0}
+
+
+def _catalog_offers(s, providers):
+    if not providers:
+        return []
+    return [_offer(f) for f in s.scalars(select(Flavor).where(Flavor.provider.in_(providers)))]
+
+
+def _unsent(s, rules):
+    """{(provider, region): our orders the provider has no id for yet}: its quota may not count
+    them yet."""
+    wanted = _wanted(rules)
+    if not wanted:
+        return {}
+    return {(p, region): n for p, region, n in s.execute(
+        select(Instance.provider, Instance.region, func.count()).where(
+            Instance.provider.in_(wanted), Instance.status == HostStatus.CREATING.value,
+            Instance.provider_id.is_(None)).group_by(Instance.provider, Instance.region))}
 
 
 def _offer(f):

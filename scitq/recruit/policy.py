@@ -210,8 +210,9 @@ def _fill(out, rule, live, drained, offers, unhealthy, quotas, horizon):
         return
     spend = _Spend(rule, sum(h.hourly_cost for h in live), horizon)
     deficit -= _reuse(out, rule, drained, deficit, spend)
+    # The region last: equal offers are taken in the same order on every pass and preview.
     choices = sorted((o for o in offers if fits(rule, o)),
-                     key=lambda o: (o.hourly_cost is None, o.hourly_cost or 0.0, o.cpu, o.name))
+                     key=lambda o: (o.hourly_cost is None, o.hourly_cost or 0.0, o.cpu, o.name, o.region))
     for offer in choices:
         if deficit <= 0:
             break

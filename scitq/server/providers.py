@@ -81,13 +81,17 @@ class Providers:
             out.append(entry)
         return out
 
-    def refresh_catalog(self, s, name, regions=None):
-        """Replace the catalog rows of a provider by what its API says now."""
+    def catalog(self, name, regions=None):
+        """(regions, flavors) a provider rents now, as its API says; nothing is stored."""
         provider = self.get(name)
         provider.check()
         regions = regions or provider.regions()
         flavors = {(f.region, f.name, f.spot): f for region in regions for f in provider.flavors(region)}
-        flavors = list(flavors.values())
+        return regions, list(flavors.values())
+
+    def refresh_catalog(self, s, name, regions=None):
+        """Replace the catalog rows of a provider by what its API says now."""
+        regions, flavors = self.catalog(name, regions)
         s.execute(delete(Flavor).where(Flavor.provider == name, Flavor.region.in_(regions)))
         now = utcnow()
         s.add_all(Flavor(**f.to_dict(), updated_at=now) for f in flavors)

@@ -1,12 +1,12 @@
 """Recruiters (rules that rent hosts for a batch) and instances (the hosts rented, with
 what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
-from flask_restx import Namespace, Resource, fields, inputs, reqparse
+from flask_restx import Namespace, Resource, fields, inputs, marshal, reqparse
 
-from scitq.recruit import rules
+from scitq.recruit import preview, rules
 from scitq.server.access import access
 from scitq.server.deploys import check_reachable
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
-                              NullableString, natural_id, state)
+                              NullableString, batches, natural_id, state)
 
 ns = Namespace("recruiters", description="Rules that rent hosts for a batch, and what they cost")
 instances_ns = Namespace("instances", description="Hosts scitq rented: whom they serve, what they cost")
@@ -56,7 +56,9 @@ recruiter_fields = {
 recruiter_in = ns.model("RecruiterIn", {
     "batch": fields.String(required=True, max_length=128,
                            description="name of the batch it serves (created if missing)"),
-    **recruiter_fields})
+    **recruiter_fields,
+    "dry_run": fields.Boolean(default=False, description="store nothing: answer the plan of "
+                                                         "what it would rent now (as ?dry_run=1)")})
 recruiter = ns.model("Recruiter", {
     "id": fields.Integer, "batch": fields.String, "batch_id": fields.Integer, **recruiter_fields,
     "created_at": fields.String,
@@ -67,11 +69,42 @@ deleted = ns.model("RecruiterDeleted", {
     "deleted": fields.Integer(description="its id"),
     "live_hosts": fields.Integer(description="its hosts still live: they serve until idle")})
 batch_cost = ns.model("BatchCost", {"batch": fields.String, **cost})
+DRAIN = ("seconds the batch's remaining tasks take at its measured rate (null: no rate "
+         "measured yet, so unknown)")
+plan_row = ns.model("PlanRow", {
+    "recruiter": NullableInteger(description="its recruiter (null: the would-be one of a dry run)"),
+    "action": fields.String(enum=["rent", "reuse", "delete", "ruled out"],
+                            description="rent hosts of an offer, reuse idle hosts, delete a host, "
+                                        "or an offer that fits but is ruled out"),
+    "provider": fields.String, "region": fields.String, "flavor": fields.String,
+    "count": NullableInteger(description="hosts (null for an offer ruled out)"),
+    "hourly_cost": NullableFloat(description="per host and hour (null: no known price)"),
+    "cost": NullableFloat(description="expected: count x hourly cost x drain (null: unknown)"),
+    "drain": NullableInteger(description=DRAIN),
+    "why": fields.String(description="why this choice: for one ruled out, the quota, budget, "
+                                     "max hourly cost or unhealthy region that stopped it"),
+})
+plan_recruiter = ns.model("PlanRecruiter", {
+    "id": NullableInteger(description="null: the would-be recruiter of a dry run"),
+    "want": fields.Integer(description="live hosts it wants now"),
+    "live": fields.Integer(description="live hosts it has"),
+    "concurrency": fields.Integer(description="tasks each of its hosts runs at once")})
+recruitment_plan = ns.model("RecruitmentPlan", {
+    "batch": fields.String, "remaining": fields.Integer(description="tasks not finished yet"),
+    "rate": NullableFloat(description="tasks ended a minute over the last 5 minutes (null: none)"),
+    "drain": NullableInteger(description=DRAIN),
+    "note": NullableString(description="the rate, time and cost in a sentence"),
+    "recruiters": fields.List(fields.Nested(plan_recruiter)),
+    "rows": fields.List(fields.Nested(plan_row)),
+})
 
 list_args = reqparse.RequestParser()
 list_args.add_argument("batch", help="batch id or name")
 cost_args = reqparse.RequestParser()
 cost_args.add_argument("batch", required=True, help="batch id or name")
+add_args = reqparse.RequestParser()
+add_args.add_argument("dry_run", type=inputs.boolean, location="args", default=False,
+                      help="store nothing: answer the plan of what it would rent now")
 
 
 def _wake():
@@ -94,20 +127,41 @@ class Recruiters(Resource):
             return rules.recruiter_dicts(s, rules.list_recruiters(s, batch))
 
     @ns.response(400, "Invalid recruiter, or its provider is not configured here", error)
-    @ns.expect(recruiter_in, validate=True)
-    @ns.marshal_with(recruiter, code=201)
+    @ns.response(201, "Added", recruiter)
+    @ns.response(200, "dry_run: what it would rent now and why; nothing stored", recruitment_plan)
+    @ns.expect(recruiter_in, add_args, validate=True)
     def post(self):
         """Add a recruiter: hosts are rented for the batch while it has tasks to do, within
-        max_workers, max_hourly_cost and budget, and deleted once idle for idle_timeout."""
+        max_workers, max_hourly_cost and budget, and deleted once idle for idle_timeout.
+        With dry_run, nothing is stored nor rented: the answer is the plan it would make now."""
         st = state()
+        spec = dict(ns.payload)
+        if spec.pop("dry_run", False) or add_args.parse_args()["dry_run"]:
+            checked = rules.check_recruiter(spec, st.providers)
+            provider = checked["provider"]
+            check_reachable(st.server_url(provider), f"the hosts of provider {provider}")
+            return marshal(preview.dry_run(st.reconciler, checked), recruitment_plan), 200
         with st.db.write() as s:
-            r = rules.create_recruiter(s, ns.payload, st.providers)
-            provider = ns.payload["provider"]
+            r = rules.create_recruiter(s, spec, st.providers)
+            provider = spec["provider"]
             # Checked before anything is rented (the transaction is dropped on refusal).
             check_reachable(st.server_url(provider), f"the hosts of provider {provider}")
             out = rules.recruiter_dict(s, r)
         _wake()
-        return out, 201
+        return marshal(out, recruiter), 201
+
+
+@batches.ns.route("/<ref>/plan")
+@access("user")
+class BatchPlan(Resource):
+    @batches.ns.response(404, "No such batch, or it has no recruiter", error)
+    @batches.ns.marshal_with(recruitment_plan)
+    def get(self, ref):
+        """What recruitment would do now for the batch, and why: the hosts its recruiters would
+        rent (provider, region, flavor, count, price, expected cost and time at the batch's
+        measured rate) and the fitting offers ruled out (quota, budget, max hourly cost,
+        unhealthy). Read-only: nothing is rented nor written."""
+        return preview.batch_plan(state().reconciler, ref)
 
 
 @ns.route("/cost")
