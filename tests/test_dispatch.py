@@ -541,6 +541,44 @@ def test_polling_worker_is_not_lost(app, client):
     assert call(client, "GET", "/workers/w1")["status"] == "running"
 
 
+def test_settings_set_on_the_server_outlive_a_restart_and_a_lost_spell(app, client):
+    wid = register(client, "w1", concurrency=1, batch="its-own")
+    call(client, "PUT", "/workers/w1", json={"concurrency": 3, "status": "paused"})
+    # The same name registers again (its process restarted) with its own flags.
+    again = call(client, "POST", "/workers", 201, json={"name": "w1", "concurrency": 1,
+                                                        "prefetch": 2, "batch": "other"})
+    assert again["id"] == wid
+    assert (again["concurrency"], again["status"], again["prefetch"], again["batch"]) == \
+        (3, "paused", 2, "other")           # what the server never set comes from the flags
+    assert again["set_on_server"] == {"concurrency": 3, "status": "paused"}
+    answer = poll(client, wid, concurrency=1, prefetch=2, status="running")
+    assert (answer["concurrency"], answer["status"]) == (3, "paused")
+    submit(client, "x", batch="other")
+    assert dispatch(app) == {}                                  # paused: it takes nothing
+
+    time.sleep(LEASE + 0.2)                                     # silent: lost, then heard again
+    assert sweep(app) == 1 and call(client, "GET", "/workers/w1")["status"] == "lost"
+    assert poll(client, wid)["status"] == "paused"
+    assert call(client, "GET", "/workers/w1")["status"] == "paused"
+
+    call(client, "PUT", "/workers/w1", json={"status": "running", "batch": "mine"})
+    again = call(client, "POST", "/workers", 201, json={"name": "w1", "batch": "other"})
+    assert (again["status"], again["batch"], again["concurrency"]) == ("running", "mine", 3)
+    assert again["set_on_server"] == {"concurrency": 3, "batch": "mine"}
+
+    # Draining holds over a lost spell (the same process still drains), not over a new process.
+    call(client, "PUT", "/workers/w1", json={"status": "draining"})
+    time.sleep(LEASE + 0.2)
+    assert sweep(app) == 1
+    assert poll(client, wid)["status"] == "draining"
+    again = call(client, "POST", "/workers", 201, json={"name": "w1"})
+    assert again["status"] == "running" and "status" not in again["set_on_server"]
+    # Deleting the worker forgets them: a new one of that name takes its flags.
+    call(client, "DELETE", "/workers/w1")
+    fresh = call(client, "POST", "/workers", 201, json={"name": "w1", "concurrency": 2})
+    assert (fresh["concurrency"], fresh["batch"], fresh["set_on_server"]) == (2, None, {})
+
+
 def test_a_poll_names_what_was_given_away_while_the_worker_was_silent(app, client):
     (task_id,) = submit(client, "long")
     slow = register(client, "slow")

@@ -154,3 +154,42 @@ def test_sigterm_stops_a_server_with_workers_still_polling(live, procs):
     t0 = time.monotonic()
     assert procs.stop(server, timeout=15) == 0
     assert time.monotonic() - t0 < 5
+
+
+def test_settings_set_on_the_server_outlive_worker_and_server_restarts(db_url, procs):
+    """Concurrency 3 and a pause set on the server hold when the worker process restarts under
+    its name with -c 1, and when the server restarts on the same database (down longer than
+    the lease, so the worker may be taken for lost and heard again)."""
+    from pgcluster import free_port
+    from scitq.client import Client
+    port = str(free_port())
+    server = procs.server(db_url, "--lease", "2", "--port", port)
+    with Client(server.url) as client:
+        worker = procs.worker(server.url, "keeper", 1)
+        wait_until(lambda: any(w["name"] == "keeper" for w in client.workers()), 30, what="worker")
+        client.set_worker("keeper", concurrency=3, status="paused")
+        assert procs.stop(worker) == 0
+        assert client.worker("keeper")["status"] == "offline"
+        procs.worker(server.url, "keeper", 1)                   # the same name, its own -c 1
+        wait_until(lambda: client.worker("keeper")["status"] == "paused", 30, what="re-registered")
+        said = "(id %d, concurrency 3)" % client.worker("keeper")["id"]
+        wait_until(lambda: said in (procs.tmp / "worker-keeper.log").read_text(), 10, what=said)
+
+    assert procs.stop(server) == 0
+    server.log_path.rename(procs.tmp / "server-first.log")
+    time.sleep(3)                                               # past the lease
+    server = procs.server(db_url, "--lease", "2", "--port", port)
+    with Client(server.url) as client:
+        restarted = time.time()
+        wait_until(lambda: datetime.fromisoformat(client.worker("keeper")["last_seen"]).timestamp()
+                   > restarted, 30, what="the worker heard by the new server")
+        w = client.worker("keeper")
+        assert (w["status"], w["concurrency"]) == ("paused", 3)
+        assert w["set_on_server"] == {"concurrency": 3, "status": "paused"}
+        client.add_tasks([{"command": "sleep 3"} for _ in range(6)], batch="kept")
+        time.sleep(1)
+        assert client.batch("kept")["counts"]["running"] == 0      # paused: nothing taken
+        client.set_worker("keeper", status="running")
+        wait_until(lambda: client.batch("kept")["counts"]["running"] == 3, 30, what="3 running")
+        time.sleep(0.5)
+        assert client.batch("kept")["counts"]["running"] == 3      # its concurrency, not its -c 1

@@ -59,6 +59,8 @@ def test_idle_hosts_of_a_drained_batch_are_reused(sim_of):
     with sim.db.read() as s:
         reused = s.scalars(select(Worker).where(Worker.batch_id == second)).all()
         assert len(reused) == 2 and {w.concurrency for w in reused} == {4}
+        # Set by the server: a restart of their process keeps them (not its deploy's flags).
+        assert all(w.set_on_server == {"batch": "second", "concurrency": 4, "prefetch": 0} for w in reused)
         assert len(s.scalars(select(Instance).where(Instance.recruiter_id == r2)).all()) == 2
     sim.work(per_worker=10)
     plan = sim.tick(130)           # the third host (never reused) idled out; the others worked

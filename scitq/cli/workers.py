@@ -73,7 +73,8 @@ def worker_list(ctx, as_json):
     table(workers, [("id", "id"), ("name", "name"), ("status", "status"),
                     ("running", lambda w: f"{w['running']}/{w['concurrency']}"),
                     ("prefetch", _prefetch), ("batch", "batch"), ("load", "load"),
-                    ("mem %", "memory"), ("disk %", "disk"), ("seen", lambda w: ago(w["last_seen"]))])
+                    ("mem %", "memory"), ("disk %", "disk"), ("seen", lambda w: ago(w["last_seen"])),
+                    ("set on server", lambda w: ", ".join(sorted(w.get("set_on_server") or ())) or None)])
 
 
 @worker.command("set")

@@ -183,6 +183,9 @@ class Worker(Base):
     # hosts idle for longer than their recruiter's idle_timeout.
     idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Settings the server gave it ({name: value}: concurrency, prefetch, batch, status): a
+    # process that registers again under its name keeps them rather than its own flags.
+    set_on_server: Mapped[dict | None] = mapped_column(JSON)
 
     batch: Mapped[Batch | None] = relationship(lazy="joined")
 
@@ -193,7 +196,7 @@ class Worker(Base):
                 "batch": self.batch.name if self.batch else None, "cpus": self.cpus, "version": self.version, "load": self.load,
                 "memory": self.memory, "disk": self.disk, "running": running,
                 "last_seen": iso(self.last_seen), "idle_since": iso(self.idle_since),
-                "created_at": iso(self.created_at)}
+                "created_at": iso(self.created_at), "set_on_server": self.set_on_server or {}}
 
 
 class Execution(Base):

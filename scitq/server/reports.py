@@ -18,6 +18,7 @@ from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
 MAX_CONCURRENCY = 1024
 ENDED = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 SETTABLE_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRAINING)
+SERVER_SETTINGS = ("concurrency", "prefetch", "batch", "status")   # kept over its restarts
 # What the API's pattern says (no '/', no space, not digits alone), checked whole: a JSON
 # Schema pattern's $ lets a final line break through, and control characters are no space.
 WORKER_NAME = re.compile(r"(?!\d+\Z)[^/\s\x00-\x1f\x7f]{1,128}")
@@ -78,17 +79,40 @@ def register(s, info, create_batch=True):
         given_back = 0
     else:
         given_back = give_back(s, worker.id, "worker restarted")
+    kept = worker.set_on_server or {}
     worker.hostname = info.get("hostname")
-    worker.concurrency = info.get("concurrency", 1)
-    worker.prefetch = info.get("prefetch")
+    # Its own flags fill in only what the server never set on a worker of this name.
+    if "concurrency" not in kept:
+        worker.concurrency = info.get("concurrency", 1)
+    if "prefetch" not in kept:
+        worker.prefetch = info.get("prefetch")
     worker.depth = info.get("depth") or 0
     worker.cpus = info.get("cpus")
     worker.version = info.get("version")
-    worker.batch = _batch(s, info.get("batch"), create_batch)
-    worker.status = WorkerStatus.RUNNING.value
+    if "batch" not in kept:
+        worker.batch = _batch(s, info.get("batch"), create_batch)
+    if kept.get("status") == WorkerStatus.DRAINING.value:
+        remember(worker, {"status": None})      # a new process has nothing left to drain
+    worker.status = status_kept(worker)
     worker.last_seen = worker.idle_since = utcnow()
     record(s, "worker.registered", worker, hostname=worker.hostname, given_back=given_back)
     return worker
+
+
+def remember(worker, changes):
+    """Note the settings the server gives a worker ({name: value}, of SERVER_SETTINGS), so
+    that they outlive its process; a status of running (or None) is no setting to keep."""
+    kept = dict(worker.set_on_server or {})     # a new dict: the JSON column sees assignments only
+    kept.update({k: v for k, v in changes.items() if k in SERVER_SETTINGS})
+    if kept.get("status") in (None, WorkerStatus.RUNNING.value):
+        kept.pop("status", None)
+    worker.set_on_server = kept or None
+
+
+def status_kept(worker):
+    """The status of a worker that comes back (registered again, or heard again once lost):
+    the one the server set it to (paused, draining), else running."""
+    return (worker.set_on_server or {}).get("status", WorkerStatus.RUNNING.value)
 
 
 def _batch(s, name, create):
@@ -111,6 +135,7 @@ def change_worker(s, worker, changes):
             setattr(worker, key, changes[key])
     if "batch" in changes:
         worker.batch = get_or_create_batch(s, changes["batch"]) if changes["batch"] else None
+    remember(worker, changes)
     record(s, "worker.changed", worker, **{k: v for k, v in changes.items()})
     return worker
 
@@ -179,8 +204,9 @@ def heartbeat(s, worker, stats):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             setattr(worker, key, float(value))
     if worker.status == WorkerStatus.LOST.value:
-        # It was only slow: its executions were given back already, but it may work again.
-        worker.status = WorkerStatus.RUNNING.value
+        # It was only slow: its executions were given back already, but it may work again
+        # (or stay paused, if it was paused when it fell silent).
+        worker.status = status_kept(worker)
         record(s, "worker.back", worker)
 
 

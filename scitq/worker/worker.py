@@ -191,6 +191,8 @@ class Worker:
             info["batch"] = self.batch
         me = await self.link.call("POST", "/workers", json=info)
         self.id = me["id"]
+        # What the server set on a worker of this name outlives a restart: it wins over the flags.
+        self.concurrency, self.prefetch = me["concurrency"], me["prefetch"]
         log.info("registered as worker %s (id %s, concurrency %s) at %s",
                  self.name, self.id, self.concurrency, self.link.url)
 

@@ -77,6 +77,9 @@ worker = ns.model("Worker", {
     "disk": NullableFloat,
     "running": fields.Integer(description="executions assigned or running"),
     "last_seen": fields.String, "created_at": fields.String,
+    "set_on_server": fields.Raw(description="the settings given to it here ({name: value} of "
+                                "concurrency, prefetch, batch, status): a process that registers "
+                                "again under its name keeps them, its own flags fill in the rest"),
 })
 register_in = ns.model("WorkerRegistration", {
     "name": fields.String(required=True, min_length=1, max_length=128, pattern=r"^(?!\d+$)[^/\s]+$",
