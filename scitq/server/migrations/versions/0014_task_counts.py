@@ -33,11 +33,11 @@ PG_REFERENCING = {"insert": "NEW TABLE AS new_rows", "delete": "OLD TABLE AS old
 
 def _sqlite_bump(row, sign):
     """Statements adding `sign` to the count of the task `row` (NEW or OLD): one row per key
-    (SQLite has one writer at a time)."""
+    (SQLite has one writer at a time). A task that is there was counted: OLD's row exists."""
     key = f"batch_id = {row}.batch_id AND status = {row}.status"
-    return (f"INSERT INTO task_count (batch_id, status, n) SELECT {row}.batch_id, {row}.status, 0 "
-            f"WHERE NOT EXISTS (SELECT 1 FROM task_count WHERE {key}); "
-            f"UPDATE task_count SET n = n + ({sign}) WHERE {key};")
+    made = (f"INSERT INTO task_count (batch_id, status, n) SELECT {row}.batch_id, {row}.status, 0 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM task_count WHERE {key}); ") if row == "NEW" else ""
+    return made + f"UPDATE task_count SET n = n + ({sign}) WHERE {key};"
 
 
 def upgrade():
