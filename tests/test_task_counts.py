@@ -91,8 +91,9 @@ def test_counts_follow_every_write(app, client):
 
 
 def test_concurrent_writers_keep_exact_counts(app, client):
-    """Submissions, claims and reports from several threads at once: no lost update, no
-    deadlock (PostgreSQL's rows of differences are only inserted)."""
+    """Submissions, claims and reports from several threads at once, and the counts folded
+    meanwhile: no lost update, no deadlock (PostgreSQL's rows of differences are only
+    inserted)."""
     wids = [register(client, f"w{i}", concurrency=4) for i in range(3)]
     bulk(client, [{"command": "x"}] * 60, "big")
     errors = []
@@ -107,11 +108,27 @@ def test_concurrent_writers_keep_exact_counts(app, client):
         except Exception as exc:     # noqa: BLE001 (reported by the assertion below)
             errors.append(exc)
 
+    def compact(stop):
+        """What the rollup pass does every few seconds, here all the while."""
+        try:
+            while not stop.is_set():
+                with app.extensions["scitq"].db.write() as s:
+                    queue.compact_counts(s)
+        except Exception as exc:     # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    stop = threading.Event()
+    compactor = threading.Thread(target=compact, args=(stop,))
+    compactor.start()
     threads = [threading.Thread(target=work, args=(w,)) for w in wids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        compactor.join()
     assert errors == []
     check(app, compact=True)
     assert sum(c["succeeded"] for c in kept(app).values()) > 0
