@@ -84,6 +84,7 @@ EXPECTED = {
     ("POST", "/api/v1/batches/<ref>/resume"): USER_READ,
     ("POST", "/api/v1/batches/<ref>/stop"): USER_READ,
     ("GET", "/api/v1/batches/<ref>/wait"): USER_READ,
+    ("GET", "/api/v1/batches/<ref>/plan"): user(400),     # its recruiter's provider: not configured
     ("GET", "/api/v1/tasks"): USER_READ,
     ("POST", "/api/v1/tasks"): user(201),
     ("POST", "/api/v1/tasks/bulk"): user(201),
