@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 from scitq.errors import BadRequest, NotFound
-from scitq.server.models import MAX_ID, Event
+from scitq.server.models import MAX_ID, Event, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -145,11 +145,25 @@ def _forget_events(conn):
     conn.info.pop(EVENTS_KEY, None)
 
 
+def event_row(kind, object_type, object_id, detail=None, at=None):
+    """An event row for add_events: what changed (kind), on which object, with what detail."""
+    return {"at": at or utcnow(), "kind": kind, "object_type": object_type,
+            "object_id": object_id, "detail": detail or None}
+
+
+def add_events(session, rows):
+    """The one way event rows are written (event_row dicts, in order), in the session's own
+    transaction: one statement for any number of them (by COPY on PostgreSQL past a few)."""
+    if not rows:
+        return
+    conn = session.connection()
+    _note_events(conn, (row["kind"] for row in rows))
+    insert_rows(conn, Event.__table__, rows)
+
+
 def record(session, kind, obj, **detail):
-    """Add the event row of a state change to the change's own transaction."""
-    session.add(Event(kind=kind, object_type=type(obj).__tablename__, object_id=obj.id,
-                      detail=detail or None))
-    _note_events(session.connection(), (kind,))
+    """Add the event of one object's state change to the change's own transaction."""
+    add_events(session, [event_row(kind, type(obj).__tablename__, obj.id, detail)])
 
 
 # Up to this many rows go by one INSERT on PostgreSQL too: a COPY is three round trips (the
@@ -165,8 +179,6 @@ def insert_rows(conn, table, rows):
     executemany. Defaults (ids from the sequence) apply to the columns left out."""
     if not rows:
         return
-    if table is Event.__table__:
-        _note_events(conn, (row["kind"] for row in rows))
     if conn.dialect.name != "postgresql" or len(rows) <= FEW_ROWS:
         conn.execute(insert(table), rows)
         return

@@ -18,16 +18,16 @@ from sqlalchemy import bindparam, func, literal_column, or_, select, text, updat
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, insert_with_ids, record
+from scitq.server.db import add_events, event_row, insert_with_ids, record
 from scitq.server.loop import Loop
-from scitq.server.models import Batch, Event, Execution, Task, Worker, ahead, utcnow
+from scitq.server.models import Batch, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
 DISPATCH_LOCK = 0x5C17D15  # PostgreSQL advisory lock key: one dispatch pass at a time
 ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
-TASK, EXECUTION, BATCH, EVENT = (m.__table__ for m in (Task, Execution, Batch, Event))
+TASK, EXECUTION, BATCH = (m.__table__ for m in (Task, Execution, Batch))
 
 # The statements of every pass and every inline claim, built once: SQLAlchemy then neither
 # rebuilds them nor computes their cache keys again each time.
@@ -340,10 +340,8 @@ class Dispatcher(Loop):
                 "paused": False} for w, ids in claims for tid in ids]
         rows = list(zip(insert_with_ids(conn, EXECUTION, new), (row["task_id"] for row in new)))
         owners = [w for w, ids in claims for _ in ids]
-        insert_rows(conn, EVENT, [
-            {"at": now, "kind": "execution.assigned", "object_type": "execution",
-             "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
-            for (eid, tid), w in zip(rows, owners)])
+        add_events(s, [event_row("execution.assigned", "execution", eid, {"task_id": tid, "worker": w.name}, now)
+                       for (eid, tid), w in zip(rows, owners)])
         out = {}
         for (eid, _), w in zip(rows, owners):
             out.setdefault(w.id, []).append(eid)

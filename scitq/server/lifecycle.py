@@ -10,8 +10,8 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from scitq.errors import BadRequest, Conflict
-from scitq.server.db import insert_rows, record
-from scitq.server.models import Event, Execution, Task, TaskDependency, utcnow
+from scitq.server.db import add_events, event_row, record
+from scitq.server.models import Execution, Task, TaskDependency, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus
 
 SIGNALS = ("kill", "pause", "resume")
@@ -111,8 +111,7 @@ def _make_ready(s, statement, ids):
     for obj in list(s.identity_map.values()):   # what the session holds of them is stale
         if isinstance(obj, Task) and obj.id in held:
             s.expire(obj)
-    insert_rows(conn, Event.__table__, [{"at": now, "kind": "task.ready", "object_type": "task",
-                                         "object_id": tid, "detail": None} for tid in ready])
+    add_events(s, [event_row("task.ready", "task", tid, at=now) for tid in ready])
 
 
 def cancel_dependents(s, task_ids, reason):
@@ -200,10 +199,18 @@ def live_execution(s, task_id):
 
 def signal_execution(s, ex, sig):
     """Ask the execution's worker to apply `sig` (delivered with its next poll answer)."""
-    ex.signal = sig
-    ex.signal_seq = (ex.signal_seq or 0) + 1
-    record(s, "execution.signal", ex, signal=sig, seq=ex.signal_seq)
-    return ex.worker_id
+    return _signal_all(s, [ex], sig).pop()
+
+
+def _signal_all(s, executions, sig):
+    """signal_execution for many, their events by one insert; returns the workers to wake."""
+    rows = []
+    for ex in executions:
+        ex.signal = sig
+        ex.signal_seq = (ex.signal_seq or 0) + 1
+        rows.append(event_row("execution.signal", "execution", ex.id, {"signal": sig, "seq": ex.signal_seq}))
+    add_events(s, rows)
+    return {ex.worker_id for ex in executions}
 
 
 def signal_task(s, task, sig):
@@ -235,12 +242,11 @@ def stop_batch(s, batch, requeue):
     if batch.status != BatchStatus.PAUSED.value:
         batch.status = BatchStatus.PAUSED.value
     record(s, "batch.stopped", batch, requeue=requeue)
-    return {signal_execution(s, ex, "requeue" if requeue else "kill")
-            for ex in batch_executions(s, batch)}
+    return _signal_all(s, batch_executions(s, batch), "requeue" if requeue else "kill")
 
 
 def signal_batch(s, batch, sig):
     """Pause or resume (SIGSTOP / SIGCONT) every running task of the batch."""
     wanted = [ex for ex in batch_executions(s, batch, (ExecutionStatus.RUNNING.value,))
               if ex.paused != (sig == "pause")]
-    return {signal_execution(s, ex, sig) for ex in wanted}
+    return _signal_all(s, wanted, sig)

@@ -9,8 +9,8 @@ from sqlalchemy.orm import joinedload, lazyload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle, tokens
-from scitq.server.db import insert_rows, record
-from scitq.server.dispatch import ACTIVE, BATCH, EVENT, EXECUTION, TASK, give_back
+from scitq.server.db import add_events, event_row, record
+from scitq.server.dispatch import ACTIVE, BATCH, EXECUTION, TASK, give_back
 from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, TaskDependency, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
@@ -422,16 +422,12 @@ class _Events:
         self.rows = []
 
     def add(self, kind, execution_id, **detail):
-        self.rows.append({"at": utcnow(), "kind": kind, "object_type": "execution",
-                          "object_id": execution_id, "detail": detail or None})
+        self.rows.append(event_row(kind, "execution", execution_id, detail))
 
     def flush(self):
         """Insert now (before anything else records an event)."""
-        if self.rows:
-            if self.s.new:
-                self.s.flush()      # events recorded earlier come first
-            insert_rows(self.s.connection(), EVENT, self.rows)
-            self.rows = []
+        add_events(self.s, self.rows)
+        self.rows = []
 
 
 def _apply(s, worker, rep, outputs, succeeded, events):
