@@ -405,17 +405,18 @@ def give_back(session, worker_id, reason):
     executions = session.scalars(select(Execution).where(
         Execution.worker_id == worker_id, Execution.status.in_(ACTIVE))).all()
     now = utcnow()
+    killed = []
     for ex in executions:
         ex.status = ExecutionStatus.LOST.value
         ex.reason = "lost"
         ex.error = reason
         ex.ended_at = now
-        asked, ex.signal = ex.signal, None
-        task = ex.task
-        task.attempt = max(task.attempt - 1, 0)
-        record(session, "execution.lost", ex, task_id=task.id, reason=reason)
-        if asked == "kill":       # the user wanted it dead: it does not come back
-            lifecycle.failed(session, task, "killed by user (its worker was lost)", retry=False)
-        else:
-            task.status = TaskStatus.PENDING.value
+        lifecycle.not_counted(ex.task)
+        if ex.signal == "kill":       # the user wanted it dead: it does not come back
+            killed.append(ex.task)
+        ex.signal = None
+    add_events(session, [event_row("execution.lost", "execution", ex.id,
+                                   {"task_id": ex.task_id, "reason": reason}, now) for ex in executions])
+    for task in killed:
+        lifecycle.failed(session, task, "killed by user (its worker was lost)", retry=False)
     return len(executions)

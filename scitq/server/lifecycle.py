@@ -48,10 +48,17 @@ def failed(s, task, error, retry=True):
     return False
 
 
-def requeued(s, task, why):
-    """The attempt was stopped by a user who wants the task run again: no retry is spent."""
+def not_counted(task):
+    """The attempt ended through no fault of the task (its worker was lost, it was released
+    unstarted, a user stopped it to run it again): the task is pending again and the attempt
+    is given back."""
     task.status = TaskStatus.PENDING.value
     task.attempt = max(task.attempt - 1, 0)
+
+
+def requeued(s, task, why):
+    """The attempt was stopped by a user who wants the task run again: no retry is spent."""
+    not_counted(task)
     task.reason = why
     record(s, "task.requeued", task, reason=why)
 

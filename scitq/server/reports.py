@@ -456,8 +456,7 @@ def _apply(s, worker, rep, outputs, succeeded, events):
             raise Conflict(f"execution {ex.id} is {ex.status}: only an unstarted one can be released")
         ex.status = status
         ex.ended_at = now
-        task.status = TaskStatus.PENDING.value
-        task.attempt = max(task.attempt - 1, 0)
+        lifecycle.not_counted(task)
         events.add("execution.released", ex.id, task_id=task.id)
     else:
         raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
