@@ -306,30 +306,7 @@ class Dispatcher(Loop):
         statements naming ORM classes cost several times more Python (a report's inline
         claim runs them for a handful of tasks at a time)."""
         conn = s.connection()
-        claims = []             # (worker, task ids), in worker order
-        exhausted = False       # no pending task left for workers without a batch
-        i = 0
-        while i < len(workers):
-            w = workers[i]
-            if w.batch_id is not None:
-                group = [w]
-                i += 1
-            else:   # consecutive workers without a batch claim together, in one query
-                group = []
-                while i < len(workers) and workers[i].batch_id is None:
-                    group.append(workers[i])
-                    i += 1
-            free = [max(g.concurrency + ahead(g) - active.get(g.id, 0), 0) for g in group]
-            if not sum(free) or (exhausted and w.batch_id is None):
-                continue
-            ids = self._claim(conn, w, sum(free), room, now,
-                              [tid for _, taken in claims for tid in taken])
-            if w.batch_id is None and len(ids) < sum(free):
-                exhausted = True
-            for g, n in zip(group, free):   # oldest first, to the first workers first
-                if ids[:n]:
-                    claims.append((g, ids[:n]))
-                ids = ids[n:]
+        claims = self._claims(conn, workers, active, room, now)
         if not claims:
             return {}
         all_ids = [tid for _, ids in claims for tid in ids]
@@ -346,6 +323,26 @@ class Dispatcher(Loop):
         for (eid, _), w in zip(rows, owners):
             out.setdefault(w.id, []).append(eid)
         return out
+
+    def _claims(self, conn, workers, active, room, now):
+        """[(worker, task ids)], in worker order: for each, up to concurrency + prefetch
+        pending tasks, oldest first, within the room of capped batches."""
+        claims = []
+        exhausted = False       # no pending task left for workers without a batch
+        for group in _groups(workers):
+            w = group[0]
+            free = [max(g.concurrency + ahead(g) - active.get(g.id, 0), 0) for g in group]
+            if not sum(free) or (exhausted and w.batch_id is None):
+                continue
+            ids = self._claim(conn, w, sum(free), room, now,
+                              [tid for _, taken in claims for tid in taken])
+            if w.batch_id is None and len(ids) < sum(free):
+                exhausted = True
+            for g, n in zip(group, free):   # oldest first, to the first workers first
+                if ids[:n]:
+                    claims.append((g, ids[:n]))
+                ids = ids[n:]
+        return claims
 
     @staticmethod
     def _claim(conn, w, free, room, now, taken=()):
@@ -395,6 +392,22 @@ class Dispatcher(Loop):
         if stale:
             self.wake()
         return len(stale)
+
+
+def _groups(workers):
+    """The workers in order, in groups that claim together: a worker of a batch alone,
+    consecutive workers without a batch in one group (one query for them all)."""
+    group = []
+    for w in workers:
+        if w.batch_id is not None:
+            if group:
+                yield group
+                group = []
+            yield [w]
+        else:
+            group.append(w)
+    if group:
+        yield group
 
 
 def give_back(session, worker_id, reason):
