@@ -1,6 +1,8 @@
 """The scitq server: a Flask app over a database, with a dispatcher thread beside it."""
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +65,24 @@ def default_db_url(data_dir):
     return os.environ.get("SCITQ_DB") or f"sqlite:///{Path(data_dir) / 'scitq.db'}"
 
 
+# A surrogate escape in a JSON string (\ud800-\udfff): a pair decodes to one character, a lone
+# one to a string that no database can store, so a body holding any is looked at once more.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 class JSONRequest(Request):
     def get_json(self, *args, **kwargs):
         try:
-            return super().get_json(*args, **kwargs)
+            value = super().get_json(*args, **kwargs)
         except RecursionError:
             raise HTTPBadRequest("the request body is JSON nested too deep")
+        if value is not None and SURROGATE_ESCAPE.search(self.get_data(cache=True)):
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPBadRequest("the request body holds a lone surrogate (\\ud800-\\udfff): "
+                                     "not a character, it cannot be stored") from None
+        return value
 
     def on_json_loading_failed(self, e):
         raise HTTPBadRequest(f"the request body is not valid JSON ({e})" if e else
