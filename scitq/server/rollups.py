@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scitq.recruit.rules import cost_of
+from scitq.server.recruit.ledger import cost_of
 from scitq.server import queue
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Execution, MinuteRollup, Task, utcnow

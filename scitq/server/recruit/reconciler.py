@@ -31,7 +31,7 @@ from sqlalchemy import func, insert, select, update
 
 from scitq.errors import ProviderError, ScitqError
 from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
-from scitq.recruit import policy
+from scitq.server.recruit import policy
 from scitq.server import reports, tokens
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, give_back
