@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from scitq.errors import BadRequest, Conflict, NotFound, ScitqError
 from scitq.log import redact
-from scitq.server.db import record
+from scitq.server.db import lock_in, record
 from scitq.server.loop import Loop
 from scitq.server.models import Job, utcnow
 from scitq.status import JobStatus
@@ -110,6 +110,8 @@ class JobRunner(Loop):
         if free <= 0:
             return []
         with self.db.write() as s:
+            if not lock_in(s, "jobs", wait=False):     # another server process claims now
+                return []
             jobs = s.scalars(select(Job).where(Job.status == JobStatus.PENDING.value,
                                                Job.next_try_at <= utcnow())
                              .order_by(Job.next_try_at, Job.id).limit(free)
