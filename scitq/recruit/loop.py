@@ -1,9 +1,11 @@
 """The reconciler: observe the database and the providers, ask the policy, carry the plan out.
 
-One thread in the server (a `Loop`), woken by recruiter changes and otherwise every `tick`.
-Each pass reads the recruiters, their batches' remaining work, the live instances and their
-workers, and the flavor catalog; `policy.plan()` says what to create, reuse and delete, and
-this module does it:
+One thread in the server (a `Loop`), woken by recruiter changes and otherwise every `tick`;
+one pass at a time across the server processes of a database (Database.once). Each pass reads
+the recruiters, their batches' remaining work, the live instances and their workers, and the
+flavor catalog in one read transaction, then asks the providers (an empty catalog, quotas)
+outside any transaction; `policy.plan()` says what to create, reuse and delete, and this
+module does it in one short write transaction:
 - a create is an instance row (status creating) and a `create` job, which rents the host
   through the provider and then queues the usual `deploy` job (the worker's name is the
   instance's name, which is how the two are matched);
