@@ -80,33 +80,41 @@ class Database:
                 raise
 
     @contextlib.contextmanager
-    def once(self, name, wait=True):
+    def once(self, name, wait=True, item=None):
         """Run the block in one server process at a time, across transactions: a pass that
-        observes, asks a provider outside any transaction, then applies. Yields whether it
-        holds the lock (with wait=False another process's pass may hold it: then skip).
+        observes, asks a provider outside any transaction, then applies; with `item` (an
+        id), one lock of that name per item (a job while it runs). Yields whether it holds
+        the lock (with wait=False another process may hold it: then skip).
 
         PostgreSQL: a session advisory lock on a connection of its own, idle (no transaction
-        open) while the block runs; SQLite (one server process by design): a process lock."""
+        open) while the block runs, and released by PostgreSQL if this process dies; SQLite
+        (one server process by design): a process lock."""
         if self.is_sqlite:
-            lock = self._passes[name]
+            lock = self._passes[(name, item)]
             got = lock.acquire(blocking=wait)
             try:
                 yield got
             finally:
                 if got:
                     lock.release()
+                    if item is not None:
+                        self._passes.pop((name, item), None)
             return
+        # The two-key form for an item: ids are cut to 31 bits (a clash only makes two
+        # items wait on each other).
+        keys, args = (":k", {"k": LOCKS[name]}) if item is None else \
+            (":k, :i", {"k": LOCKS[name], "i": item & 0x7FFF_FFFF})
         conn = self.engine.connect()
         got = False
         try:
-            got = conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_lock(:k)"),
-                              {"k": LOCKS[name]}) is not False
+            got = conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_lock({keys})"),
+                              args) is not False
             conn.commit()
             yield got
         finally:
             if got:
                 try:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCKS[name]})
+                    conn.execute(text(f"SELECT pg_advisory_unlock({keys})"), args)
                     conn.commit()
                 except Exception:       # a broken connection: its end releases the lock
                     conn.invalidate()
@@ -141,6 +149,7 @@ LOCKS = {
     "provider_sweep": 0x5C17_0011,  # the listing of the providers' hosts (evictions, orphans)
     "lease_sweep": 0x5C17_0012,     # workers silent past their lease
     "jobs": 0x5C17_0013,            # the job runner's claims
+    "job": 0x5C17_0014,             # with a job's id: held by the server process running it
 }
 
 
