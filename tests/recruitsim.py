@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import insert, select, update
 
 from fakes.cloud import FakeProviders
-from scitq.recruit.loop import Reconciler
+from scitq.server.recruit.reconciler import Reconciler
 from scitq.server.db import Database
 from scitq.server.models import Batch, Instance, Recruiter, Task, Worker
 from scitq.status import LIVE_HOSTS, HostStatus, TaskStatus, WorkerStatus
