@@ -6,10 +6,10 @@ that actually rents and releases hosts reads these rows; it lives beside this mo
 """
 from sqlalchemy import case, func, select
 
-from scitq.errors import BadRequest, NotFound
+from scitq.errors import BadRequest
 from scitq.server import queue
 from scitq.server.db import record
-from scitq.server.models import MAX_ID, MAX_INT, Instance, Recruiter, utcnow
+from scitq.server.models import MAX_INT, Instance, Recruiter, accrued, utcnow
 from scitq.server.providers import check_name
 from scitq.status import LIVE_HOSTS, HostStatus
 
@@ -93,31 +93,8 @@ def check_recruiter(spec, providers):
         raise BadRequest("provider is required: the name of a provider configured on this server")
     providers.get(provider)          # BadRequest when unknown or not configured here
 
-    regions = spec.get("regions")
-    if regions is not None:
-        if (not isinstance(regions, list) or not regions or len(regions) > MAX_REGIONS
-                or not all(isinstance(r, str) and r.strip() and len(r) <= 64 for r in regions)):
-            raise BadRequest("regions must be a non-empty list of region names (at most 64 "
-                             "characters each), or null for every region of the provider")
-        for region in regions:
-            check_name("region", region, 64)
-        regions = list(dict.fromkeys(regions))        # without repeats, in the given order
-
-    flavor = _name(spec, "flavor", 128)
-    if flavor is not None:
-        check_name("flavor", flavor)
-    minimums = {"min_cpu": _int(spec, "min_cpu", 1, MAX_INT, default=None),
-                "min_ram": _positive(spec, "min_ram", MAX_GIB),
-                "min_disk": _positive(spec, "min_disk", MAX_GIB)}
-    gpu = _bool(spec, "gpu")
-    given = any(v is not None for v in minimums.values())
-    if flavor is not None and given:
-        raise BadRequest("give either a flavor or minimums (min_cpu, min_ram, min_disk), not both")
-    if flavor is None and not given:
-        raise BadRequest("give --flavor or at least one of --min-cpu/--min-ram/--min-disk")
-    if flavor is not None and gpu:
-        # A named flavor has its GPU or not: a gpu flag beside it would be silently ignored.
-        raise BadRequest("gpu selects among minimums; it cannot go with a named flavor")
+    regions = _regions(spec)
+    flavor, minimums, gpu = _shape(spec)
 
     return {
         "batch": batch, "provider": provider, "regions": regions, "flavor": flavor, **minimums,
@@ -133,6 +110,40 @@ def check_recruiter(spec, providers):
         "budget": _positive(spec, "budget", MAX_MONEY),
         "rank": _int(spec, "rank", -MAX_INT, MAX_INT, default=0),
     }
+
+
+def _regions(spec):
+    """The regions asked for, without repeats, in the given order; None for every region."""
+    regions = spec.get("regions")
+    if regions is not None:
+        if (not isinstance(regions, list) or not regions or len(regions) > MAX_REGIONS
+                or not all(isinstance(r, str) and r.strip() and len(r) <= 64 for r in regions)):
+            raise BadRequest("regions must be a non-empty list of region names (at most 64 "
+                             "characters each), or null for every region of the provider")
+        for region in regions:
+            check_name("region", region, 64)
+        regions = list(dict.fromkeys(regions))        # without repeats, in the given order
+    return regions
+
+
+def _shape(spec):
+    """(flavor, minimums, gpu): a named flavor or minimums, one of the two."""
+    flavor = _name(spec, "flavor", 128)
+    if flavor is not None:
+        check_name("flavor", flavor)
+    minimums = {"min_cpu": _int(spec, "min_cpu", 1, MAX_INT, default=None),
+                "min_ram": _positive(spec, "min_ram", MAX_GIB),
+                "min_disk": _positive(spec, "min_disk", MAX_GIB)}
+    gpu = _bool(spec, "gpu")
+    given = any(v is not None for v in minimums.values())
+    if flavor is not None and given:
+        raise BadRequest("give either a flavor or minimums (min_cpu, min_ram, min_disk), not both")
+    if flavor is None and not given:
+        raise BadRequest("give --flavor or at least one of --min-cpu/--min-ram/--min-disk")
+    if flavor is not None and gpu:
+        # A named flavor has its GPU or not: a gpu flag beside it would be silently ignored.
+        raise BadRequest("gpu selects among minimums; it cannot go with a named flavor")
+    return flavor, minimums, gpu
 
 
 def _idle_timeout(spec):
@@ -153,13 +164,6 @@ def create_recruiter(s, spec, providers):
     s.add(r)
     s.flush()
     record(s, "recruiter.created", r, batch=batch.name, provider=r.provider)
-    return r
-
-
-def get_recruiter(s, recruiter_id):
-    r = s.get(Recruiter, recruiter_id) if 0 <= recruiter_id <= MAX_ID else None
-    if r is None:
-        raise NotFound(f"no recruiter {recruiter_id}")
     return r
 
 
@@ -223,9 +227,7 @@ def cost_of(s, recruiter_ids=None, batch_ids=None, now=None):
         *where, Instance.cost.is_(None), Instance.hourly_cost.is_not(None),
         Instance.status.in_(ACCRUING))
     for k, hourly_cost, created_at, deleted_at in s.execute(unclosed):
-        # The same formula as Instance.cost_so_far(), so a total equals the sum of its rows.
-        seconds = max(((deleted_at or now) - created_at).total_seconds(), 0)
-        out[k]["spent"] += hourly_cost * seconds / 3600
+        out[k]["spent"] += accrued(hourly_cost, created_at, deleted_at or now)
     for totals_ in out.values():
         totals_["spent"] = round(totals_["spent"], 6)
         totals_["hourly"] = round(totals_["hourly"], 6)
@@ -252,13 +254,6 @@ def recruiter_dict(s, r, now=None):
 
 
 # --- instances: every host scitq rented -------------------------------------------
-
-def get_instance(s, instance_id):
-    i = s.get(Instance, instance_id) if 0 <= instance_id <= MAX_ID else None
-    if i is None:
-        raise NotFound(f"no instance {instance_id}")
-    return i
-
 
 def list_instances(s, status=None, provider=None, recruiter_id=None, batch=None, after=None,
                    limit=100):
