@@ -106,7 +106,7 @@ def time_calls(client, path, calls):
 
 def time_parts(db, calls):
     """The dashboard's queries one by one: where its time goes."""
-    from scitq.recruit.rules import cost_of
+    from scitq.server.recruit.ledger import cost_of
     from scitq.server import queue
     from scitq.server.models import utcnow
     from scitq.server.ui import dashboard as dash

@@ -16,12 +16,14 @@ class Procs:
         self.tmp = tmp_path
         self.started = []
 
-    def spawn(self, args, log_name, env=None, cwd=None, script=False, preexec_fn=None):
-        """`python -m scitq.cli ARGS`, or with script=True the `scitq` command itself (as a user
-        types it: the current folder is not on its path)."""
+    def spawn(self, args, log_name, env=None, cwd=None, script=False, preexec_fn=None,
+              module="scitq.cli"):
+        """`python -m scitq.cli ARGS` (or another module that runs the scitq command), or with
+        script=True the `scitq` command itself (as a user types it: the current folder is not
+        on its path)."""
         log = open(self.tmp / log_name, "wb")
         exe = [os.path.join(os.path.dirname(sys.executable), "scitq")] if script else \
-            [sys.executable, "-m", "scitq.cli"]
+            [sys.executable, "-m", module]
         proc = subprocess.Popen([*exe, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=cwd, start_new_session=True, preexec_fn=preexec_fn)
         proc.log_path = self.tmp / log_name
@@ -29,13 +31,15 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def server(self, db_url, *args, command="server", env=None, data_dir=None, preexec_fn=None):
+    def server(self, db_url, *args, command="server", env=None, data_dir=None, preexec_fn=None,
+               module="scitq.cli"):
         """A server on a free port, returned once it listens (its URL as `.url`, its data dir
         as `.data_dir`)."""
         log = f"{command}-{data_dir.name}.log" if data_dir else f"{command}.log"
         data_dir = data_dir or self.tmp / "data"
         proc = self.spawn([command, "--db", db_url, "--data-dir", str(data_dir),
-                           "--port", "0", *args], log, env=env, preexec_fn=preexec_fn)
+                           "--port", "0", *args], log, env=env, preexec_fn=preexec_fn,
+                          module=module)
         proc.data_dir = data_dir
         proc.url = wait_for_url(proc)
         return proc

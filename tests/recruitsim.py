@@ -9,7 +9,7 @@ from sqlalchemy import insert, select, update
 
 from fakes.cloud import FakeProviders
 from scitq.errors import ScitqError
-from scitq.recruit.loop import Reconciler
+from scitq.server.recruit.reconciler import Reconciler
 from scitq.server.db import Database
 from scitq.server.models import Batch, Instance, Job, Recruiter, Task, Worker
 from scitq.status import LIVE_HOSTS, HostStatus, JobStatus, TaskStatus, WorkerStatus

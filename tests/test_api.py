@@ -365,6 +365,7 @@ def test_delete_worker_gives_tasks_back(app, client):
     first, _second = assign(app, client, wid)
     report(client, wid, first["execution_id"], "running")
     assert call(client, "GET", f"/workers/{wid}")["running"] == 2
+    assert [w["running"] for w in call(client, "GET", "/workers")] == [2]
 
     assert call(client, "DELETE", "/workers/w1") == {"deleted": wid, "given_back": 2}
     assert_error(client.get(f"{API}/workers/{wid}"), 404)

@@ -151,6 +151,7 @@ def test_ovh_soak(soak_sim, monkeypatch):
                 lambda: setattr(cloud, "fail_next_create", "no_valid_host"),
                 lambda: cloud.inject("POST", r"/servers$", 503, {"computeFault": {"code": 503, "message": "busy"}}),
                 lambda: cloud.inject("POST", r"/servers$", 429, {"overLimit": {"code": 429, "message": "Over limit"}}),
+                lambda: cloud.throttle_next("POST", r"/servers$", 0),           # waited out, then made
                 lambda: (setattr(cloud, "fail_next_create", "no_valid_host"), setattr(cloud, "fail_deletes", 6)),
             ])()
         elif step == "delete":
@@ -158,6 +159,7 @@ def test_ovh_soak(soak_sim, monkeypatch):
                 lambda: setattr(cloud, "fail_deletes", 1),
                 lambda: setattr(cloud, "fail_deletes", 6),                   # beyond delete_timeout
                 lambda: cloud.inject("DELETE", r"/servers/", 503, {"computeFault": {"code": 503, "message": "busy"}}),
+                lambda: cloud.throttle_next("DELETE", r"/servers/", 0),
             ])()
         return False
 

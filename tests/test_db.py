@@ -3,10 +3,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from scitq.errors import BadRequest
-from scitq.server.db import MIGRATIONS, Database, normalize_url
+from scitq.server.db import MIGRATIONS, Database, lock_in, normalize_url
 from scitq.server.models import Base
 
 
@@ -75,6 +75,35 @@ def test_insert_rows_keeps_order_defaults_json_and_odd_text(db_url):
                 assert t.created_at is not None and t.updated_at is not None
     finally:
         db.dispose()
+
+
+def test_a_pass_held_by_once_is_held_by_one_server_process_at_a_time(db_url):
+    """Database.once: while one holder runs its pass (between transactions), another server
+    process's try gets nothing, a pass of another name goes on, and the lock is free after;
+    lock_in holds a name for one transaction. On SQLite (one server process) the holder is a
+    process lock of the one Database."""
+    first = Database(db_url)
+    other = first if first.is_sqlite else Database(db_url)     # another process's engine
+    try:
+        with first.once("reconciler") as held:
+            assert held
+            with other.write() as s:        # no transaction of the holder is open meanwhile
+                s.execute(text("SELECT 1"))
+            with other.once("reconciler", wait=False) as second:
+                assert not second
+            with other.once("provider_sweep", wait=False) as elsewhere:
+                assert elsewhere
+        with other.once("reconciler", wait=False) as after:
+            assert after
+        if not first.is_sqlite:
+            with first.write() as s, other.write() as s2:
+                assert lock_in(s, "jobs", wait=False)
+                assert not lock_in(s2, "jobs", wait=False)
+            with other.write() as s2:       # the first transaction ended: free
+                assert lock_in(s2, "jobs", wait=False)
+    finally:
+        first.dispose()
+        other.dispose()
 
 
 def test_get_or_404_one_rule_for_every_row_by_id(db_url):

@@ -307,6 +307,26 @@ def test_server_delete_and_a_delete_that_fails(cloud):
     assert nova(http, "DELETE", f"/servers/{server_id(host)}", SERVER_MV).status_code == 404
 
 
+def test_a_throttled_call_answers_429_with_retry_after(cloud):
+    """Rate limiting: 429 with a Retry-After header in whole seconds and the overLimit fault that
+    echoes it ({code, message, details, retryAfter}), as nova's api/openstack/wsgi.py builds it
+    (RateLimitFault, "This request was rate-limited.", and Fault.__call__, which copies
+    Retry-After into `retryAfter` for 413 and 429); only the next matching call is refused."""
+    fake, http, host = cloud
+    fake.throttle_next("POST", r"/servers$", 2)
+    fake.throttle_next("DELETE", r"/servers/", 1200)
+    body = {"server": {"name": "host2", "flavorRef": fake._flavor_id(REGION, "b2-7"),
+                       "imageRef": fake._image_id(REGION, "Debian 12"), "networks": "auto"}}
+    refused = nova(http, "POST", "/servers", SERVER_MV, json=body)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+    fault = refused.json()["overLimit"]
+    assert set(fault) == {"code", "message", "details", "retryAfter"}
+    assert fault["code"] == 429 and fault["retryAfter"] == "2" and fault["message"] == "This request was rate-limited."
+    assert nova(http, "POST", "/servers", SERVER_MV, json=body).status_code == 202
+    held = nova(http, "DELETE", f"/servers/{server_id(host)}", SERVER_MV)
+    assert held.status_code == 429 and held.headers["Retry-After"] == held.json()["overLimit"]["retryAfter"] == "1200"
+    assert nova(http, "DELETE", f"/servers/{server_id(host)}", SERVER_MV).status_code == 204
+
 def test_keypair_get_import_and_delete(cloud):
     """os-keypairs: GET /{name} ({NOVA}os-keypairs/keypairs-get-resp.json: created_at, deleted,
     deleted_at, fingerprint, id, name, public_key, updated_at, user_id; `type` from 2.2); POST an

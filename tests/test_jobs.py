@@ -1,9 +1,10 @@
 """Jobs: the runner's retry policy and the jobs API, on both databases. (Real deploys over
 SSH are in test_deploy_*.py; here the runner is given handlers so its policy is exact.)"""
+import threading
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from procs import wait_until
 from scitq.errors import ScitqError
@@ -153,3 +154,46 @@ def test_the_deploy_engine_is_chosen_by_configuration(db_url, tmp_path):
     assert by_config["params"]["engine"] == "ansible" and teardown["params"]["engine"] == "ansible"
     assert by_request["params"]["engine"] == "pyinfra"
     assert by_config["params"]["server_url"] == "http://s:5000"
+
+
+def test_a_job_another_live_server_runs_is_left_alone_and_taken_back_once_it_is_gone(pg_db, tmp_path):
+    """Two servers' runners on one PostgreSQL: while the first runs a job, the second, started
+    meanwhile, leaves it running; once the first server's connections are gone (it died), the
+    second runs it again."""
+    from scitq.server.db import Database
+    from scitq.server.outputs import OutputStore
+    from sqlalchemy import text
+    dbs = [Database(pg_db) for _ in range(2)]
+    dbs[0].migrate()
+    release, ran = threading.Event(), []
+
+    def slow(job, log):
+        ran.append("first")
+        release.wait(30)
+
+    a = JobRunner(dbs[0], OutputStore(tmp_path / "a", streams=("log",)), {"deploy": slow})
+    b = JobRunner(dbs[1], OutputStore(tmp_path / "b", streams=("log",)),
+                  {"deploy": lambda job, log: ran.append("second")})
+    a.orphan_after = b.orphan_after = 0.0
+    try:
+        with dbs[0].write() as s:
+            s.add(Job(kind="deploy", target="h1", params={}, status="pending"))
+        a.start()
+        wait_until(lambda: ran == ["first"], 20, what="the first runner's job")
+        b.start()                                   # a second server starting
+        assert b.take_back() == []
+        with dbs[1].read() as s:
+            assert s.scalar(select(Job.status)) == "running"
+        # The first server dies: it claims nothing more, and PostgreSQL ends its sessions,
+        # and their locks with them.
+        a.stop()
+        with dbs[1].write() as s:
+            s.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                           "AND pid <> pg_backend_pid()"))
+        wait_until(lambda: "second" in ran, 20, what="the job run again by the second server")
+    finally:
+        release.set()
+        a.stop()
+        b.stop()
+        for db in dbs:
+            db.dispose()

@@ -327,3 +327,35 @@ def test_throttling_is_a_failover_error(cloud, provider):
     with pytest.raises(Throttled) as err:
         provider.create(spec("scitq-429"))
     assert err.value.retry_elsewhere and not cloud.live_servers() and not cloud.keypairs["GRA11"]
+
+
+def test_a_429_with_retry_after_is_waited_out_within_the_bound(cloud):
+    """Nova's 429 with Retry-After on each call of a create (keypair, server, its polls) and of a
+    delete: each is waited out and said, once per 429, through the job's progress line."""
+    from scitq.providers.base import reporting
+    provider = get_provider("ovh", cloud.provider_config(max_retry_after=1))
+    for method, path in [("POST", r"/os-keypairs$"), ("POST", r"/servers$"), ("GET", r"/servers/[^/]+$")]:
+        cloud.throttle_next(method, path, 1)
+    lines = []
+    with reporting(lines.append):
+        instance = provider.create(spec("scitq-slow"))
+        assert len(lines) == 3 and all("ovh: throttled (HTTP 429): waiting 1 s, until" in line for line in lines)
+        cloud.throttle_next("DELETE", r"/servers/", 1)
+        provider.delete(instance.id)
+    assert len(lines) == 4 and not cloud.live_servers()
+    assert cloud.count("POST", r"/servers$") == 2 and cloud.count("DELETE", r"/servers/") == 2
+
+
+def test_a_429_beyond_the_bound_or_without_retry_after_fails_over_at_once(cloud):
+    from scitq.errors import Throttled
+    provider = get_provider("ovh", cloud.provider_config(max_retry_after=1))
+    instance = provider.create(spec("scitq-held"))
+    cloud.throttle_next("DELETE", r"/servers/", 2)
+    with pytest.raises(Throttled) as err:
+        provider.delete(instance.id)
+    assert "Retry-After 2 s, beyond scitq's bound of 1 s): DELETE" in err.value.message
+    cloud.inject("DELETE", r"/servers/", 429, {"overLimit": {"code": 429, "message": "Over limit"}})
+    with pytest.raises(Throttled):
+        provider.delete(instance.id)
+    provider.delete(instance.id)
+    assert not cloud.live_servers()

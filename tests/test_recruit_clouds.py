@@ -229,7 +229,7 @@ def test_orphan_leftovers_of_a_vm_nobody_knows_are_deleted_after_the_grace(azure
 def test_the_sweep_queues_one_delete_job_for_a_host_still_deleting(azure_sim):
     """The server's path: a host deleting that the provider still
     lists gets a delete job when none is pending or running, and only one."""
-    from scitq.recruit.loop import Reconciler
+    from scitq.server.recruit.reconciler import Reconciler
     from scitq.server.models import Job
     with FakeAzure(quota={**DEFAULT_QUOTA, "standardDSv5Family": 0}, nic_reservation=30) as cloud:
         sim = azure_sim(cloud, teardown_timeout=0.1)
@@ -251,3 +251,76 @@ def test_the_sweep_queues_one_delete_job_for_a_host_still_deleting(azure_sim):
         with sim.db.read() as s:
             assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "delete",
                                                                        Job.status == "pending")) == 1
+
+
+# --- OVH: the same throttling rule (Provider.wait_throttled), against the OpenStack fake ---------
+
+@pytest.fixture
+def ovh_sim(sims, monkeypatch):
+    """make(cloud, **provider settings) -> a Sim whose only provider is that fake's OVH."""
+    pytest.importorskip("openstack")
+    pytest.importorskip("ovh")
+    from scitq.providers.ovh import OVHProvider
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+    def make(cloud, **settings):
+        return sims({"ovh": OVHProvider(cloud.provider_config(**settings))})
+    return make
+
+
+def ovh_recruiter(sim, **fields):
+    return recruiter(sim, **{"provider": "ovh", "flavor": "b2-7", "regions": ["GRA11"], **fields})
+
+
+def test_ovh_throttling_within_the_bound_waits_and_the_job_says_until_when(ovh_sim):
+    """Acceptance 4 (wait), OVH: nova's 429 with Retry-After 2 s on POST /servers, then on the
+    server's DELETE; the create and delete jobs wait, succeed, and say until when."""
+    from fakes.openstack import FakeOpenStack
+    with FakeOpenStack(build_delay=0.0, delete_delay=0.0) as cloud:
+        sim = ovh_sim(cloud)
+        ovh_recruiter(sim)
+        sim.rec.reconcile()
+        (inst,) = sim.instances()
+        handlers = sim.rec.handlers()
+        job = {"params": {"instance_id": inst.id}}
+        lines = []
+        cloud.throttle_next("POST", r"/servers$", 2)
+        started = time.monotonic()
+        handlers["create"](job, lines.append)
+        assert time.monotonic() - started >= 2 and row(sim, inst.id).status == "deploying"
+        waits = [line for line in lines if "ovh: throttled (HTTP 429): waiting 2 s, until" in line]
+        assert len(waits) == 1 and waits[0].endswith("UTC"), lines
+        assert cloud.count("POST", r"/servers$") == 2 and len(cloud.live_servers()) == 1
+        with sim.db.write() as s:
+            s.get(Instance, inst.id).status = "deleting"
+        lines.clear()
+        cloud.throttle_next("DELETE", r"/servers/", 2)
+        started = time.monotonic()
+        handlers["delete"](job, lines.append)
+        assert time.monotonic() - started >= 2
+        assert any("waiting 2 s, until" in line for line in lines) and lines[-1].endswith("deleted"), lines
+        assert not cloud.live_servers() and row(sim, inst.id).status == "deleted"
+
+
+def test_ovh_throttling_beyond_the_bound_fails_over_to_the_next_region(ovh_sim):
+    """Acceptance 4 (fail over), OVH: a Retry-After of 1,200 s beyond scitq's bound (5 s) fails the
+    create at once, nothing stays in that region, and the next tick rents in the other one."""
+    from fakes.openstack import FakeOpenStack
+    with FakeOpenStack(build_delay=0.0, delete_delay=0.0) as cloud:
+        sim = ovh_sim(cloud, max_retry_after=5)
+        ovh_recruiter(sim, regions=["GRA11", "SBG5"])
+        cloud.throttle_next("POST", r"/servers$", 1200)
+        started = time.monotonic()
+        sim.tick()
+        assert time.monotonic() - started < 30
+        (failed,) = sim.instances(live_only=False)
+        assert failed.status == "failed" and "Retry-After 1200" in failed.error
+        assert not cloud.live_servers(failed.region)
+        plan = sim.tick()
+        (choice,) = [o for _, o in plan.create]
+        (new,) = sim.instances()
+        assert new.region == choice.region != failed.region
+        assert [s["name"] for s in cloud.live_servers()] == [new.name]
+        with sim.db.read() as s:
+            kinds = [e.kind for e in s.scalars(select(Event).where(Event.object_id == failed.id))]
+        assert "instance.failed" in kinds

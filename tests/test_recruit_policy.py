@@ -1,6 +1,6 @@
 """policy.plan() called directly, on made-up state: no database, no Flask, no provider. What it
 rents, and the fitting offers it ruled out with their reason (what `scitq recruiter plan` shows)."""
-from scitq.recruit.policy import Host, Offer, Rule, plan
+from scitq.server.recruit.policy import Host, Offer, Rule, plan
 
 OFFERS = [Offer("ovh", region, name, cpu, ram, disk, hourly_cost=price)
           for region in ("GRA11", "SBG5")

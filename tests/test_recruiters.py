@@ -14,7 +14,7 @@ from sqlalchemy import insert
 
 from apicalls import call, events, submit
 from scitq.errors import BadRequest
-from scitq.recruit import rules
+from scitq.server.recruit import ledger, recruiters
 from scitq.server.db import Database
 from scitq.server.models import Instance, utcnow
 from scitq.server.providers import Providers
@@ -124,7 +124,7 @@ BAD = [
 def test_check_recruiter_refuses_bad_specs_in_one_sentence(case, tmp_path):
     spec = {k: v for k, v in {**BASE, **case[1]}.items() if v is not ...}
     with pytest.raises(BadRequest) as err:
-        rules.check_recruiter(spec, Providers(PROVIDERS, tmp_path))
+        recruiters.check_recruiter(spec, Providers(PROVIDERS, tmp_path))
     assert err.value.message and "\n" not in err.value.message
 
 
@@ -189,9 +189,9 @@ def test_cost_ledger_recruiters_batches_and_instances(app, client):
 
     now = t0 + timedelta(hours=1)             # exact figures at a fixed instant
     with app.extensions["scitq"].db.read() as s:
-        by_recruiter = rules.cost_of(s, [r1, r2, r3, 999], now=now)
-        by_batch = rules.cost_of(s, batch_ids=[b1, b2], now=now)
-        every = rules.cost_of(s, now=now)
+        by_recruiter = ledger.cost_of(s, [r1, r2, r3, 999], now=now)
+        by_batch = ledger.cost_of(s, batch_ids=[b1, b2], now=now)
+        every = ledger.cost_of(s, now=now)
     assert by_recruiter[r1] == {"spent": 5.5, "hourly": 4.0, "hosts": 3}
     assert by_recruiter[r2] == {"spent": 3.5 + 30.0, "hourly": 0.0, "hosts": 0}
     assert by_recruiter[r3] == {"spent": 2.0, "hourly": 4.0, "hosts": 1}

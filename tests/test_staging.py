@@ -1,4 +1,5 @@
-"""staging: post-actions, collisions, URI checks, the deadline, the resource cache, outputs."""
+"""staging: post-actions, collisions, the deadline, the resource cache, outputs (the URI
+grammar: test_taskspec.py)."""
 import gzip
 import hashlib
 import http.server
@@ -160,52 +161,6 @@ def test_folders_merge_but_files_do_not(tmp_path):
     with pytest.raises(StagingError, match="both give file ref;"):
         staging.stage_inputs([f(tmp_path / "1.tar.gz") + "|untar", f(tmp_path / "3.tar.gz") + "|untar"],
                              tmp_path / "in2")
-
-
-# --- checks at submission ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("spec, parsed", [
-    ("s3://b/ref.tar.gz|untar", ("s3://b/ref.tar.gz", [("untar", None)])),
-    ("https://x.org/y.fq.gz|gunzip", ("https://x.org/y.fq.gz", [("gunzip", None)])),
-    ("file:///data/a.zip|unzip|mv:ref", ("file:///data/a.zip", [("unzip", None), ("mv", "ref")])),
-    ("azure://c/runs/|mv:a/b/", ("azure://c/runs/", [("mv", "a/b")])),
-    ("http://127.0.0.1:8000/d/", ("http://127.0.0.1:8000/d/", [])),
-    ("s3://bucket/", ("s3://bucket/", [])),
-])
-def test_check_uri_accepts(spec, parsed):
-    assert staging.check_uri(spec) == parsed
-    assert staging.parse_uri(spec) == parsed
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("ftp://h/x", "unknown scheme ftp://"),
-    ("/data/x", "not a URI"),
-    ("s3://b/x|explode", "unknown action |explode"),
-    ("s3://b/x|mv:", "|mv: needs a relative dir"),
-    ("s3://b/x|mv:../up", "|mv: needs a relative dir"),
-    ("s3://b/x|mv:/abs", "|mv: needs a relative dir"),
-    ("s3://b/x|mv:a/../../b", "|mv: needs a relative dir"),
-    ("s3://b/x\0y", "NUL"),
-    ("s3://b/" + "k" * 4100, "longer than 4096"),
-    ("s3://bucket", "expected s3://bucket/path"),
-    ("azure://container", "expected azure://container/path"),
-    ("file://relative/path", "absolute path"),
-    ("https:///nohost", "no host"),
-    ("https://h.org", "no file name"),
-])
-def test_check_uri_refuses(spec, message):
-    with pytest.raises(ValueError) as err:
-        staging.check_uri(spec)
-    assert message in str(err.value) and "\n" not in str(err.value)
-
-
-def test_output_uris_take_no_action():
-    assert staging.check_uri("s3://b/out", actions=False) == ("s3://b/out", [])
-    assert staging.check_uri("https://h.org", actions=False) == ("https://h.org", [])
-    with pytest.raises(ValueError, match="an output URI takes no action"):
-        staging.check_uri("s3://b/out|gunzip", actions=False)
-    with pytest.raises(ValueError, match="unknown scheme"):
-        staging.check_uri("gs://b/out", actions=False)
 
 
 def test_the_server_can_import_it_cheaply():

@@ -48,7 +48,6 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
 
 from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound, ProviderError,
                           ProviderUnavailable, QuotaExceeded, ScitqError, Throttled, TransientError)
@@ -266,7 +265,7 @@ class AzureProvider(Provider):
         """azure-core's retries, bounded: a 429's Retry-After is waited for only up to
         `max_retry_after` seconds (the SDK would wait whatever it says inside a job)."""
         policies = require("azure.core.pipeline.policies", EXTRA)
-        bound = float(self.config.get("max_retry_after", 300))
+        provider = self
 
         class BoundedRetry(policies.RetryPolicy):
             def _sleep_for_retry(self, response, transport):
@@ -274,19 +273,13 @@ class AzureProvider(Provider):
                 if not wait:
                     return False
                 request = f"{response.http_request.method} {response.http_request.url.split('?')[0]}"
-                status = response.http_response.status_code
-                if wait > bound:
-                    raise Throttled(f"azure: throttled (HTTP {status}, Retry-After {wait:g} s, beyond "
-                                    f"scitq's bound of {bound:g} s): {request}")
-                until = datetime.now(timezone.utc) + timedelta(seconds=wait)
-                say(f"azure: throttled (HTTP {status}): waiting {wait:g} s, until {until:%H:%M:%S} UTC")
-                transport.sleep(wait)
+                provider.wait_throttled(response.http_response.status_code, wait, request, transport.sleep)
                 return True
 
         c = self.config
         return BoundedRetry(retry_total=int(c.get("retry_total", 5)),
                             retry_backoff_factor=float(c.get("retry_backoff", 0.8)),
-                            retry_backoff_max=30, timeout=max(bound * 2, 600))
+                            retry_backoff_max=30, timeout=max(self.max_retry_after() * 2, 600))
 
     def _wait(self, poller, what):
         """The result of a long-running operation, waited for (at most `timeout`)."""

@@ -6,11 +6,14 @@ can still use OVH.
 """
 import contextvars
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 TAG = "scitq"            # every instance scitq creates carries this tag (value: the instance name)
+MAX_RETRY_AFTER = 300    # seconds of a 429's Retry-After a job waits out (config `max_retry_after`)
 
 _progress = contextvars.ContextVar("scitq_provider_progress", default=None)
 
@@ -142,6 +145,23 @@ class Provider:
 
     def delete(self, instance_id):
         raise NotImplementedError(f"{self.name} cannot delete instances")
+
+    def max_retry_after(self):
+        """The longest Retry-After (seconds) a job waits out before failing over."""
+        return float(self.config.get("max_retry_after", MAX_RETRY_AFTER))
+
+    def wait_throttled(self, status, wait, request, sleep=time.sleep):
+        """Wait out a throttling answer's Retry-After of `wait` seconds, saying in the job's
+        progress until when; beyond `max_retry_after`, Throttled, so that recruitment fails over
+        rather than a job sleeping unseen for as long as the cloud says."""
+        from scitq.errors import Throttled
+        bound = self.max_retry_after()
+        if wait > bound:
+            raise Throttled(f"{self.name}: throttled (HTTP {status}, Retry-After {wait:g} s, beyond "
+                            f"scitq's bound of {bound:g} s): {request}")
+        until = datetime.now(timezone.utc) + timedelta(seconds=wait)
+        say(f"{self.name}: throttled (HTTP {status}): waiting {wait:g} s, until {until:%H:%M:%S} UTC")
+        sleep(wait)
 
 
 def carries(tags, wanted=None):

@@ -23,11 +23,16 @@ SSH key, "scitq-<md5 fingerprint>", shared by the servers booted with it. A fail
 the server and a keypair it made, and waits until Nova no longer lists the server; a delete
 that Nova leaves in ERROR is asked again, with back-off, until `delete_timeout`. Flavors OVH says
 are out of stock (`available: false` in /cloud/project/{id}/flavor) are left out of the catalog
-and refused before renting. openstacksdk retries nothing by itself here (keystoneauth's
-status_code_retries stay 0), so nothing waits unseen inside a job; a 429 is a Throttled error,
-which fails over.
+and refused before renting.
+
+Throttling: openstacksdk retries nothing by itself here (keystoneauth's status_code_retries stay
+0), so nothing waits unseen inside a job. The calls of a create and a delete wait out a 429's
+Retry-After (nova's overLimit fault carries one, in seconds) up to `max_retry_after` seconds
+(300), at most `retry_total` times (5), saying in the job's progress until when; a longer wait,
+or a 429 without Retry-After, is a Throttled error, which fails over to the next choice.
 """
 import base64
+import email.utils
 import hashlib
 import ipaddress
 import logging
@@ -213,7 +218,7 @@ class OVHProvider(Provider):
                     raise CapacityError(f"ovh: {spec.flavor} is out of stock in {region}")
                 image = self._find_image(conn, spec.image or self.config.get("image", "Debian 12"))
                 if key_name:
-                    made_key = self._ensure_keypair(conn, key_name, public_key)
+                    made_key = self._call(self._ensure_keypair, conn, key_name, public_key)
                 attrs = {"name": spec.name, "flavor_id": flavor.id, "image_id": image.id,
                          "networks": self._networks(conn),
                          "metadata": {**{str(k): str(v) for k, v in spec.tags.items()}, TAG: spec.name}}
@@ -221,7 +226,7 @@ class OVHProvider(Provider):
                     attrs["key_name"] = key_name
                 if spec.user_data:
                     attrs["user_data"] = base64.b64encode(spec.user_data.encode()).decode()
-                server_id = conn.compute.create_server(**attrs).id
+                server_id = self._call(conn.compute.create_server, **attrs).id
                 log.info("ovh: created server %s (%s) in %s", spec.name, server_id, region)
                 server = self._wait_active(conn, server_id, spec.name)
             return self._instance(region, server)
@@ -271,10 +276,10 @@ class OVHProvider(Provider):
         deadline = time.monotonic() + self.config.get("delete_timeout", 120)
         poll = self.config.get("poll_interval", 5)
         again = poll
-        conn.compute.delete_server(server_id, ignore_missing=True)
+        self._call(conn.compute.delete_server, server_id, ignore_missing=True)
         while True:
             try:
-                server = conn.compute.get_server(server_id)
+                server = self._call(conn.compute.get_server, server_id)
             except exc_mod.NotFoundException:
                 return
             if server.status in ("DELETED", "SOFT_DELETED"):
@@ -286,9 +291,23 @@ class OVHProvider(Provider):
                 log.warning("ovh: delete of %s failed (%s); asking again in %g s", what, message, again)
                 time.sleep(again)
                 again = min(again * 2, 30)
-                conn.compute.delete_server(server_id, ignore_missing=True)
+                self._call(conn.compute.delete_server, server_id, ignore_missing=True)
                 continue
             time.sleep(poll)
+
+    def _call(self, call, *args, **kwargs):
+        """call(*args, **kwargs), a 429's Retry-After waited out (Provider.wait_throttled) at most
+        `retry_total` times; a 429 without one raises at once."""
+        exc_mod = require("openstack.exceptions", "ovh")
+        retries = int(self.config.get("retry_total", 5))
+        for attempt in range(retries + 1):
+            try:
+                return call(*args, **kwargs)
+            except exc_mod.HttpException as exc:
+                wait = _retry_after(exc.response) if exc.status_code == 429 else None
+                if wait is None or attempt == retries:
+                    raise
+                self.wait_throttled(429, wait, f"{exc.method} {(exc.url or '?').split('?')[0]}")
 
     # --- create's steps --------------------------------------------------------------------
 
@@ -350,7 +369,7 @@ class OVHProvider(Provider):
         timeout = self.config.get("create_timeout", 600)
         deadline = time.monotonic() + timeout
         while True:
-            server = conn.compute.get_server(server_id)
+            server = self._call(conn.compute.get_server, server_id)
             if server.status == "ACTIVE" and (any(_addresses(server, self._network_name()))
                                               or server.access_ipv4):
                 return server
@@ -561,6 +580,22 @@ def _keypair_name(public_key):
     except (IndexError, ValueError):
         raise BadRequest("ovh: ssh_public_key is not an OpenSSH public key") from None
     return "scitq-" + hashlib.md5(blob).hexdigest()
+
+
+def _retry_after(response):
+    """A response's Retry-After in seconds (RFC 9110: seconds or an HTTP date), else None."""
+    value = (response.headers.get("Retry-After") or "").strip() if response is not None else ""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _plan_prices(catalog):

@@ -1,4 +1,5 @@
-"""The database: engine, sessions, the SQLite writer lock, migrations and the event log."""
+"""The database: engine, sessions, the SQLite writer lock, the locks of the passes that run in
+one server process at a time, migrations and the event log."""
 import collections
 import contextlib
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import JSON, create_engine, event as sa_event, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from scitq.errors import BadRequest, NotFound
 from scitq.server.models import MAX_ID, Event
@@ -49,6 +50,7 @@ class Database:
             self.engine = create_engine(self.url, pool_size=20, max_overflow=80,
                                         pool_pre_ping=True)
             self._writer = contextlib.nullcontext()
+        self._passes = collections.defaultdict(threading.Lock)    # SQLite: name -> its pass lock
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
         # Called with {kind: n} of the events of each transaction that commits (metrics).
         self.on_events = []
@@ -77,6 +79,47 @@ class Database:
                 session.rollback()
                 raise
 
+    @contextlib.contextmanager
+    def once(self, name, wait=True, item=None):
+        """Run the block in one server process at a time, across transactions: a pass that
+        observes, asks a provider outside any transaction, then applies; with `item` (an
+        id), one lock of that name per item (a job while it runs). Yields whether it holds
+        the lock (with wait=False another process may hold it: then skip).
+
+        PostgreSQL: a session advisory lock on a connection of its own, idle (no transaction
+        open) while the block runs, and released by PostgreSQL if this process dies; SQLite
+        (one server process by design): a process lock."""
+        if self.is_sqlite:
+            lock = self._passes[(name, item)]
+            got = lock.acquire(blocking=wait)
+            try:
+                yield got
+            finally:
+                if got:
+                    lock.release()
+                    if item is not None:
+                        self._passes.pop((name, item), None)
+            return
+        # The two-key form for an item: ids are cut to 31 bits (a clash only makes two
+        # items wait on each other).
+        keys, args = (":k", {"k": LOCKS[name]}) if item is None else \
+            (":k, :i", {"k": LOCKS[name], "i": item & 0x7FFF_FFFF})
+        conn = self.engine.connect()
+        got = False
+        try:
+            got = conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_lock({keys})"),
+                              args) is not False
+            conn.commit()
+            yield got
+        finally:
+            if got:
+                try:
+                    conn.execute(text(f"SELECT pg_advisory_unlock({keys})"), args)
+                    conn.commit()
+                except Exception:       # a broken connection: its end releases the lock
+                    conn.invalidate()
+            conn.close()
+
     def migrate(self):
         """Bring the schema to the newest revision (idempotent)."""
         from alembic import command
@@ -96,6 +139,29 @@ class Database:
         if self.is_sqlite:
             return f"SQLite file {self.url.database}"
         return self.url.render_as_string(hide_password=True)
+
+
+# PostgreSQL advisory lock keys of what must run in one server process at a time.
+LOCKS = {
+    "dispatch": 0x5C17D15,          # a dispatch pass, and a capped batch's inline claims
+    "rollups": 0x5C17_0008,         # a rollup pass and the task counts' compaction
+    "reconciler": 0x5C17_0010,      # a recruitment pass: observe, ask the providers, apply
+    "provider_sweep": 0x5C17_0011,  # the listing of the providers' hosts (evictions, orphans)
+    "lease_sweep": 0x5C17_0012,     # workers silent past their lease
+    "jobs": 0x5C17_0013,            # the job runner's claims
+    "job": 0x5C17_0014,             # with a job's id: held by the server process running it
+}
+
+
+def lock_in(session, name, wait=True):
+    """Hold `name` (LOCKS) until the caller's transaction ends; returns whether it holds it
+    (wait=False: another process's transaction may). SQLite has one writer at a time, in
+    one server process: nothing to take."""
+    conn = session.connection() if isinstance(session, Session) else session
+    if conn.dialect.name != "postgresql":
+        return True
+    return conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_xact_lock(:k)"),
+                       {"k": LOCKS[name]}) is not False
 
 
 def _private_file(path):

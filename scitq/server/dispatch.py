@@ -18,14 +18,13 @@ from sqlalchemy import bindparam, func, literal_column, or_, select, text, updat
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, insert_with_ids, record
+from scitq.server.db import insert_rows, insert_with_ids, lock_in, record
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Event, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
-DISPATCH_LOCK = 0x5C17D15  # PostgreSQL advisory lock key: one dispatch pass at a time
 ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
 TASK, EXECUTION, BATCH, EVENT = (m.__table__ for m in (Task, Execution, Batch, Event))
 
@@ -234,8 +233,7 @@ class Dispatcher(Loop):
         with self.db.write() as s:
             # Waits while a report's inline claim (claim_for) holds the lock: that is a few
             # milliseconds, and this takes no row before it, so nothing can wait on it.
-            if not self.db.is_sqlite:
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DISPATCH_LOCK})
+            lock_in(s, "dispatch")
             # A worker whose reports are being applied (its row is locked) fills itself in
             # their transaction (claim_for): this pass leaves it alone.
             workers = s.execute(
@@ -282,7 +280,7 @@ class Dispatcher(Loop):
         conn = s.connection()
         room = self._batch_room(conn)
         if room and not self.db.is_sqlite:
-            if not conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": DISPATCH_LOCK}):
+            if not lock_in(conn, "dispatch", wait=False):
                 return None
             room = self._batch_room(conn)       # as counted under the lock
         now = utcnow()
@@ -382,9 +380,12 @@ class Dispatcher(Loop):
         return {bid: cap - busy.get(bid, 0) for bid, cap in capped.items()}
 
     def sweep(self):
-        """Workers silent for longer than the lease are lost; their tasks go back to pending."""
+        """Workers silent for longer than the lease are lost; their tasks go back to pending.
+        Another server process sweeping meanwhile: it does it (once, not twice over)."""
         cutoff = utcnow() - timedelta(seconds=self.lease)
         with self.db.write() as s:
+            if not lock_in(s, "lease_sweep", wait=False):
+                return 0
             stale = s.scalars(select(Worker).where(
                 Worker.status.in_([WorkerStatus.RUNNING.value, WorkerStatus.PAUSED.value,
                                    WorkerStatus.DRAINING.value]),

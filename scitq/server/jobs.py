@@ -7,16 +7,17 @@ up again at start.
 """
 import logging
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from scitq.deploy import check_host
 from scitq.errors import BadRequest, Conflict, ScitqError
 from scitq.log import redact
-from scitq.server.db import record
+from scitq.server.db import lock_in, record
 from scitq.server.loop import Loop
 from scitq.server.models import Job, utcnow
 from scitq.status import JobStatus
@@ -61,6 +62,7 @@ class JobRunner(Loop):
     tick = 1.0          # seconds between looks for due jobs
     slots = 4           # jobs run at once
     backoff = 30.0      # seconds before a second attempt; doubled for each further one
+    orphan_after = 60.0  # seconds a job runs before another server may find its runner gone
 
     def __init__(self, db, logs, handlers, backoff=None):
         super().__init__()
@@ -72,11 +74,15 @@ class JobRunner(Loop):
         self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="scitq-job")
         self._running = set()
         self._lock = threading.Lock()
+        self._took_back = 0.0
 
     def start(self):
-        with self.db.write() as s:     # what a dead server was running is due again
-            s.execute(update(Job).where(Job.status == JobStatus.RUNNING.value)
-                      .values(status=JobStatus.PENDING.value, next_try_at=utcnow()))
+        if self.db.is_sqlite:   # one server process: what it ran before it died is due again
+            with self.db.write() as s:
+                s.execute(update(Job).where(Job.status == JobStatus.RUNNING.value)
+                          .values(status=JobStatus.PENDING.value, next_try_at=utcnow()))
+        else:
+            self.take_back()
         super().start()
 
     def stop(self):
@@ -85,6 +91,32 @@ class JobRunner(Loop):
 
     def step(self):
         self.run_due()
+        if not self.db.is_sqlite and time.monotonic() - self._took_back >= self.orphan_after:
+            self.take_back()
+
+    def take_back(self):
+        """PostgreSQL: jobs running for `orphan_after` seconds (or never started) whose
+        server process holds no lock on them (it died; PostgreSQL released its locks) are
+        due again; the jobs other live servers run are theirs. Returns their ids."""
+        self._took_back = time.monotonic()
+        cutoff = utcnow() - timedelta(seconds=self.orphan_after)
+        with self.db.read() as s:
+            ids = s.scalars(select(Job.id).where(
+                Job.status == JobStatus.RUNNING.value,
+                or_(Job.started_at.is_(None), Job.started_at < cutoff))).all()
+        with self._lock:
+            ids = [i for i in ids if i not in self._running]
+        out = []
+        for jid in ids:
+            with self.db.once("job", wait=False, item=jid) as orphan:
+                if orphan:
+                    with self.db.write() as s:
+                        s.execute(update(Job).where(Job.id == jid, Job.status == JobStatus.RUNNING.value)
+                                  .values(status=JobStatus.PENDING.value, next_try_at=utcnow()))
+                    out.append(jid)
+        if out:
+            log.warning("jobs %s were left running by a server that is gone: due again", out)
+        return out
 
     def run_due(self):
         """Start the due jobs there is room for; returns their ids."""
@@ -93,6 +125,8 @@ class JobRunner(Loop):
         if free <= 0:
             return []
         with self.db.write() as s:
+            if not lock_in(s, "jobs", wait=False):     # another server process claims now
+                return []
             jobs = s.scalars(select(Job).where(Job.status == JobStatus.PENDING.value,
                                                Job.next_try_at <= utcnow())
                              .order_by(Job.next_try_at, Job.id).limit(free)
@@ -113,6 +147,15 @@ class JobRunner(Loop):
         self.logs.extend(job_id, "log", (redact(text).rstrip("\n") + "\n").encode(errors="replace"))
 
     def _execute(self, job):
+        try:
+            # Held until the job's end is written: other servers then know it is not an orphan.
+            with self.db.once("job", item=job["id"]):
+                self._run_one(job)
+        finally:
+            with self._lock:
+                self._running.discard(job["id"])
+
+    def _run_one(self, job):
         jid = job["id"]
         self.line(jid, f"=== attempt {job['attempts']} of {job['max_attempts']}: "
                        f"{job['kind']} {job['target']} ({utcnow().isoformat(timespec='seconds')})")
@@ -124,9 +167,6 @@ class JobRunner(Loop):
         except Exception as err:     # a bug in a handler: keep the traceback in the job's log
             self.line(jid, traceback.format_exc())
             error = redact(f"{type(err).__name__}: {err}")
-        finally:
-            with self._lock:
-                self._running.discard(jid)
         self._finish(job, error)
         self._wake.set()
 

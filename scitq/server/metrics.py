@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select, text
 
-from scitq.recruit.rules import cost_of
+from scitq.server.recruit.ledger import cost_of
 from scitq.server import queue
 from scitq.server.access import access
 from scitq.server.models import Batch, Instance, Job, utcnow

@@ -89,12 +89,14 @@ class Providers:
         flavors = {(f.region, f.name, f.spot): f for region in regions for f in provider.flavors(region)}
         return regions, list(flavors.values())
 
-    def refresh_catalog(self, s, name, regions=None):
-        """Replace the catalog rows of a provider by what its API says now."""
+    def refresh_catalog(self, db, name, regions=None):
+        """Replace the catalog rows of a provider by what its API says now: asked outside any
+        transaction (a cloud may take seconds), stored in a short one."""
         regions, flavors = self.catalog(name, regions)
-        s.execute(delete(Flavor).where(Flavor.provider == name, Flavor.region.in_(regions)))
-        now = utcnow()
-        s.add_all(Flavor(**f.to_dict(), updated_at=now) for f in flavors)
+        with db.write() as s:
+            s.execute(delete(Flavor).where(Flavor.provider == name, Flavor.region.in_(regions)))
+            now = utcnow()
+            s.add_all(Flavor(**f.to_dict(), updated_at=now) for f in flavors)
         return len(flavors)
 
     def instances(self, s, name):

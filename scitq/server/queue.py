@@ -11,6 +11,7 @@ from scitq.server.db import get_or_404, insert_with_ids, lookup, record
 from scitq.server.models import (MAX_ID, Batch, Execution, MinuteRollup, Submission, Task,
                                  TaskCount, TaskDependency, utcnow)
 from scitq.status import REMAINING, BatchStatus, TaskStatus
+from scitq.taskspec import check_uri, parse_options
 
 MAX_COMMAND = 65536          # characters; bigger payloads belong in inputs, not the command
 MAX_TASKS_PER_REQUEST = 100_000
@@ -108,7 +109,6 @@ def _uris(spec, key, where):
     value = spec.get(key)
     if value is None:
         return None
-    from scitq.worker.staging import check_uri
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or len(value) > MAX_URIS:
@@ -152,7 +152,6 @@ def check_task(spec, where="task"):
     }
     _check_container(fields, where)
     if fields["output"] is not None:
-        from scitq.worker.staging import check_uri
         try:
             check_uri(fields["output"], actions=False)
         except ValueError as exc:
@@ -176,7 +175,6 @@ def _check_container(fields, where):
     if fields["container_options"] and not fields["container"]:
         raise BadRequest(f"{where}: 'container_options' need a 'container'")
     if fields["container_options"]:
-        from scitq.worker.container import parse_options
         try:
             parse_options(fields["container_options"])
         except ValueError as exc:

@@ -12,11 +12,12 @@ give the same rows.
 """
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, literal_column, select, text
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scitq.recruit.rules import cost_of
+from scitq.server.recruit.ledger import cost_of
 from scitq.server import queue
+from scitq.server.db import lock_in
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Execution, MinuteRollup, Task, utcnow
 from scitq.server.ui import dashboard as dash
@@ -26,7 +27,6 @@ TICK = 10.0                     # seconds between passes
 LAG = timedelta(minutes=1)      # counted again at each pass: the minute before the last one
 ALL = 0                         # the batch_id / worker_id of the rows over every batch / worker
 GONE = -1                       # the worker_id of executions whose worker was deleted
-ROLLUP_LOCK = 0x5C17_0008       # pg_advisory_xact_lock key: one pass at a time
 MAX_MINUTES = 24 * 60           # the longest span a chart asks for
 ROLLUP = MinuteRollup.__table__
 ENDED = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
@@ -56,8 +56,7 @@ class Rollups(Loop):
         """One pass: count what ended since the last minute rolled up, then sample."""
         now = now or utcnow()
         with self.db.write() as s:
-            if not self.db.is_sqlite:
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ROLLUP_LOCK})
+            lock_in(s, "rollups")
             last = s.scalar(select(func.max(MinuteRollup.minute)))
             since = last - LAG if last is not None else s.scalar(select(func.min(Execution.ended_at)))
             if since is not None:

@@ -1,219 +1,30 @@
-"""Docker tasks on the worker: a task's docker-run-like options, and one container run with its
-output streamed like a process's.
+"""Docker tasks on the worker: one container run with its output streamed like a process's.
 
-The server imports parse_options() to check submissions, so this module imports nothing heavy:
-the docker SDK is imported only when a container is run.
+Its options' grammar is scitq.taskspec's (the server checks submissions with it); the docker
+SDK is imported only when a container is run.
 """
 import asyncio
 import logging
 import os
-import posixpath
-import re
 import shlex
 import threading
 
 from scitq.errors import ContainerError
+from scitq.taskspec import LABEL, parse_options
 from scitq.worker.credential import is_secret
 
 log = logging.getLogger("scitq.worker")
 
-# Where scitq mounts a task's directories; a task's options may not mount over them.
-RESERVED = ("/input", "/output", "/tmp", "/resource")
-LABEL = "scitq"                    # every container scitq makes has the label scitq=1
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 
-# --- options -------------------------------------------------------------------
-
-def _size(value):
-    """Bytes from "2g", "512m", "4GiB" or "1024", as docker reads them (powers of 1024)."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?", value.strip(), re.I)
-    if not m:
-        raise ValueError(f"expected a size such as 512m or 2g, got {value!r}")
-    return int(float(m[1]) * 1024 ** " kmgtp".index(m[2].lower() or " "))
-
-
-def _not_reserved(path, what):
-    path = posixpath.normpath(path)
-    if not path.startswith("/"):
-        raise ValueError(f"{what} {path!r} must be an absolute path")
-    for r in RESERVED:
-        if path == r or path.startswith(r + "/"):
-            raise ValueError(f"{what} {path!r}: {', '.join(RESERVED)} are scitq's own mounts")
-    return path
-
-
-def _env(kw, value):
-    name, eq, val = value.partition("=")
-    if not name:
-        raise ValueError(f"expected NAME=VALUE, got {value!r}")
-    if not eq:                      # `-e NAME` passes the worker's own value, as docker does
-        if name not in os.environ or is_secret(name):     # the worker's token is no task's
-            return
-        val = os.environ[name]
-    kw.setdefault("environment", {})[name] = val
-
-
-_MODES = {"ro", "rw", "z", "Z", "shared", "slave", "private", "rshared", "rslave", "rprivate",
-          "nocopy", "cached", "delegated", "consistent"}
-
-
-def _volume(kw, value):
-    parts = value.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise ValueError(f"expected HOST:CONTAINER[:MODE], got {value!r}")
-    dest = _not_reserved(parts[1], "mount point")
-    mode = parts[2] if len(parts) == 3 else ""
-    if mode and not set(mode.split(",")) <= _MODES:
-        raise ValueError(f"unknown mount mode {mode!r}")
-    kw.setdefault("volumes", []).append(":".join([parts[0], dest] + ([mode] if mode else [])))
-
-
-def _gpus(kw, value):
-    # The same requests as `docker run --gpus`: all, a count, or device=ID[,ID...]
-    value = value.strip().strip('"')
-    req = {"count": 0, "capabilities": [["gpu"]]}
-    if value == "all":
-        req["count"] = -1
-    elif value.isdigit() or value.startswith("count="):
-        req["count"] = int(value.removeprefix("count="))
-    elif value.startswith("device=") and value[7:]:
-        req["device_ids"] = value[7:].split(",")
-    else:
-        raise ValueError(f"expected all, a count or device=ID[,ID...], got {value!r}")
-    kw["device_requests"] = [req]
-
-
-def _cpus(kw, value):
-    try:
-        cpus = float(value)
-    except ValueError:
-        cpus = 0
-    if not cpus > 0:
-        raise ValueError(f"expected a positive number, got {value!r}")
-    kw["nano_cpus"] = int(round(cpus * 1e9))
-
-
-def _ulimit(kw, value):
-    m = re.fullmatch(r"([a-z]+)=(-?\d+)(?::(-?\d+))?", value)
-    if not m:
-        raise ValueError(f"expected NAME=SOFT[:HARD], got {value!r}")
-    soft = int(m[2])
-    kw.setdefault("ulimits", []).append({"name": m[1], "soft": soft,
-                                         "hard": int(m[3]) if m[3] else soft})
-
-
-def _tmpfs(kw, value):
-    path, _, opts = value.partition(":")
-    kw.setdefault("tmpfs", {})[_not_reserved(path, "tmpfs")] = opts
-
-
-def _label(kw, value):
-    name, _, val = value.partition("=")
-    if not name or name == LABEL:
-        raise ValueError(f"expected NAME=VALUE (not {LABEL}), got {value!r}")
-    kw.setdefault("labels", {})[name] = val
-
-
-def _set(key, convert=str):
-    def handler(kw, value):
-        kw[key] = convert(value)
-    return handler
-
-
-def _append(key):
-    def handler(kw, value):
-        kw.setdefault(key, []).append(value)
-    return handler
-
-
-def _flag(key):
-    def handler(kw, value):
-        kw[key] = value
-    return handler
-
-
-def _ignore(kw, value):
-    pass
-
-
-# option -> (short form, takes a value, handler); flags get True/False
-_OPTIONS = {
-    "--env": ("-e", True, _env),
-    "--volume": ("-v", True, _volume),
-    "--gpus": (None, True, _gpus),
-    "--shm-size": (None, True, _set("shm_size", _size)),
-    "--user": ("-u", True, _set("user")),
-    "--workdir": ("-w", True, _set("working_dir")),
-    "--entrypoint": (None, True, _set("entrypoint", lambda v: [v])),  # '' clears the image's
-    "--cpus": (None, True, _cpus),
-    "--memory": ("-m", True, _set("mem_limit", _size)),
-    "--memory-swap": (None, True, _set("memswap_limit", lambda v: -1 if v == "-1" else _size(v))),
-    "--network": (None, True, _set("network_mode")),
-    "--privileged": (None, False, _flag("privileged")),
-    "--cap-add": (None, True, _append("cap_add")),
-    "--cap-drop": (None, True, _append("cap_drop")),
-    "--device": (None, True, _append("devices")),
-    "--security-opt": (None, True, _append("security_opt")),
-    "--group-add": (None, True, _append("group_add")),
-    "--ulimit": (None, True, _ulimit),
-    "--tmpfs": (None, True, _tmpfs),
-    "--ipc": (None, True, _set("ipc_mode")),
-    "--pid": (None, True, _set("pid_mode")),
-    "--hostname": ("-h", True, _set("hostname")),
-    "--label": ("-l", True, _label),
-    "--init": (None, False, _flag("init")),
-    "--read-only": (None, False, _flag("read_only")),
-    "--rm": (None, False, _ignore),         # scitq removes its containers anyway
-}
-_ALIASES = {short: name for name, (short, _, _) in _OPTIONS.items() if short}
-_ALIASES["--net"] = "--network"
-SUPPORTED = ", ".join(f"{short}/{name}" if short else name
-                      for name, (short, _, _) in sorted(_OPTIONS.items()))
-
-
-def parse_options(options):
-    """The keyword arguments of `containers.create()` for a docker-run-like option string
-    (such as "-e FOO=1 -v /data:/data:ro --gpus all --cpus 2"); ValueError, in one line,
-    for anything else."""
-    try:
-        args = shlex.split(options or "")
-    except ValueError as exc:
-        raise ValueError(f"container options {options!r}: {exc}") from None
-    kw = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg.startswith("--"):
-            given, eq, value = arg.partition("=")
-        elif arg.startswith("-") and len(arg) > 1:
-            given, value = arg[:2], arg[2:].removeprefix("=")     # -eFOO=1 and -e=FOO=1
-            eq = "=" if value else ""
-        else:
-            raise ValueError(f"unexpected argument {arg!r} in container options: "
-                             f"the image and the command are given apart")
-        name = _ALIASES.get(given, given)
-        if name not in _OPTIONS:
-            raise ValueError(f"unsupported container option {given!r}: supported are {SUPPORTED}")
-        _, takes_value, handler = _OPTIONS[name]
-        if takes_value and not eq:
-            if i == len(args):
-                raise ValueError(f"container option {given!r} needs a value")
-            value = args[i]
-            i += 1
-        elif not takes_value:
-            if eq and value.lower() not in ("true", "false"):
-                raise ValueError(f"container option {given!r} takes true or false, not {value!r}")
-            value = not eq or value.lower() == "true"
-        try:
-            handler(kw, value)
-        except ValueError as exc:
-            raise ValueError(f"container option {given!r}: {exc}") from None
-    return kw
-
-
 # --- running one container -------------------------------------------------------
+
+def task_environ():
+    """The worker's variables a task's `-e NAME` may take: all but the worker's secrets (its
+    token is no task's)."""
+    return {name: value for name, value in os.environ.items() if not is_secret(name)}
+
 
 def _docker():
     try:
@@ -361,7 +172,7 @@ class ContainerRun:
         """Blocking: connect, make sure of the image, create the container and attach to it."""
         docker = _docker()
         try:
-            kwargs = parse_options(self.options)
+            kwargs = parse_options(self.options, environ=task_environ())
             argv = ["/bin/sh", "-c", self.command] if self.shell else shlex.split(self.command)
         except ValueError as exc:
             raise ContainerError(str(exc)) from None

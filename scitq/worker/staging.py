@@ -1,21 +1,10 @@
 """What a task needs before it runs and what it leaves after: inputs, shared resources, outputs.
 
-An input or resource is a URI (see storage) optionally followed by post-actions, applied in order
-to what that URI gave:
-
-    s3://b/ref.tar.gz|untar     https://x/y.fq.gz|gunzip     file:///data/a.zip|unzip|mv:ref
-
-    |gunzip    decompress each .gz file, dropping the suffix
-    |untar     extract each tar archive (any compression) where it is, then remove it
-    |unzip     the same for zip archives
-    |mv:DIR    move everything this URI gave into the sub-folder DIR (relative, no ..)
-
+An input or resource is a URI optionally followed by post-actions (|gunzip, |untar, |unzip,
+|mv:DIR: their grammar is scitq.taskspec's), applied here in order to what that URI gave.
 Inputs are fetched for each task into its $INPUT dir. Resources are fetched once per worker into
 a cache, shared by every task through a farm of hard links in its $RESOURCE dir. Outputs are
 uploaded from $OUTPUT to the task's output URI, which takes no action.
-
-The server calls check_uri to refuse a bad URI at submission: this module and storage import no
-cloud SDK.
 """
 import contextlib
 import errno
@@ -34,65 +23,16 @@ import zipfile
 from pathlib import Path
 
 from scitq.errors import StagingError
+from scitq.taskspec import check_uri, parse_uri, shown
 from scitq.worker import storage
 
-MAX_SPEC = 4096             # characters in one URI with its actions
 LOCK_POLL = 0.1             # seconds between tries for a resource another worker process holds
 STAGE = ".scitq-stage-"     # a dir where one URI's files are made before they join the task's
-_ACTION_HELP = "|gunzip, |untar, |unzip, |mv:DIR"
-
-
-# --- parsing ---------------------------------------------------------------------
-
-def parse_uri(spec):
-    """(uri, [(action, arg or None), ...]) of a spec; ValueError with one line if it is wrong."""
-    if not isinstance(spec, str):
-        raise ValueError(f"a URI must be a string, not {type(spec).__name__}")
-    if len(spec) > MAX_SPEC:
-        raise ValueError(f"URI longer than {MAX_SPEC} characters")
-    if "\0" in spec:
-        raise ValueError("URI contains a NUL character")
-    uri, *words = spec.split("|")
-    try:
-        storage.split_uri(uri)
-        if not uri.endswith("/"):
-            storage.file_name(uri)
-    except ValueError as exc:
-        raise ValueError(f"{storage.shown(uri)}: {exc}") from None
-    actions = []
-    for word in words:
-        if word in ("gunzip", "untar", "unzip"):
-            actions.append((word, None))
-        elif word.startswith("mv:"):
-            actions.append(("mv", _subdir(word[3:], uri)))
-        else:
-            raise ValueError(f"{storage.shown(uri)}: unknown action |{word} (known: {_ACTION_HELP})")
-    return uri, actions
-
-
-def _subdir(path, uri):
-    parts = path.rstrip("/").split("/")
-    if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"{storage.shown(uri)}: |mv: needs a relative dir without .. "
-                         f"(got {path!r})")
-    return "/".join(parts)
-
-
-def check_uri(spec, actions=True):
-    """parse_uri for an input or a resource; for an output (actions=False), a folder URI
-    without actions (its trailing / is optional)."""
-    if actions:
-        return parse_uri(spec)
-    if isinstance(spec, str) and "|" in spec:
-        uri, _, rest = spec.partition("|")
-        raise ValueError(f"{storage.shown(uri)}: an output URI takes no action (|{rest})")
-    parse_uri(spec if not isinstance(spec, str) or spec.endswith("/") else spec + "/")
-    return spec, []
 
 
 def _show(spec):
     uri, sep, rest = spec.partition("|")
-    return storage.shown(uri) + sep + rest
+    return shown(uri) + sep + rest
 
 
 def _parsed(spec):
@@ -107,7 +47,7 @@ def _parsed(spec):
 def _make(spec, uri, actions, stage, deadline):
     """Fetch uri into the empty dir stage and apply its actions there."""
     if not storage.fetch(uri, stage, deadline):
-        raise StagingError(f"cannot download {storage.shown(uri)}: nothing there")
+        raise StagingError(f"cannot download {shown(uri)}: nothing there")
     for action, arg in actions:
         try:
             _ACTIONS[action](Path(stage), arg, deadline)

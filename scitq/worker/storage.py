@@ -1,4 +1,5 @@
-"""Where a task's data comes from and goes to: the one place that knows URI schemes.
+"""Where a task's data comes from and goes to: the one place that moves data over URI schemes
+(their grammar is scitq.taskspec's).
 
     file:///abs/path          a local (or mounted) path
     http://... https://...    GET to fetch, PUT to upload, HEAD for the fingerprint
@@ -33,8 +34,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from scitq.errors import StagingError
+from scitq.taskspec import file_name, shown, split_uri
 
-SCHEMES = ("file", "http", "https", "s3", "azure")
 CHUNK = 1 << 20             # bytes read and written at a time; the deadline is checked between them
 NET_TIMEOUT = 60            # seconds a connection may stay silent before a transfer fails
 HTTP_MAX_DEPTH = 32         # sub-folder levels followed in an http index (a link loop ends here)
@@ -46,55 +47,7 @@ _SECRET = re.compile(r"(?i)(sig|signature|accountkey|sharedaccesssignature|x-amz
                      r"x-amz-credential|x-amz-security-token|token|password)=[^&;\s'\"]+")
 
 
-# --- URIs ----------------------------------------------------------------------
-
-def split_uri(uri):
-    """(scheme, first, rest) of a URI: first is the bucket, container or host ("" for file://),
-    rest the key or path. ValueError with one line when the URI is not one scitq can use."""
-    if not isinstance(uri, str) or "://" not in uri:
-        raise ValueError("not a URI (expected scheme://...)")
-    scheme, rest = uri.split("://", 1)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme}:// "
-                         f"(known: {', '.join(s + '://' for s in SCHEMES)})")
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ValueError("a file:// URI needs an absolute path (file:///path)")
-        return scheme, "", rest
-    if scheme in ("http", "https"):
-        host = urllib.parse.urlsplit(uri).hostname
-        if not host:
-            raise ValueError("no host")
-        return scheme, host, urllib.parse.urlsplit(uri).path
-    first, _, key = rest.partition("/")
-    if not first or not _:
-        what = "bucket" if scheme == "s3" else "container"
-        raise ValueError(f"expected {scheme}://{what}/path "
-                         f"(or {scheme}://{what}/ for all of it)")
-    return scheme, first, key
-
-
-def shown(uri):
-    """The URI as it may appear in a message: no user:password@, no query (a signed URL's key)."""
-    if not isinstance(uri, str):
-        return repr(uri)
-    if uri.startswith(("http://", "https://")):
-        parts = urllib.parse.urlsplit(uri)
-        netloc = parts.netloc.rpartition("@")[2]
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "?…" if parts.query else "", ""))
-    return uri
-
-
-def file_name(uri):
-    """The file name a single-object URI gives."""
-    scheme, _, path = split_uri(uri)
-    name = path.rstrip("/").rpartition("/")[2]
-    if scheme in ("http", "https"):
-        name = urllib.parse.unquote(name)
-    if name in ("", ".", "..") or "/" in name:
-        raise ValueError("no file name in this URI (end it with / for a folder)")
-    return name
-
+# --- listings ----------------------------------------------------------------------
 
 def _safe_rel(rel, uri):
     """A relative path from a listing, refused if it would leave the destination."""

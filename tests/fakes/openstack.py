@@ -17,7 +17,8 @@ say `available: false` for flavors out of stock (`unavailable`).
 
 Failures to inject: `fail_next_create` ("quota", "no_valid_host"), `fail_deletes` (the next N
 server deletes are accepted but the server ends in ERROR, as a failed delete does), `inject`
-(any status and body on the next matching call). Service calls need a token Keystone issued; OVH API calls need python-ovh's
+(any status, body and headers on the next matching call), `throttle_next` (a 429 with Retry-After,
+as nova's overLimit fault). Service calls need a token Keystone issued; OVH API calls need python-ovh's
 request signature. `requests` logs every (method, path) for assertions.
 """
 import hashlib
@@ -137,7 +138,7 @@ class FakeOpenStack:
         self.keypairs = {r: {} for r in self.regions}
         self.tokens = set()
         self.requests = []                      # (method, path) of every call, in order
-        self._injected = []                     # [method, path regex, status, body]: next matching call
+        self._injected = []                     # [method, path regex, status, body, headers]: next call
         self._lock = threading.RLock()
         self._ip_seq = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -183,10 +184,19 @@ class FakeOpenStack:
         config.update(extra)
         return config
 
-    def inject(self, method, path_pattern, status, body=None):
-        """Answer the next `method` call whose path matches `path_pattern` with `status`/`body`."""
+    def inject(self, method, path_pattern, status, body=None, headers=None):
+        """Answer the next `method` call whose path matches `path_pattern` with `status`/`body`
+        (and `headers`)."""
         with self._lock:
-            self._injected.append([method, re.compile(path_pattern), status, body])
+            self._injected.append([method, re.compile(path_pattern), status, body, dict(headers or {})])
+
+    def throttle_next(self, method, path_pattern, retry_after):
+        """Nova's rate limiting: 429 with Retry-After (integer seconds) and the overLimit fault
+        that echoes it (nova/api/openstack/wsgi.py: RateLimitFault, and Fault for 413/429)."""
+        self.inject(method, path_pattern, 429, {"overLimit": {
+            "code": 429, "message": "This request was rate-limited.",
+            "details": f"Only 10 {method} request(s) can be made to * every MINUTE.",
+            "retryAfter": str(retry_after)}}, headers={"Retry-After": str(retry_after)})
 
     def count(self, method, path_pattern):
         rx = re.compile(path_pattern)
@@ -202,10 +212,10 @@ class FakeOpenStack:
     def handle(self, req):
         with self._lock:
             self.requests.append((req.method, req.path))
-            for i, (method, rx, status, body) in enumerate(self._injected):
+            for i, (method, rx, status, body, headers) in enumerate(self._injected):
                 if method == req.method and rx.search(req.path):
                     del self._injected[i]
-                    return status, {}, body
+                    return status, headers, body
             path = req.path.rstrip("/") or "/"
             if path == "/" or path.startswith("/v3"):
                 return self._keystone(req, path)

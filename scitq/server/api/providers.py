@@ -100,8 +100,7 @@ class Refresh(Resource):
     @ns.response(200, "Refreshed", refreshed)
     def post(self, name):
         """Read the provider's flavors and prices into the catalog."""
-        with state().db.write() as s:
-            n = providers().refresh_catalog(s, name)
+        n = providers().refresh_catalog(state().db, name)
         return {"provider": name, "flavors": n}
 
 

@@ -1,8 +1,8 @@
 """Recruiters (rules that rent hosts for a batch) and instances (the hosts rented, with
-what they cost). The logic is in scitq.recruit.rules; this is its HTTP face."""
+what they cost). The logic is in scitq.server.recruit (recruiters, ledger); this is its HTTP face."""
 from flask_restx import Namespace, Resource, fields, inputs, marshal, reqparse
 
-from scitq.recruit import preview, rules
+from scitq.server.recruit import ledger, preview, recruiters
 from scitq.server.access import access
 from scitq.server.db import get_or_404
 from scitq.server.deploys import check_reachable
@@ -33,17 +33,17 @@ recruiter_fields = {
     "min_disk": NullableFloat(min=0, description="at least this much disk, GiB (above 0)"),
     "gpu": fields.Boolean(default=False, description="with minimums: only flavors with a GPU"),
     "spot": fields.Boolean(default=False, description="rent spot (preemptible) hosts"),
-    "max_workers": fields.Integer(required=True, min=1, max=rules.MAX_WORKERS,
+    "max_workers": fields.Integer(required=True, min=1, max=recruiters.MAX_WORKERS,
                                   description="live hosts at most"),
-    "tasks_per_worker": fields.Integer(required=True, min=1, max=rules.MAX_TASKS_PER_WORKER,
+    "tasks_per_worker": fields.Integer(required=True, min=1, max=recruiters.MAX_TASKS_PER_WORKER,
                                        description="one more host per this many remaining tasks"),
-    "concurrency": fields.Integer(required=True, min=1, max=rules.MAX_CONCURRENCY,
+    "concurrency": fields.Integer(required=True, min=1, max=recruiters.MAX_CONCURRENCY,
                                   description="tasks each of its workers runs at once"),
-    "prefetch": NullableInteger(min=0, max=rules.MAX_PREFETCH, description="tasks each worker "
+    "prefetch": NullableInteger(min=0, max=recruiters.MAX_PREFETCH, description="tasks each worker "
                                 "takes ahead; null (the default): each worker sizes it"),
-    "idle_timeout": fields.Float(min=0, max=rules.MAX_IDLE_TIMEOUT, default=300,
+    "idle_timeout": fields.Float(min=0, max=recruiters.MAX_IDLE_TIMEOUT, default=300,
                                  description="seconds a host may run nothing before it is deleted"),
-    "deploy_timeout": NullableInteger(min=1, max=rules.MAX_DEPLOY_TIMEOUT,
+    "deploy_timeout": NullableInteger(min=1, max=recruiters.MAX_DEPLOY_TIMEOUT,
                                       description="seconds from a host's order to its worker's "
                                                   "registration, past which it is deleted "
                                                   "(null: the server's default)"),
@@ -126,7 +126,7 @@ class Recruiters(Resource):
         """Recruiters in the order they recruit (rank, then age), with their costs."""
         batch = list_args.parse_args()["batch"]
         with state().db.read() as s:
-            return rules.recruiter_dicts(s, rules.list_recruiters(s, batch))
+            return recruiters.recruiter_dicts(s, recruiters.list_recruiters(s, batch))
 
     @ns.response(400, "Invalid recruiter, or its provider is not configured here", error)
     @ns.response(201, "Added", recruiter)
@@ -139,16 +139,16 @@ class Recruiters(Resource):
         st = state()
         spec = dict(ns.payload)
         if spec.pop("dry_run", False) or add_args.parse_args()["dry_run"]:
-            checked = rules.check_recruiter(spec, st.providers)
+            checked = recruiters.check_recruiter(spec, st.providers)
             provider = checked["provider"]
             check_reachable(st.server_url(provider), f"the hosts of provider {provider}")
             return marshal(preview.dry_run(st.reconciler, checked), recruitment_plan), 200
         with st.db.write() as s:
-            r = rules.create_recruiter(s, spec, st.providers)
+            r = recruiters.create_recruiter(s, spec, st.providers)
             provider = spec["provider"]
             # Checked before anything is rented (the transaction is dropped on refusal).
             check_reachable(st.server_url(provider), f"the hosts of provider {provider}")
-            out = rules.recruiter_dict(s, r)
+            out = recruiters.recruiter_dict(s, r)
         _wake()
         return marshal(out, recruiter), 201
 
@@ -176,7 +176,7 @@ class BatchCost(Resource):
     def get(self):
         """What the hosts of a batch cost: spent so far, per hour now, and how many live."""
         with state().db.read() as s:
-            return rules.batch_cost(s, cost_args.parse_args()["batch"])
+            return ledger.batch_cost(s, cost_args.parse_args()["batch"])
 
 
 @ns.route(f"/<{ID}:recruiter_id>")
@@ -186,13 +186,13 @@ class OneRecruiter(Resource):
     @ns.marshal_with(recruiter)
     def get(self, recruiter_id):
         with state().db.read() as s:
-            return rules.recruiter_dict(s, get_or_404(s, Recruiter, recruiter_id))
+            return recruiters.recruiter_dict(s, get_or_404(s, Recruiter, recruiter_id))
 
     @ns.response(200, "Deleted", deleted)
     def delete(self, recruiter_id):
         """Stop the recruiter renting; its live hosts stay and keep serving until idle."""
         with state().db.write() as s:
-            live = rules.delete_recruiter(s, get_or_404(s, Recruiter, recruiter_id))
+            live = recruiters.delete_recruiter(s, get_or_404(s, Recruiter, recruiter_id))
         _wake()
         return {"deleted": recruiter_id, "live_hosts": live}
 
@@ -208,7 +208,7 @@ instance = instances_ns.model("RentedInstance", {
     "flavor": fields.String, "spot": fields.Boolean,
     "hourly_cost": NullableFloat(description="null: unknown"),
     "provider_id": NullableString(description="its id at the provider (null until it has one)"),
-    "ip": NullableString, "status": fields.String(enum=rules.INSTANCE_STATUSES),
+    "ip": NullableString, "status": fields.String(enum=ledger.INSTANCE_STATUSES),
     "error": NullableString, "created_at": fields.String, "deleted_at": NullableString,
     "cost": fields.Float(description="closed cost, or what it has cost so far"),
     "age": fields.Float(description="seconds since it was asked of the provider"),
@@ -218,7 +218,7 @@ page = instances_ns.model("RentedInstancePage", {
     "next": NullableInteger(description="cursor of the next page (null: the last)")})
 
 instance_args = reqparse.RequestParser()
-instance_args.add_argument("status", choices=rules.INSTANCE_STATUSES + ["live"],
+instance_args.add_argument("status", choices=ledger.INSTANCE_STATUSES + ["live"],
                            help="a status, or live (creating, deploying, running or deleting: "
                                 "every host still billed)")
 instance_args.add_argument("provider")
@@ -240,8 +240,8 @@ class Instances(Resource):
         """A page of rented hosts, newest first; pass `next` back as `after` for the next one."""
         a = instance_args.parse_args()
         with state().db.read() as s:
-            rows, nxt = rules.list_instances(s, **a)
-            return {"items": [rules.instance_dict(i) for i in rows], "next": nxt}
+            rows, nxt = ledger.list_instances(s, **a)
+            return {"items": [ledger.instance_dict(i) for i in rows], "next": nxt}
 
 
 @instances_ns.route(f"/<{ID}:instance_id>")
@@ -252,4 +252,4 @@ class OneInstance(Resource):
     @instances_ns.doc(id="get_rented_instance")
     def get(self, instance_id):
         with state().db.read() as s:
-            return rules.instance_dict(get_or_404(s, Instance, instance_id))
+            return ledger.instance_dict(get_or_404(s, Instance, instance_id))

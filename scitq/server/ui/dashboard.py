@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from scitq.recruit.rules import cost_of
+from scitq.server.recruit.ledger import cost_of
 from scitq.server import queue
 from scitq.server.models import (Batch, Execution, MinuteRollup, Task, TaskDependency, Worker,
                                  iso, utcnow)

@@ -1,9 +1,11 @@
 """The reconciler: observe the database and the providers, ask the policy, carry the plan out.
 
-One thread in the server (a `Loop`), woken by recruiter changes and otherwise every `tick`.
-Each pass reads the recruiters, their batches' remaining work, the live instances and their
-workers, and the flavor catalog; `policy.plan()` says what to create, reuse and delete, and
-this module does it:
+One thread in the server (a `Loop`), woken by recruiter changes and otherwise every `tick`;
+one pass at a time across the server processes of a database (Database.once). Each pass reads
+the recruiters, their batches' remaining work, the live instances and their workers, and the
+flavor catalog in one read transaction, then asks the providers (an empty catalog, quotas)
+outside any transaction; `policy.plan()` says what to create, reuse and delete, and this
+module does it in one short write transaction:
 - a create is an instance row (status creating) and a `create` job, which rents the host
   through the provider and then queues the usual `deploy` job (the worker's name is the
   instance's name, which is how the two are matched);
@@ -21,15 +23,14 @@ provider says it is gone. Quota and capacity errors mark (provider, region, flav
 """
 import logging
 import secrets
-import threading
 from datetime import timedelta
 
 from sqlalchemy import func, insert, select, update
 
 from scitq.errors import ProviderError, ScitqError
 from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
-from scitq.recruit import policy
-from scitq.recruit.rules import cost_of
+from scitq.server.recruit import policy
+from scitq.server.recruit.ledger import cost_of
 from scitq.server import reports, tokens
 from scitq.server.db import insert_rows, record
 from scitq.server.dispatch import ACTIVE, give_back
@@ -74,7 +75,6 @@ class Reconciler(Loop):
         self.refused = {}                     # (provider, region, flavor) -> the provider's last refusal
         self._seen_orphans = {}               # (provider, provider id) -> first seen
         self._last_sweep = None
-        self._lock = threading.Lock()         # one pass at a time (jobs call in too)
         self.last_plan = policy.Plan()
 
     # -- the loop ------------------------------------------------------------------
@@ -87,18 +87,20 @@ class Reconciler(Loop):
             self.sweep_providers()
 
     def reconcile(self):
-        """One pass: returns the plan it carried out."""
-        with self._lock, self.db.write() as s:
-            now = self.clock()
-            rules, hosts, registered = self._observe(s, now)
-            self._mark_running(s, registered, now)
+        """One pass: returns the plan it carried out. It runs in one server process at a time
+        (two would both rent hosts for one shortfall): observe in a read transaction, ask the
+        providers (catalog, quotas) outside any, then apply in a short write transaction."""
+        with self.db.once("reconciler"):
+            now, rules, hosts, registered, offers, unsent = self._look()
             if not rules and not hosts:
                 self.last_plan = policy.Plan()
                 return self.last_plan
-            offers = self._offers(s, rules)
+            offers += self._missing_offers(offers, rules, store=True)
             self.unhealthy = {k: t for k, t in self.unhealthy.items() if t > now}
-            plan = self._decide(rules, hosts, offers, self._quota_room(rules, _unsent(s, rules)), now)
-            created, deleted = self._apply(s, plan, rules, now)
+            plan = self._decide(rules, hosts, offers, self._quota_room(rules, unsent), now)
+            with self.db.write() as s:
+                self._mark_running(s, registered, now)
+                created, deleted = self._apply(s, plan, rules, now)
         self.last_plan = plan
         if (created or deleted) and self.jobs is not None:
             self.jobs.wake()
@@ -110,16 +112,18 @@ class Reconciler(Loop):
         dry run), planned among the others. The database is only read (not even a registered
         host is marked running), and the providers (catalog, quotas) are asked after that
         read transaction has ended."""
+        now, rules, hosts, _, offers, unsent = self._look(extra)
+        offers += self._missing_offers(offers, rules, store=False)
+        return rules, hosts, self._decide(rules, hosts, offers, self._quota_room(rules, unsent), now)
+
+    def _look(self, extra=()):
+        """What a pass decides on, read in one transaction: (now, rules, hosts, ids of the
+        hosts deploying whose worker registered, the catalog's offers of the providers wanted,
+        our orders each region's quota may not count yet)."""
         with self.db.read() as s:
             now = self.clock()
-            rules, hosts, _ = self._observe(s, now, extra)
-            wanted = _wanted(rules)
-            offers = _catalog_offers(s, wanted)
-            unsent = _unsent(s, rules)
-        for name in sorted(wanted - {o.provider for o in offers}):
-            # An empty catalog is read from the provider here, not stored (a pass stores it).
-            offers += [_offer(f) for f in self.providers.catalog(name)[1]]
-        return rules, hosts, self._decide(rules, hosts, offers, self._quota_room(rules, unsent), now)
+            rules, hosts, registered = self._observe(s, now, extra)
+            return now, rules, hosts, registered, _catalog_offers(s, _wanted(rules)), _unsent(s, rules)
 
     def _decide(self, rules, hosts, offers, quotas, now):
         """The policy's plan on what was observed: what a pass carries out, and a preview shows."""
@@ -211,16 +215,23 @@ class Reconciler(Loop):
         return {(f.provider, f.region, f.name): _offer(f) for f in rows
                 if (f.provider, f.region, f.name) in keys}
 
-    def _offers(self, s, rules):
-        wanted = _wanted(rules)
-        offers = _catalog_offers(s, wanted)
-        missing = wanted - {o.provider for o in offers}
-        for name in missing:       # an empty catalog is filled on first need
+    def _missing_offers(self, offers, rules, store):
+        """The offers of the providers wanted whose catalog is empty, asked of them outside any
+        transaction; a pass (`store`) keeps them in the catalog, a preview does not (and lets
+        a provider's error through: it is the answer)."""
+        out = []
+        for name in sorted(_wanted(rules) - {o.provider for o in offers}):
+            if not store:
+                out += [_offer(f) for f in self.providers.catalog(name)[1]]
+                continue
             try:
-                self.providers.refresh_catalog(s, name)
+                self.providers.refresh_catalog(self.db, name)
             except ScitqError as err:
                 log.warning("recruitment: cannot read %s's flavors: %s", name, err)
-        return _catalog_offers(s, wanted) if missing else offers
+                continue
+            with self.db.read() as s:
+                out += _catalog_offers(s, {name})
+        return out
 
     def _quota_room(self, rules, unsent):
         """{(provider, region): instances that may still be made}: the provider's instance
@@ -432,7 +443,13 @@ class Reconciler(Loop):
 
     def sweep_providers(self):
         """Evictions (hosts of ours the provider lost) and orphans (hosts of a recruiter the
-        database does not know, or gave up on)."""
+        database does not know, or gave up on). One server process sweeps at a time: another
+        one sweeping now leaves nothing to do."""
+        with self.db.once("provider_sweep", wait=False) as mine:
+            if mine:
+                self._sweep_providers()
+
+    def _sweep_providers(self):
         with self.db.read() as s:
             used = set(s.scalars(select(Instance.provider).distinct()))
         now = self.clock()

@@ -12,7 +12,7 @@ from collections import Counter
 from sqlalchemy import select
 
 from scitq.errors import NotFound
-from scitq.recruit import policy
+from scitq.server.recruit import policy
 from scitq.server import queue
 from scitq.server.models import MAX_ID, Batch, Recruiter
 from scitq.server.ui.dashboard import WINDOW, eta, throughputs
@@ -37,7 +37,7 @@ def batch_plan(reconciler, ref):
 
 
 def dry_run(reconciler, fields):
-    """The plan of a recruiter of these fields (as rules.check_recruiter gives them), planned
+    """The plan of a recruiter of these fields (as recruiters.check_recruiter gives them), planned
     among the stored ones; nothing is stored (not even its batch) and nothing rented."""
     fields = dict(fields)
     name = fields.pop("batch")

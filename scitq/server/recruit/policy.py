@@ -2,7 +2,7 @@
 
 `plan(now, rules, hosts, offers, ...)` knows no database, no provider and no clock of its
 own, so it is tested at 1,000 hosts with made-up state (tests/test_recruit_policy.py). The
-mechanism that observes the state and carries the plan out is `scitq.recruit.loop`.
+mechanism that observes the state and carries the plan out is `scitq.server.recruit.reconciler`.
 
 What it decides, in this order (DESIGN.md section 6):
 1. broken hosts go: a worker that never registered within the deploy timeout (its recruiter's,

@@ -1,1 +1,0 @@
-"""Recruitment: recruiters rent hosts for batches, within their limits and budgets."""
