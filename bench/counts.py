@@ -12,7 +12,6 @@ transaction per status change (what a reports request writes to task). Medians, 
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,32 +55,26 @@ def drop_triggers(db):
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        os.chmod(tmp, 0o755)
-        cluster = pgcluster.start(tmp / "pg")
-        try:
-            print(f"task_count triggers ({os.cpu_count()} cores, Python {sys.version.split()[0]}), "
-                  "medians in ms")
-            print(f"{'database':<12}{'triggers':<10}{'submit 10,000':>15}{'64 tasks change':>17}")
-            for name, urls in (("sqlite", [f"sqlite:///{tmp}/a.db", f"sqlite:///{tmp}/b.db"]),
-                               ("postgresql", [cluster.create_database("a"),
-                                               cluster.create_database("b")])):
-                dbs = {"with": Database(urls[0]), "without": Database(urls[1])}
-                for db in dbs.values():
-                    db.migrate()
-                drop_triggers(dbs["without"])
-                runs = {key: [] for key in dbs}
-                for k in range(ROUNDS):
-                    for key, db in dbs.items():
-                        runs[key].append(one_round(db, f"{key}{k}"))
+    with pgcluster.throwaway() as (tmp, cluster):
+        print(f"task_count triggers ({os.cpu_count()} cores, Python {sys.version.split()[0]}), "
+              "medians in ms")
+        print(f"{'database':<12}{'triggers':<10}{'submit 10,000':>15}{'64 tasks change':>17}")
+        for name, urls in (("sqlite", [f"sqlite:///{tmp}/a.db", f"sqlite:///{tmp}/b.db"]),
+                           ("postgresql", [cluster.create_database("a"),
+                                           cluster.create_database("b")])):
+            dbs = {"with": Database(urls[0]), "without": Database(urls[1])}
+            for db in dbs.values():
+                db.migrate()
+            drop_triggers(dbs["without"])
+            runs = {key: [] for key in dbs}
+            for k in range(ROUNDS):
                 for key, db in dbs.items():
-                    sub = statistics.median(r[0] for r in runs[key])
-                    change = statistics.median(r[1] for r in runs[key])
-                    print(f"{name:<12}{key:<10}{sub:>15.0f}{change:>17.2f}")
-                    db.dispose()
-        finally:
-            cluster.stop()
+                    runs[key].append(one_round(db, f"{key}{k}"))
+            for key, db in dbs.items():
+                sub = statistics.median(r[0] for r in runs[key])
+                change = statistics.median(r[1] for r in runs[key])
+                print(f"{name:<12}{key:<10}{sub:>15.0f}{change:>17.2f}")
+                db.dispose()
 
 
 if __name__ == "__main__":

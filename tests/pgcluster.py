@@ -1,5 +1,6 @@
 """Start and stop a throwaway PostgreSQL cluster on loopback (stdlib only)."""
 import argparse
+import contextlib
 import glob
 import os
 import shlex
@@ -7,6 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 PG_USER = "postgres"
@@ -121,6 +124,20 @@ def start(base_dir, port=None):
         cluster.stop()
         raise
     return cluster
+
+
+@contextlib.contextmanager
+def throwaway():
+    """(a temporary directory, a cluster started in it), both gone at the end: what a bench
+    that compares SQLite and PostgreSQL in one process needs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o755)        # the postgres user reaches its data directory through it
+        cluster = start(tmp / "pg")
+        try:
+            yield tmp, cluster
+        finally:
+            cluster.stop()
 
 
 def main(argv=None):

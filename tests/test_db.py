@@ -39,7 +39,7 @@ def test_insert_rows_keeps_order_defaults_json_and_odd_text(db_url):
     JSON, NULLs, text COPY would otherwise read as escapes, in order."""
     from sqlalchemy import insert, select
 
-    from scitq.server.db import insert_rows
+    from scitq.server.db import add_events, insert_rows
     from scitq.server.models import Batch, Event, Task, utcnow
 
     db = Database(db_url)
@@ -50,7 +50,7 @@ def test_insert_rows_keeps_order_defaults_json_and_odd_text(db_url):
             s.add(batch)
             s.flush()
             odd = ["tab\there", "new\nline", "back\\slash \\N", "quote ' \" é ∑", ""]
-            insert_rows(s.connection(), Event.__table__, [
+            add_events(s, [
                 {"at": utcnow(), "kind": "k", "object_type": "task", "object_id": i,
                  "detail": None if i == 0 else {"text": t, "n": [i, None]}}
                 for i, t in enumerate(odd)])

@@ -161,6 +161,52 @@ def test_a_failed_root_cancels_the_rest_and_force_runs_one(app, client):
     call(client, "POST", f"/tasks/{a}/force", 409)      # pending: nothing to force
 
 
+def test_the_cancel_cascade_and_its_revival_are_exact(app, client):
+    """A root failed for good cancels what waits for it, directly or not (a chain and a
+    diamond), with one event each and nothing else; its relaunch brings exactly those back to
+    waiting, one event each; a dependent that also waits for another unfinished task stays
+    waiting while the rest runs."""
+    from apicalls import events, last_event
+    busy = register(client, "busy", concurrency=1, prefetch=0)
+    (other,) = bulk(client, [{"command": "other"}], batch="side")["ids"]
+    (running,) = start(app, client, busy)             # `other` stays unfinished till the end
+    a, b, c, d, e, f, g = bulk(client, [
+        {"ref": "a", "command": "root"},
+        {"ref": "b", "command": "left", "depends_on": ["a"]},
+        {"ref": "c", "command": "right", "depends_on": ["a"]},
+        {"ref": "d", "command": "join", "depends_on": ["b", "c"]},
+        {"ref": "e", "command": "after", "depends_on": ["d"]},
+        {"ref": "f", "command": "both", "depends_on": ["d", other]},
+        {"ref": "g", "command": "aside", "depends_on": [other]},
+    ], batch="dag")["ids"]
+    below = [b, c, d, e, f]
+    wid = register(client, "w", concurrency=4, prefetch=0)
+    mark = last_event(app)
+    (x,) = start(app, client, wid)
+    assert x["task_id"] == a
+    finish(client, wid, x, rc=1)
+    assert [status(client, t) for t in below] == ["canceled"] * 5
+    assert [status(client, t) for t in (g, other)] == ["waiting", "running"]
+    assert {task(client, t)["reason"] for t in below} == {f"dependency {a} failed"}
+    assert sorted((oid, detail) for kind, _, oid, detail in events(app, mark) if kind == "task.canceled") \
+        == [(t, {"reason": f"dependency {a} failed"}) for t in below]
+
+    mark = last_event(app)
+    call(client, "POST", f"/tasks/{a}/relaunch")
+    assert [status(client, t) for t in [a, *below, g]] == ["pending"] + ["waiting"] * 6
+    assert {task(client, t)["reason"] for t in below} == {None}
+    assert sorted(oid for kind, _, oid, _ in events(app, mark) if kind == "task.waiting") == below
+    order = []
+    while held := start(app, client, wid):
+        order.append(sorted(h["task_id"] for h in held))
+        for h in held:
+            finish(client, wid, h)
+    assert order == [[a], [b, c], [d], [e]]
+    assert [status(client, t) for t in (f, g)] == ["waiting", "waiting"]
+    finish(client, busy, running)
+    assert [status(client, t) for t in (f, g)] == ["pending", "pending"]
+
+
 def test_dependencies_on_stored_tasks(app, client):
     wid = register(client, "w", concurrency=2)
     done = add(client, command="first")["id"]

@@ -9,10 +9,14 @@ from pathlib import Path
 
 from sqlalchemy import JSON, create_engine, event as sa_event, insert, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import Boolean
 
 from scitq.errors import BadRequest, NotFound
-from scitq.server.models import MAX_ID, Event
+from scitq.server.models import MAX_ID, Event, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -186,6 +190,34 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+class among(ColumnElement):
+    """`column IN (ids)`, ids a SELECT of one column that may return many rows. PostgreSQL
+    gets `column = ANY(ARRAY(ids))`: the ids are computed once and the column's index looked
+    up for each, whatever the statistics say; an IN, planned with statistics older than a
+    cascade of 10,000 changes, was a nested loop of every changed row by every id (17 s)."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True       # a condition: SQLite gets no `= 1` after it
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement),
+                           ("ids", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column, ids):
+        self.column = column
+        self.ids = ids
+
+
+@compiles(among)
+def _among(element, compiler, **kw):
+    return compiler.process(element.column.in_(element.ids), **kw)
+
+
+@compiles(among, "postgresql")
+def _among_postgresql(element, compiler, **kw):
+    return (f"{compiler.process(element.column, **kw)} = "
+            f"ANY(ARRAY{compiler.process(element.ids.scalar_subquery(), **kw)})")
+
+
 def get_or_404(session, model, ident):
     """The row of this id; NotFound (a 404) when there is none."""
     obj = session.get(model, ident) if 0 <= ident <= MAX_ID else None
@@ -219,11 +251,25 @@ def _forget_events(conn):
     conn.info.pop(EVENTS_KEY, None)
 
 
+def event_row(kind, object_type, object_id, detail=None, at=None):
+    """An event row for add_events: what changed (kind), on which object, with what detail."""
+    return {"at": at or utcnow(), "kind": kind, "object_type": object_type,
+            "object_id": object_id, "detail": detail or None}
+
+
+def add_events(session, rows):
+    """The one way event rows are written (event_row dicts, in order), in the session's own
+    transaction: one statement for any number of them (by COPY on PostgreSQL past a few)."""
+    if not rows:
+        return
+    conn = session.connection()
+    _note_events(conn, (row["kind"] for row in rows))
+    insert_rows(conn, Event.__table__, rows)
+
+
 def record(session, kind, obj, **detail):
-    """Add the event row of a state change to the change's own transaction."""
-    session.add(Event(kind=kind, object_type=type(obj).__tablename__, object_id=obj.id,
-                      detail=detail or None))
-    _note_events(session.connection(), (kind,))
+    """Add the event of one object's state change to the change's own transaction."""
+    add_events(session, [event_row(kind, type(obj).__tablename__, obj.id, detail)])
 
 
 # Up to this many rows go by one INSERT on PostgreSQL too: a COPY is three round trips (the
@@ -239,8 +285,6 @@ def insert_rows(conn, table, rows):
     executemany. Defaults (ids from the sequence) apply to the columns left out."""
     if not rows:
         return
-    if table is Event.__table__:
-        _note_events(conn, (row["kind"] for row in rows))
     if conn.dialect.name != "postgresql" or len(rows) <= FEW_ROWS:
         conn.execute(insert(table), rows)
         return
@@ -256,14 +300,23 @@ def insert_rows(conn, table, rows):
         elif c.default.is_scalar:
             defaults[c.name] = c.default.arg
     columns = names + list(defaults)
-    as_json = [isinstance(table.c[n].type, JSON) for n in columns]
+    json_at = [i for i, n in enumerate(columns) if isinstance(table.c[n].type, JSON)]
     fixed = list(defaults.values())
+    # A value many rows share (the one detail of a cascade's events) is encoded once: the
+    # rows hold every value, so its id() stands for it till the end.
+    dumped = {}
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
             values = [row[n] for n in names] + fixed
-            copy.write_row([json.dumps(v) if j and v is not None else v
-                            for v, j in zip(values, as_json)])
+            for i in json_at:
+                value = values[i]
+                if value is not None:
+                    text_ = dumped.get(id(value))
+                    if text_ is None:
+                        text_ = dumped[id(value)] = json.dumps(value)
+                    values[i] = text_
+            copy.write_row(values)
 
 
 def next_ids(conn, table, n):

@@ -18,15 +18,15 @@ from sqlalchemy import bindparam, func, literal_column, or_, select, text, updat
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import lifecycle
-from scitq.server.db import insert_rows, insert_with_ids, lock_in, record
+from scitq.server.db import add_events, event_row, insert_with_ids, lock_in, record
 from scitq.server.loop import Loop
-from scitq.server.models import Batch, Event, Execution, Task, Worker, ahead, utcnow
+from scitq.server.models import Batch, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (ExecutionStatus.ASSIGNED.value, ExecutionStatus.RUNNING.value)
-TASK, EXECUTION, BATCH, EVENT = (m.__table__ for m in (Task, Execution, Batch, Event))
+TASK, EXECUTION, BATCH = (m.__table__ for m in (Task, Execution, Batch))
 
 # The statements of every pass and every inline claim, built once: SQLAlchemy then neither
 # rebuilds them nor computes their cache keys again each time.
@@ -304,19 +304,31 @@ class Dispatcher(Loop):
         statements naming ORM classes cost several times more Python (a report's inline
         claim runs them for a handful of tasks at a time)."""
         conn = s.connection()
-        claims = []             # (worker, task ids), in worker order
+        claims = self._claims(conn, workers, active, room, now)
+        if not claims:
+            return {}
+        all_ids = [tid for _, ids in claims for tid in ids]
+        conn.execute(TASKS_ASSIGNED, {"ids": all_ids, "now": now})
+        new = [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
+                "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
+                "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
+                "paused": False} for w, ids in claims for tid in ids]
+        rows = list(zip(insert_with_ids(conn, EXECUTION, new), (row["task_id"] for row in new)))
+        owners = [w for w, ids in claims for _ in ids]
+        add_events(s, [event_row("execution.assigned", "execution", eid, {"task_id": tid, "worker": w.name}, now)
+                       for (eid, tid), w in zip(rows, owners)])
+        out = {}
+        for (eid, _), w in zip(rows, owners):
+            out.setdefault(w.id, []).append(eid)
+        return out
+
+    def _claims(self, conn, workers, active, room, now):
+        """[(worker, task ids)], in worker order: for each, up to concurrency + prefetch
+        pending tasks, oldest first, within the room of capped batches."""
+        claims = []
         exhausted = False       # no pending task left for workers without a batch
-        i = 0
-        while i < len(workers):
-            w = workers[i]
-            if w.batch_id is not None:
-                group = [w]
-                i += 1
-            else:   # consecutive workers without a batch claim together, in one query
-                group = []
-                while i < len(workers) and workers[i].batch_id is None:
-                    group.append(workers[i])
-                    i += 1
+        for group in _groups(workers):
+            w = group[0]
             free = [max(g.concurrency + ahead(g) - active.get(g.id, 0), 0) for g in group]
             if not sum(free) or (exhausted and w.batch_id is None):
                 continue
@@ -328,24 +340,7 @@ class Dispatcher(Loop):
                 if ids[:n]:
                     claims.append((g, ids[:n]))
                 ids = ids[n:]
-        if not claims:
-            return {}
-        all_ids = [tid for _, ids in claims for tid in ids]
-        conn.execute(TASKS_ASSIGNED, {"ids": all_ids, "now": now})
-        new = [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
-                "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
-                "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
-                "paused": False} for w, ids in claims for tid in ids]
-        rows = list(zip(insert_with_ids(conn, EXECUTION, new), (row["task_id"] for row in new)))
-        owners = [w for w, ids in claims for _ in ids]
-        insert_rows(conn, EVENT, [
-            {"at": now, "kind": "execution.assigned", "object_type": "execution",
-             "object_id": eid, "detail": {"task_id": tid, "worker": w.name}}
-            for (eid, tid), w in zip(rows, owners)])
-        out = {}
-        for (eid, _), w in zip(rows, owners):
-            out.setdefault(w.id, []).append(eid)
-        return out
+        return claims
 
     @staticmethod
     def _claim(conn, w, free, room, now, taken=()):
@@ -400,6 +395,22 @@ class Dispatcher(Loop):
         return len(stale)
 
 
+def _groups(workers):
+    """The workers in order, in groups that claim together: a worker of a batch alone,
+    consecutive workers without a batch in one group (one query for them all)."""
+    group = []
+    for w in workers:
+        if w.batch_id is not None:
+            if group:
+                yield group
+                group = []
+            yield [w]
+        else:
+            group.append(w)
+    if group:
+        yield group
+
+
 def give_back(session, worker_id, reason):
     """Mark a worker's live executions lost and their tasks pending again.
 
@@ -408,17 +419,18 @@ def give_back(session, worker_id, reason):
     executions = session.scalars(select(Execution).where(
         Execution.worker_id == worker_id, Execution.status.in_(ACTIVE))).all()
     now = utcnow()
+    killed = []
     for ex in executions:
         ex.status = ExecutionStatus.LOST.value
         ex.reason = "lost"
         ex.error = reason
         ex.ended_at = now
-        asked, ex.signal = ex.signal, None
-        task = ex.task
-        task.attempt = max(task.attempt - 1, 0)
-        record(session, "execution.lost", ex, task_id=task.id, reason=reason)
-        if asked == "kill":       # the user wanted it dead: it does not come back
-            lifecycle.failed(session, task, "killed by user (its worker was lost)", retry=False)
-        else:
-            task.status = TaskStatus.PENDING.value
+        lifecycle.not_counted(ex.task)
+        if ex.signal == "kill":       # the user wanted it dead: it does not come back
+            killed.append(ex.task)
+        ex.signal = None
+    add_events(session, [event_row("execution.lost", "execution", ex.id,
+                                   {"task_id": ex.task_id, "reason": reason}, now) for ex in executions])
+    for task in killed:
+        lifecycle.failed(session, task, "killed by user (its worker was lost)", retry=False)
     return len(executions)

@@ -10,8 +10,8 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from scitq.errors import BadRequest, Conflict
-from scitq.server.db import insert_rows, record
-from scitq.server.models import Event, Execution, Task, TaskDependency, utcnow
+from scitq.server.db import add_events, among, event_row, record
+from scitq.server.models import Execution, Task, TaskDependency, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus
 
 SIGNALS = ("kill", "pause", "resume")
@@ -48,10 +48,17 @@ def failed(s, task, error, retry=True):
     return False
 
 
-def requeued(s, task, why):
-    """The attempt was stopped by a user who wants the task run again: no retry is spent."""
+def not_counted(task):
+    """The attempt ended through no fault of the task (its worker was lost, it was released
+    unstarted, a user stopped it to run it again): the task is pending again and the attempt
+    is given back."""
     task.status = TaskStatus.PENDING.value
     task.attempt = max(task.attempt - 1, 0)
+
+
+def requeued(s, task, why):
+    """The attempt was stopped by a user who wants the task run again: no retry is spent."""
+    not_counted(task)
     task.reason = why
     record(s, "task.requeued", task, reason=why)
 
@@ -101,46 +108,63 @@ def _make_ready(s, statement, ids):
     """One UPDATE and one insert of events for all the tasks made ready: a task with 5,000
     dependents released them one ORM object and one query each, in the request that
     reported its end (4.6 s)."""
+    _set_tasks(s, statement, {"ids": list(ids)}, "task.ready")
+
+
+def _set_tasks(s, statement, params, kind, detail=None):
+    """Run a set UPDATE of tasks (RETURNING their ids), refresh what the session holds of
+    them, and record their events by one insert. Returns the ids, ascending."""
     s.flush()       # statuses this session changed count (Core statements do not autoflush)
     now = utcnow()
-    conn = s.connection()
-    ready = sorted(conn.execute(statement, {"ids": list(ids), "now": now}).scalars())
-    if not ready:
-        return
-    held = set(ready)
+    changed = sorted(s.connection().execute(statement, {**params, "now": now}).scalars())
+    if not changed:
+        return changed
+    held = set(changed)
     for obj in list(s.identity_map.values()):   # what the session holds of them is stale
         if isinstance(obj, Task) and obj.id in held:
             s.expire(obj)
-    insert_rows(conn, Event.__table__, [{"at": now, "kind": "task.ready", "object_type": "task",
-                                         "object_id": tid, "detail": None} for tid in ready])
+    add_events(s, [event_row(kind, "task", tid, detail, now) for tid in changed])
+    return changed
+
+
+def _cascade(found, reason_like, **values):
+    """UPDATE, to `values`, the tasks in status `found` (with a reason LIKE `reason_like`, if given)
+    that wait for one of :ids, directly or through other such tasks, RETURNING their ids: one
+    recursive query for the whole DAG below, whatever its size."""
+    task = Task.__table__
+
+    def matching(t):
+        return [t.c.status == found] + ([t.c.reason.like(reason_like)] if reason_like else [])
+
+    edge = TaskDependency.__table__.alias("first_edge")
+    below = (select(edge.c.task_id.label("id")).where(edge.c.depends_on_id.in_(_ids))
+             .cte("below", recursive=True))
+    # From each dependent found, by its id, to its own dependents: only through those that
+    # match, and in that order, which SQLite (row by row) and PostgreSQL both look up by index.
+    edge, t = TaskDependency.__table__.alias("next_edge"), task.alias("through")
+    below = below.union(select(edge.c.task_id).select_from(below)
+                        .join(t, t.c.id == below.c.id).join(edge, edge.c.depends_on_id == below.c.id)
+                        .where(*matching(t)))
+    return (update(task).where(among(task.c.id, select(below.c.id)), *matching(task))
+            .values(updated_at=bindparam("now"), **values).returning(task.c.id))
+
+
+CANCEL_BELOW = _cascade(TaskStatus.WAITING.value, None, status=TaskStatus.CANCELED.value,
+                        reason=bindparam("reason"))
+REVIVE_BELOW = _cascade(TaskStatus.CANCELED.value, f"{DEPENDENCY}%", status=TaskStatus.WAITING.value,
+                        reason=None)
 
 
 def cancel_dependents(s, task_ids, reason):
     """Everything that waits, directly or not, for a task that will never succeed is
     canceled with the reason: nothing stays waiting forever."""
-    frontier = list(task_ids)
-    while frontier:
-        victims = s.scalars(select(Task).where(Task.id.in_(_dependents(frontier)),
-                                               Task.status == TaskStatus.WAITING.value)).all()
-        for task in victims:
-            task.status = TaskStatus.CANCELED.value
-            task.reason = reason
-            record(s, "task.canceled", task, reason=reason)
-        frontier = [t.id for t in victims]
+    _set_tasks(s, CANCEL_BELOW, {"ids": list(task_ids), "reason": reason}, "task.canceled",
+               {"reason": reason})
 
 
 def revive_dependents(s, task_ids):
     """A failed task is relaunched: what its failure canceled waits for it again."""
-    frontier = list(task_ids)
-    while frontier:
-        revived = s.scalars(select(Task).where(Task.id.in_(_dependents(frontier)),
-                                               Task.status == TaskStatus.CANCELED.value,
-                                               Task.reason.like(f"{DEPENDENCY}%"))).all()
-        for task in revived:
-            task.status = TaskStatus.WAITING.value
-            task.reason = None
-            record(s, "task.waiting", task)
-        frontier = [t.id for t in revived]
+    _set_tasks(s, REVIVE_BELOW, {"ids": list(task_ids)}, "task.waiting")
 
 
 def force(s, task):
@@ -200,10 +224,18 @@ def live_execution(s, task_id):
 
 def signal_execution(s, ex, sig):
     """Ask the execution's worker to apply `sig` (delivered with its next poll answer)."""
-    ex.signal = sig
-    ex.signal_seq = (ex.signal_seq or 0) + 1
-    record(s, "execution.signal", ex, signal=sig, seq=ex.signal_seq)
-    return ex.worker_id
+    return _signal_all(s, [ex], sig).pop()
+
+
+def _signal_all(s, executions, sig):
+    """signal_execution for many, their events by one insert; returns the workers to wake."""
+    rows = []
+    for ex in executions:
+        ex.signal = sig
+        ex.signal_seq = (ex.signal_seq or 0) + 1
+        rows.append(event_row("execution.signal", "execution", ex.id, {"signal": sig, "seq": ex.signal_seq}))
+    add_events(s, rows)
+    return {ex.worker_id for ex in executions}
 
 
 def signal_task(s, task, sig):
@@ -235,12 +267,11 @@ def stop_batch(s, batch, requeue):
     if batch.status != BatchStatus.PAUSED.value:
         batch.status = BatchStatus.PAUSED.value
     record(s, "batch.stopped", batch, requeue=requeue)
-    return {signal_execution(s, ex, "requeue" if requeue else "kill")
-            for ex in batch_executions(s, batch)}
+    return _signal_all(s, batch_executions(s, batch), "requeue" if requeue else "kill")
 
 
 def signal_batch(s, batch, sig):
     """Pause or resume (SIGSTOP / SIGCONT) every running task of the batch."""
     wanted = [ex for ex in batch_executions(s, batch, (ExecutionStatus.RUNNING.value,))
               if ex.paused != (sig == "pause")]
-    return {signal_execution(s, ex, sig) for ex in wanted}
+    return _signal_all(s, wanted, sig)

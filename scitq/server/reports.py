@@ -9,8 +9,8 @@ from sqlalchemy.orm import joinedload, lazyload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle, tokens
-from scitq.server.db import insert_rows, record
-from scitq.server.dispatch import ACTIVE, BATCH, EVENT, EXECUTION, TASK, give_back
+from scitq.server.db import add_events, event_row, record
+from scitq.server.dispatch import ACTIVE, BATCH, EXECUTION, TASK, give_back
 from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, TaskDependency, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
@@ -305,14 +305,7 @@ def apply_reports(s, worker, reports, outputs):
     for i, rep in enumerate(reports):
         eid = rep.get("execution_id")
         try:
-            if not isinstance(eid, int) or isinstance(eid, bool):
-                raise BadRequest(f"report #{i}: execution_id must be an integer")
-            if not 0 < eid <= MAX_ID:
-                raise NotFound(f"no execution {eid}")
-            for key in ("pid", "return_code"):
-                value = rep.get(key)
-                if value is not None and (not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT):
-                    raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
+            _check_report(i, rep)
             if eid in slow:
                 _apply(s, worker, rep, outputs, succeeded, events)
             else:
@@ -328,6 +321,40 @@ def apply_reports(s, worker, reports, outputs):
     # A worker left with nothing to run gets its idle_since from the dispatch pass these
     # reports wake (it counts every worker's executions anyway): no query per report here.
     return acked, refused
+
+
+def _check_report(i, rep):
+    """Refuse report #i when its execution id or its integers are not what they must be."""
+    eid = rep.get("execution_id")
+    if not isinstance(eid, int) or isinstance(eid, bool):
+        raise BadRequest(f"report #{i}: execution_id must be an integer")
+    if not 0 < eid <= MAX_ID:
+        raise NotFound(f"no execution {eid}")
+    for key in ("pid", "return_code"):
+        value = rep.get(key)
+        if value is not None and (not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT):
+            raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
+
+
+def _changes(eid, current, status):
+    """Whether a report of `status` changes an execution in status `current`: not when it
+    was applied already (a retry) or is a resent start of what ended since; refused when
+    the execution is over."""
+    if status == current:
+        return False
+    if status == ExecutionStatus.RUNNING.value and current in ENDED:
+        return False
+    if not ExecutionStatus(current).is_active:
+        raise Conflict(f"execution {eid} is {current}: report refused")
+    return True
+
+
+def _return_code(eid, status, rep):
+    """The report's return code; a success must bring 0."""
+    rc = rep.get("return_code")
+    if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
+        raise BadRequest(f"execution {eid}: succeeded with return code {rc}")
+    return rc
 
 
 FAST = (ExecutionStatus.RUNNING.value, ExecutionStatus.SUCCEEDED.value)
@@ -355,19 +382,13 @@ class _FastReports:
         if ex["worker_id"] != self.worker.id:
             raise Forbidden(f"execution {ex['id']} does not belong to worker {self.worker.name}")
         status = rep.get("status")
-        if status == ex["status"]:
-            return                                     # a retry of a report already applied
-        if status == ExecutionStatus.RUNNING.value and ex["status"] in ENDED:
-            return                                     # a resent start of what ended since
-        if not ExecutionStatus(ex["status"]).is_active:
-            raise Conflict(f"execution {ex['id']} is {ex['status']}: report refused")
+        if not _changes(ex["id"], ex["status"], status):
+            return
         now = utcnow()
         if status == ExecutionStatus.RUNNING.value:
             self._started(ex, rep, now, events)
         else:
-            rc = rep.get("return_code")
-            if rc != 0:
-                raise BadRequest(f"execution {ex['id']}: succeeded with return code {rc}")
+            rc = _return_code(ex["id"], status, rep)
             reason = _reason(ex["id"], rep)
             chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
             if _brings_its_start(ex["status"], rep):
@@ -422,16 +443,12 @@ class _Events:
         self.rows = []
 
     def add(self, kind, execution_id, **detail):
-        self.rows.append({"at": utcnow(), "kind": kind, "object_type": "execution",
-                          "object_id": execution_id, "detail": detail or None})
+        self.rows.append(event_row(kind, "execution", execution_id, detail))
 
     def flush(self):
         """Insert now (before anything else records an event)."""
-        if self.rows:
-            if self.s.new:
-                self.s.flush()      # events recorded earlier come first
-            insert_rows(self.s.connection(), EVENT, self.rows)
-            self.rows = []
+        add_events(self.s, self.rows)
+        self.rows = []
 
 
 def _apply(s, worker, rep, outputs, succeeded, events):
@@ -443,12 +460,8 @@ def _apply(s, worker, rep, outputs, succeeded, events):
     status = rep.get("status")
     if status == "signaled":
         return _signaled(s, ex, rep, events)
-    if status == ex.status:
-        return                                     # a retry of a report already applied
-    if status == ExecutionStatus.RUNNING.value and ex.status in ENDED:
-        return                                     # a resent start of what ended since
-    if not ExecutionStatus(ex.status).is_active:
-        raise Conflict(f"execution {ex.id} is {ex.status}: report refused")
+    if not _changes(ex.id, ex.status, status):
+        return
     task = ex.task
     now = utcnow()
     if status == ExecutionStatus.RUNNING.value:
@@ -460,8 +473,7 @@ def _apply(s, worker, rep, outputs, succeeded, events):
             raise Conflict(f"execution {ex.id} is {ex.status}: only an unstarted one can be released")
         ex.status = status
         ex.ended_at = now
-        task.status = TaskStatus.PENDING.value
-        task.attempt = max(task.attempt - 1, 0)
+        lifecycle.not_counted(task)
         events.add("execution.released", ex.id, task_id=task.id)
     else:
         raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
@@ -475,21 +487,24 @@ def _started(ex, task, rep, now, events):
     events.add("execution.running", ex.id, task_id=task.id, pid=ex.pid)
 
 
+def _cached(s, ex, cached_from, outputs):
+    """An end that brings the cache's answer: the succeeded execution it names must have the
+    same cache key (for a task with use_cache); its output is copied."""
+    source = s.get(Execution, cached_from) if isinstance(cached_from, int) and 0 < cached_from <= MAX_ID else None
+    if source is None or source.status != ExecutionStatus.SUCCEEDED.value:
+        raise BadRequest(f"execution {ex.id}: cached_from names no succeeded execution")
+    if not ex.task.use_cache or ex.cache_key is None or source.cache_key != ex.cache_key:
+        raise Forbidden(f"execution {ex.id}: cached_from {source.id} is not the cache's answer "
+                        "for it (same cache key, its task with use_cache)")
+    outputs.copy(source.id, ex.id)
+    ex.cached_from = source.id
+
+
 def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
-    rc = rep.get("return_code")
-    if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
-        raise BadRequest(f"execution {ex.id}: succeeded with return code {rc}")
+    rc = _return_code(ex.id, status, rep)
     reason = _reason(ex.id, rep)
-    cached_from = rep.get("cached_from")
-    if cached_from is not None:
-        source = s.get(Execution, cached_from) if isinstance(cached_from, int) and 0 < cached_from <= MAX_ID else None
-        if source is None or source.status != ExecutionStatus.SUCCEEDED.value:
-            raise BadRequest(f"execution {ex.id}: cached_from names no succeeded execution")
-        if not ex.task.use_cache or ex.cache_key is None or source.cache_key != ex.cache_key:
-            raise Forbidden(f"execution {ex.id}: cached_from {source.id} is not the cache's answer "
-                            "for it (same cache key, its task with use_cache)")
-        outputs.copy(source.id, ex.id)
-        ex.cached_from = source.id
+    if rep.get("cached_from") is not None:
+        _cached(s, ex, rep["cached_from"], outputs)
         reason = "cached"
     chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
     if _brings_its_start(ex.status, rep):
@@ -518,15 +533,21 @@ def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
         succeeded.append(task.id)
         return
     events.flush()      # the lifecycle records events of its own, after this one
+    _failed(s, ex, task, asked)
+
+
+def _failed(s, ex, task, asked):
+    """What a failed execution means for its task: requeued when its batch was stopped to
+    run again, failed for good when killed, else failed with retries."""
     if asked == "requeue":
         lifecycle.requeued(s, task, "stopped with its batch and put back in the queue")
+        return
+    killed = asked == "kill" or ex.reason == "killed"
+    if killed:
+        why = "killed by user"
     else:
-        killed = asked == "kill" or reason == "killed"
-        if killed:
-            why = "killed by user"
-        else:
-            why = ex.error or (f"exit code {rc}" if reason == "exit_code" else reason)
-        lifecycle.failed(s, task, why, retry=not killed)
+        why = ex.error or (f"exit code {ex.return_code}" if ex.reason == "exit_code" else ex.reason)
+    lifecycle.failed(s, task, why, retry=not killed)
 
 
 def _pid(rep):

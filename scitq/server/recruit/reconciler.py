@@ -32,10 +32,10 @@ from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
 from scitq.server.recruit import policy
 from scitq.server.recruit.ledger import cost_of
 from scitq.server import reports, tokens
-from scitq.server.db import insert_rows, record
+from scitq.server.db import add_events, event_row, record
 from scitq.server.dispatch import ACTIVE, give_back
 from scitq.server.loop import Loop
-from scitq.server.models import (Batch, Event, Execution, Flavor, Instance, Job, Recruiter, Task,
+from scitq.server.models import (Batch, Execution, Flavor, Instance, Job, Recruiter, Task,
                                  Worker, utcnow)
 from scitq.status import (LIVE_HOSTS, BatchStatus, HostStatus, JobStatus, TaskStatus,
                           WorkerStatus)
@@ -498,9 +498,9 @@ class Reconciler(Loop):
                     continue
                 self._seen_orphans.pop((provider_name, host.id), None)
                 with self.db.write() as s:
-                    s.add(Event(kind="instance.orphan_deleted", object_type="instance", object_id=None,
-                                detail={"provider": provider_name, "provider_id": host.id,
-                                        "name": host.name}))
+                    add_events(s, [event_row("instance.orphan_deleted", "instance", None,
+                                             {"provider": provider_name, "provider_id": host.id,
+                                              "name": host.name})])
         if evicted:
             self.wake()
 
@@ -521,9 +521,8 @@ class Reconciler(Loop):
 def _events(s, kind, instance_ids, now, details=None):
     if instance_ids:
         # Not the ORM's bulk path: it costs ~0.1 ms a row, too much at 1,000 hosts.
-        insert_rows(s.connection(), Event.__table__, [
-            {"at": now, "kind": kind, "object_type": "instance", "object_id": i,
-             "detail": {"reason": details[i]} if details else None} for i in instance_ids])
+        add_events(s, [event_row(kind, "instance", i, {"reason": details[i]} if details else None, now)
+                       for i in instance_ids])
 
 
 def _wanted(rules):
