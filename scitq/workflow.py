@@ -146,6 +146,36 @@ class Workflow:
              container_options=None, resources=None, output=None, concurrency=None, retries=None,
              retry_delay=None, timeout=None, use_cache=False, task_name=None, shell=True):
         """Add one iteration (one task) to step `name`; returns its handle."""
+        step = self._check_step_call(name, command, concurrency)
+
+        # Resolve everything before touching the workflow, so a bad call leaves no trace.
+        index = len(step.tasks) if step else 0
+        in_uris, in_tasks = self._inputs(name, inputs)
+        deps = self._deps(name, depends_on)
+        for t in in_tasks:          # reading a task's output means waiting for it
+            if t not in deps:
+                deps.append(t)
+        self._check_no_cycle(name, {t.step.name for t in deps})
+
+        spec = self._task_spec(name, index, command, task_name, shell, use_cache, output,
+                               container=container, container_options=container_options,
+                               resources=resources, retries=retries, retry_delay=retry_delay,
+                               timeout=timeout)
+        output = spec["output"]
+
+        if step is None:
+            step = self.steps[name] = Step(self, name)
+        if concurrency is not None:
+            step.concurrency = concurrency
+        task = Task(step, index, spec["name"], spec, output)
+        task.inputs = in_uris
+        task.deps = deps
+        step.needs |= {t.step.name for t in deps}
+        step.tasks.append(task)
+        return task
+
+    def _check_step_call(self, name, command, concurrency):
+        """Refuse a bad step() call before anything changes; the step declared so far, or None."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"invalid step name {name!r}: letters, digits and ._+@:=- "
                              "(no '/' nor spaces), starting with a letter or digit")
@@ -165,48 +195,30 @@ class Workflow:
                 and concurrency != step.concurrency):
             raise ValueError(f"step {name}: concurrency {concurrency} contradicts the "
                              f"{step.concurrency} given before (it is one cap for the whole step)")
+        return step
 
-        # Resolve everything before touching the workflow, so a bad call leaves no trace.
-        index = len(step.tasks) if step else 0
-        in_uris, in_tasks = self._inputs(name, inputs)
-        deps = self._deps(name, depends_on)
-        for t in in_tasks:          # reading a task's output means waiting for it
-            if t not in deps:
-                deps.append(t)
-        self._check_no_cycle(name, {t.step.name for t in deps})
-
-        def pick(value, key):
-            return self.defaults[key] if value is None else value
-
+    def _task_spec(self, name, index, command, task_name, shell, use_cache, output, **given):
+        """The task's submission fields: what step() was given, else the workflow's defaults."""
+        picked = {key: self.defaults[key] if value is None else value for key, value in given.items()}
         if output is None and self.output:
             output = f"{self.output}/{name}/{index}/"
         spec = {
             "command": command,
             "name": task_name if task_name is not None else f"{name}-{index}",
             "shell": shell,
-            "container": pick(container, "container"),
-            "container_options": pick(container_options, "container_options"),
-            "resources": _listify(pick(resources, "resources")) or None,
+            "container": picked["container"],
+            "container_options": picked["container_options"],
+            "resources": _listify(picked["resources"]) or None,
             "output": output,
-            "retries": pick(retries, "retries"),
-            "retry_delay": pick(retry_delay, "retry_delay"),
-            "timeout": pick(timeout, "timeout"),
+            "retries": picked["retries"],
+            "retry_delay": picked["retry_delay"],
+            "timeout": picked["timeout"],
             "use_cache": True if use_cache else None,
         }
         for uri in spec["resources"] or []:
             if not isinstance(uri, str):
                 raise ValueError(f"step {name}: resources are URI strings, got {type(uri).__name__}")
-
-        if step is None:
-            step = self.steps[name] = Step(self, name)
-        if concurrency is not None:
-            step.concurrency = concurrency
-        task = Task(step, index, spec["name"], spec, output)
-        task.inputs = in_uris
-        task.deps = deps
-        step.needs |= {t.step.name for t in deps}
-        step.tasks.append(task)
-        return task
+        return spec
 
     def _own(self, where, step_name, value):
         if isinstance(value, Gather):

@@ -1,16 +1,20 @@
 """A recruitment simulation: the real reconciler on a real database, with fake clouds, a fake
 clock, and workers that are rows (they register when their host is up and do work when told).
 Used by tests/test_recruit_sim.py and bench/recruit.py."""
+import logging
 import time
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import insert, select, update
 
 from fakes.cloud import FakeProviders
+from scitq.errors import ScitqError
 from scitq.server.recruit.reconciler import Reconciler
 from scitq.server.db import Database
-from scitq.server.models import Batch, Instance, Recruiter, Task, Worker
-from scitq.status import LIVE_HOSTS, HostStatus, TaskStatus, WorkerStatus
+from scitq.server.models import Batch, Instance, Job, Recruiter, Task, Worker
+from scitq.status import LIVE_HOSTS, HostStatus, JobStatus, TaskStatus, WorkerStatus
+
+log = logging.getLogger(__name__)
 
 
 class Clock:
@@ -30,8 +34,9 @@ class Sim:
         self.db.migrate()
         self.clock = Clock()
         self.clouds = clouds
-        self.rec = Reconciler(self.db, FakeProviders(clouds, data_dir), clock=self.clock,
-                              inline=True, **settings)
+        # The deploy jobs it queues are never run: register() plays the workers.
+        settings.setdefault("server_url", lambda provider: "http://sim.invalid:5000")
+        self.rec = Reconciler(self.db, FakeProviders(clouds, data_dir), clock=self.clock, **settings)
         self.ticks = []          # seconds each reconcile() took
 
     def close(self):
@@ -143,5 +148,28 @@ class Sim:
         t0 = time.perf_counter()
         plan = self.rec.reconcile()
         self.ticks.append(time.perf_counter() - t0)
-        self.rec.run_actions()      # what the job runner does, off the loop's thread
+        self.run_jobs()
         return plan
+
+    def run_jobs(self):
+        """What the job runner does, off the loop's thread: each create and delete job queued
+        so far, run once through the reconciler's own handlers, in order."""
+        handlers = self.rec.handlers()
+        with self.db.write() as s:
+            jobs = s.execute(select(Job.id, Job.kind, Job.params).where(
+                Job.status == JobStatus.PENDING.value, Job.kind.in_(list(handlers))).order_by(Job.id)).all()
+            if jobs:
+                s.execute(update(Job).where(Job.id.in_([j.id for j in jobs]))
+                          .values(status=JobStatus.RUNNING.value))
+        ended = {JobStatus.SUCCEEDED.value: [], JobStatus.FAILED.value: []}
+        for job_id, kind, params in jobs:
+            try:
+                handlers[kind]({"id": job_id, "kind": kind, "params": params}, log.debug)
+                ended[JobStatus.SUCCEEDED.value].append(job_id)
+            except ScitqError as err:
+                log.warning("recruitment: %s job %s failed: %s", kind, job_id, err)
+                ended[JobStatus.FAILED.value].append(job_id)
+        with self.db.write() as s:
+            for status, ids in ended.items():
+                if ids:
+                    s.execute(update(Job).where(Job.id.in_(ids)).values(status=status))

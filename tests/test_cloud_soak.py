@@ -27,7 +27,7 @@ def soak(sim, cloud_name, region, flavor, inject, leftovers, calm):
     for i in range(CYCLES):
         if i % 10 == 9:                                      # the reconciler's periodic sweep
             rec.sweep_providers()
-            rec.run_actions()
+            sim.run_jobs()
         with sim.db.write() as s:
             inst = Instance(name=f"scitq-{cloud_name}-soak{i:03d}", provider=cloud_name, region=region,
                             flavor=flavor, hourly_cost=0.1, status=HostStatus.CREATING.value,
@@ -58,7 +58,7 @@ def soak(sim, cloud_name, region, flavor, inject, leftovers, calm):
     for _ in range(20):                                      # the sweeps, until all is settled
         sim.clock.advance(rec.sweep_every)
         rec.sweep_providers()
-        rec.run_actions()
+        sim.run_jobs()
         with sim.db.read() as s:
             open_rows = s.scalar(select(Instance.id).where(Instance.deleted_at.is_(None)).limit(1))
         if open_rows is None and not leftovers():

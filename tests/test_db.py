@@ -104,3 +104,24 @@ def test_a_pass_held_by_once_is_held_by_one_server_process_at_a_time(db_url):
     finally:
         first.dispose()
         other.dispose()
+
+
+def test_get_or_404_one_rule_for_every_row_by_id(db_url):
+    """Tasks, executions, jobs, recruiters and instances are fetched by id through one helper:
+    the row, or NotFound naming the table and the id (an id past the column's range too)."""
+    from scitq.errors import NotFound
+    from scitq.server.db import get_or_404
+    from scitq.server.models import MAX_ID, Job, Recruiter
+    db = Database(db_url)
+    try:
+        db.migrate()
+        with db.write() as s:
+            job = Job(kind="deploy", target="h1", params={})
+            s.add(job)
+            s.flush()
+            assert get_or_404(s, Job, job.id) is job
+            for model, ident in ((Job, job.id + 1), (Recruiter, 1), (Job, MAX_ID + 1)):
+                with pytest.raises(NotFound, match=f"^no {model.__tablename__} {ident}$"):
+                    get_or_404(s, model, ident)
+    finally:
+        db.dispose()

@@ -119,6 +119,18 @@ def test_apt_source_reads_deb822_and_one_line_formats(tmp_path):
         apt_source(str(tmp_path))
 
 
+def test_apt_source_skips_disabled_stanzas_and_reads_folded_fields(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    keyring = tmp_path / "debian.gpg"
+    keyring.write_bytes(b"")
+    (tmp_path / "sources.list.d" / "a.sources").write_text(
+        "Types: deb\nURIs: http://off.invalid/debian\nSuites: trixie\nComponents: main\nEnabled: no\n\n"
+        "# a comment between fields\ntypes: deb-src deb\nuris: http://on.invalid/debian\n"
+        "suites: trixie-updates\n trixie\ncomponents: contrib\n main\n"
+        f"signed-by: {keyring}\n")
+    assert apt_source(str(tmp_path)) == ("trixie", "http://on.invalid/debian", str(keyring))
+
+
 # --- real hosts ---------------------------------------------------------------------
 
 def test_lifecycle(local, ssh_key):

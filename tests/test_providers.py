@@ -10,6 +10,7 @@ import yaml
 from provider_contract import check_catalog, check_lifecycle
 from scitq.errors import BadRequest, CapacityError
 from scitq.providers import InstanceSpec, get_provider
+from scitq.providers.base import TAG, carries
 from scitq.server.providers import load_config
 
 LAB = {"hosts": [
@@ -23,6 +24,15 @@ API = "/api/v1"
 
 def static(tmp_path):
     return get_provider("static", dict(LAB, state=str(tmp_path / "static.json")))
+
+
+def test_one_tag_rule_for_every_provider():
+    """list(tags) of every provider: each wanted tag present, with its value unless None;
+    values compared as strings (clouds keep strings); no tags: scitq's own instances."""
+    ours = {TAG: "w1", "batch": "7"}
+    assert carries(ours) and carries(ours, {TAG: None}) and carries(ours, {TAG: "w1", "batch": 7})
+    assert not carries({"batch": "7"}) and not carries(ours, {"batch": "8"})
+    assert not carries(ours, {"owner": None}) and carries({"owner": ""}, {"owner": None})
 
 
 def test_static_keeps_the_provider_contract(tmp_path):

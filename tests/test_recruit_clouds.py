@@ -227,7 +227,7 @@ def test_orphan_leftovers_of_a_vm_nobody_knows_are_deleted_after_the_grace(azure
 
 
 def test_the_sweep_queues_one_delete_job_for_a_host_still_deleting(azure_sim):
-    """The server's path (jobs, not inline actions): a host deleting that the provider still
+    """The server's path: a host deleting that the provider still
     lists gets a delete job when none is pending or running, and only one."""
     from scitq.server.recruit.reconciler import Reconciler
     from scitq.server.models import Job

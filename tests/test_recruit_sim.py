@@ -162,6 +162,29 @@ def test_an_orphan_is_deleted_after_its_grace(sim_of):
     assert len(sim.instances()) == 1           # ours stays
 
 
+def test_the_sweep_leaves_alone_a_provider_that_rents_no_hosts(sim_of):
+    """A lab's own machines (the static provider says rents_hosts = False) are lent and
+    released, never deleted: no host of such a provider is an orphan or an eviction."""
+    from scitq.providers.base import InstanceSpec
+    from scitq.providers.static import StaticProvider
+    lab = FakeCloud(name="lab")
+    lab.rents_hosts = StaticProvider.rents_hosts
+    sim = sim_of({"lab": lab}, orphan_grace=600, sweep_every=60)
+    b = sim.batch("b", tasks=10)
+    sim.recruiter(b, provider="lab", max_workers=1, tasks_per_worker=10)
+    sim.tick()
+    sim.register()
+    (inst,) = sim.instances()
+    stray = lab.create(InstanceSpec(name="scitq-lab-stray", flavor="small", region="r1",
+                                    tags={"scitq_instance": "999"}))
+    lab.evict(inst.provider_id)
+    for _ in range(2):
+        sim.rec.sweep_providers()
+        sim.clock.advance(610)
+    assert stray.id in lab.hosts                                  # no orphan deleted
+    assert [i.id for i in sim.instances()] == [inst.id]           # still live: no eviction seen
+
+
 def test_a_spot_eviction_gives_the_tasks_back_and_is_replaced(sim_of):
     cloud = FakeCloud()
     sim = sim_of({"fake": cloud})

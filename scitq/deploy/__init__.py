@@ -19,8 +19,9 @@ from scitq.errors import BadRequest, ScitqError
 ENGINES = {"pyinfra": "scitq.deploy.pyinfra_engine", "ansible": "scitq.deploy.ansible_engine"}
 REMOTE_ROOT = "/opt/scitq"                 # venv and config on the host
 SERVICE = "scitq-worker"                   # systemd unit / supervised process name
-# What a target may be, matched whole, whoever asks (the API checks the same first): a host
-# name or an address, never an option to ssh (no leading -), and a plain user name.
+# What a target may be, matched whole (fullmatch: a $ would let a final line break through),
+# whoever asks: a host name or an address, never an option to ssh (no leading -), and a plain
+# user name.
 HOST = re.compile(r"(?!-)[A-Za-z0-9._:-]{1,253}")
 USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
@@ -60,13 +61,19 @@ def engine(name):
         raise BadRequest(f"unknown deploy engine {name!r}: one of {', '.join(ENGINES)}") from None
 
 
+def check_host(host, user):
+    """BadRequest unless host and user are plain: the check of a deploy's target, the API's
+    (on a job's creation) and the engines' alike."""
+    if not isinstance(host, str) or not HOST.fullmatch(host):
+        raise BadRequest(f"invalid host {str(host)[:80]!r}: a host name or an IP address")
+    if not isinstance(user, str) or not USER.fullmatch(user):
+        raise BadRequest(f"invalid SSH user {str(user)[:40]!r}")
+
+
 def check_target(target):
     """BadRequest unless the target is a plain host, user and port: what the engines hand to
     ssh and paramiko is then never read as an option."""
-    if not isinstance(target.host, str) or not HOST.fullmatch(target.host):
-        raise BadRequest(f"invalid host {str(target.host)[:80]!r}: a host name or an IP address")
-    if not isinstance(target.user, str) or not USER.fullmatch(target.user):
-        raise BadRequest(f"invalid SSH user {str(target.user)[:40]!r}")
+    check_host(target.host, target.user)
     if not isinstance(target.port, int) or isinstance(target.port, bool) or not 0 < target.port < 65536:
         raise BadRequest(f"invalid SSH port {target.port!r}")
 

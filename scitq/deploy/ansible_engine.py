@@ -178,10 +178,7 @@ class _Events:
         res = data.get("res") if isinstance(data.get("res"), dict) else {}
         host = data.get("remote_addr") or data.get("host")
         if kind == "runner_on_ok" and res.get("changed"):
-            for stream in ("stdout", "stderr"):          # what a command that changed things said
-                for line in str(res.get(stream) or "").splitlines():
-                    if line.strip():
-                        self.log(f"[{host}] {line}")
+            self._said(host, res)
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             self.failed.append((data.get("task") or "a task", host, data.get("task_action"), res))
         elif kind == "runner_on_unreachable":
@@ -190,6 +187,13 @@ class _Events:
             self.stats = {key: data.get(key) or {} for key in
                           ("changed", "dark", "failures", "ignored", "ok", "processed", "rescued", "skipped")}
         return False
+
+    def _said(self, host, res):
+        """What a command that changed things printed, each line tagged with its host."""
+        for stream in ("stdout", "stderr"):
+            for line in str(res.get(stream) or "").splitlines():
+                if line.strip():
+                    self.log(f"[{host}] {line}")
 
 
 def _inventory(target):

@@ -51,7 +51,7 @@ from contextlib import contextmanager
 
 from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound, ProviderError,
                           ProviderUnavailable, QuotaExceeded, ScitqError, Throttled, TransientError)
-from scitq.providers.base import (TAG, Flavor, Instance, InstanceStatus, Provider, Quota, check_max_price,
+from scitq.providers.base import (TAG, carries, Flavor, Instance, InstanceStatus, Provider, Quota, check_max_price,
                                   require, say)
 
 log = logging.getLogger(__name__)
@@ -317,18 +317,10 @@ class AzureProvider(Provider):
         architecture = self.config.get("architecture", "x64")
         out = []
         for sku in skus:
-            if sku.get("resourceType") != "virtualMachines" or not _offered_in(sku, region):
+            caps = self._usable_caps(sku, region, generation, architecture)
+            if caps is None:
                 continue
-            if _restricted(sku, region):                             # not for this subscription
-                continue
-            caps = {c.get("name"): c.get("value") for c in sku.get("capabilities") or []}
             cpu, ram = int(float(caps.get("vCPUs") or 0)), float(caps.get("MemoryGB") or 0)
-            if cpu <= 0 or ram <= 0:
-                continue
-            if generation and generation not in (caps.get("HyperVGenerations") or generation).split(","):
-                continue
-            if (caps.get("CpuArchitectureType") or "x64").lower() != architecture.lower():
-                continue
             name = sku["name"]
             # scratch space: the size's local temp disk when it has one, else the OS disk
             temp_disk = float(caps.get("MaxResourceVolumeMB") or 0) / 1024
@@ -341,6 +333,22 @@ class AzureProvider(Provider):
             if str(caps.get("LowPriorityCapable", "False")).lower() == "true":
                 out.append(Flavor(**flavor, hourly_cost=spot, spot=True))
         return out
+
+    @staticmethod
+    def _usable_caps(sku, region, generation, architecture):
+        """The SKU's capabilities when it is a VM size this subscription can rent here, else None."""
+        if sku.get("resourceType") != "virtualMachines" or not _offered_in(sku, region):
+            return None
+        if _restricted(sku, region):                             # not for this subscription
+            return None
+        caps = {c.get("name"): c.get("value") for c in sku.get("capabilities") or []}
+        if int(float(caps.get("vCPUs") or 0)) <= 0 or float(caps.get("MemoryGB") or 0) <= 0:
+            return None
+        if generation and generation not in (caps.get("HyperVGenerations") or generation).split(","):
+            return None
+        if (caps.get("CpuArchitectureType") or "x64").lower() != architecture.lower():
+            return None
+        return caps
 
     def _price_table(self, region):
         """{sku: price or {"ondemand", "spot"}} from the 'prices' setting, or the retail API."""
@@ -564,7 +572,7 @@ class AzureProvider(Provider):
             disks = [rest(d) for d in compute.disks.list_by_resource_group(rg)]
         out = []
         for vm in vms:
-            if not _tagged(vm, wanted):
+            if not carries(vm.get("tags") or {}, wanted):
                 continue
             nic_ids = _nic_ids(vm)
             nic = nics.get(nic_ids[0].lower()) if nic_ids else None
@@ -579,7 +587,7 @@ class AzureProvider(Provider):
         for resource in resources:
             owner = (resource.get("tags") or {}).get(TAG) or _named_disk(resource)
             shown = dict(resource, tags=resource.get("tags") or {TAG: owner})
-            if owner and owner.lower() not in live and _tagged(shown, wanted):
+            if owner and owner.lower() not in live and carries(shown["tags"], wanted):
                 left.setdefault(owner, shown)
         return [Instance(provider=self.name, id=owner, name=owner, region=r.get("location"), flavor=None,
                          status=InstanceStatus.DELETED, user=self.user, tags=dict(r.get("tags") or {}))
@@ -727,11 +735,6 @@ def _image(image):
     if len(parts) != 4:
         raise BadRequest(f"azure: image {image!r}: expected publisher:offer:sku:version or a resource id")
     return dict(zip(("publisher", "offer", "sku", "version"), parts))
-
-
-def _tagged(resource, wanted):
-    tags = resource.get("tags") or {}
-    return all(k in tags and (w is None or tags[k] == w) for k, w in wanted.items())
 
 
 def _named_disk(resource):

@@ -113,6 +113,9 @@ class Provider:
     `delete` is idempotent: deleting what is gone already is not an error."""
 
     name = "?"
+    # Its create() rents a host and its delete() gives it back (False: a lab's own machines,
+    # lent and released, never deleted): whether recruitment may sweep its evictions and orphans.
+    rents_hosts = True
 
     def __init__(self, config=None):
         self.config = dict(config or {})
@@ -137,7 +140,7 @@ class Provider:
 
     def list(self, tags=None):
         """Instances carrying every given tag (default: all scitq-tagged ones). Tag values are
-        strings; a value of None means "the key is present"."""
+        strings; a value of None means "the key is present" (see carries())."""
         raise NotImplementedError(f"{self.name} cannot list instances")
 
     def delete(self, instance_id):
@@ -159,6 +162,13 @@ class Provider:
         until = datetime.now(timezone.utc) + timedelta(seconds=wait)
         say(f"{self.name}: throttled (HTTP {status}): waiting {wait:g} s, until {until:%H:%M:%S} UTC")
         sleep(wait)
+
+
+def carries(tags, wanted=None):
+    """Whether an instance's tags hold every wanted tag (a None value: the key is present;
+    values compared as the strings clouds keep); no wanted tags: scitq's own instances."""
+    return all(k in tags and (v is None or str(tags[k]) == str(v))
+               for k, v in (wanted or {TAG: None}).items())
 
 
 def check_max_price(value):

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 
 from scitq.errors import BadRequest, InstanceNotFound, ProviderError, ProviderUnavailable, QuotaExceeded
 from scitq.providers import netns
-from scitq.providers.base import TAG, Flavor, Instance, InstanceStatus, Provider, Quota
+from scitq.providers.base import TAG, carries, Flavor, Instance, InstanceStatus, Provider, Quota
 
 log = logging.getLogger(__name__)
 _CHILDREN = {}   # pid -> Popen of the nspawn processes this process started, to reap them
@@ -260,9 +260,7 @@ class LocalProvider(Provider):
         return self._instance(record)
 
     def list(self, tags=None):
-        wanted = dict(tags or {TAG: None})
-        return [self._instance(r) for r in self._load().values()
-                if all(k in r["tags"] and (v is None or r["tags"][k] == v) for k, v in wanted.items())]
+        return [self._instance(r) for r in self._load().values() if carries(r["tags"], tags)]
 
     def delete(self, instance_id):
         with self._state() as hosts:
@@ -402,25 +400,33 @@ class LocalProvider(Provider):
 def apt_source(etc="/etc/apt"):
     """(suite, mirror, keyring) of this machine's first plain Debian source with `main`,
     read from its deb822 `.sources` files or its one-line `sources.list`."""
-    entries = []     # (uris, suites, components, keyring)
+    for uris, suites, components, keyring in [*_deb822_sources(etc), *_one_line_sources(etc)]:
+        uris = [u for u in uris if re.match(r"(https?|file)://", u)]
+        suites = [s for s in suites if re.fullmatch(r"[a-z]+", s)]   # bookworm, not bookworm-updates
+        if uris and suites and "main" in components:
+            if keyring and not os.path.isfile(keyring):
+                keyring = None           # an inline key, or a file not here: debootstrap's default
+            return suites[0], uris[0], keyring
+    raise ProviderUnavailable("no Debian suite with 'main' found in this machine's apt sources: "
+                              "give the local provider 'suite' and 'mirror'")
+
+
+def _deb822_sources(etc):
+    """(uris, suites, components, keyring) of each enabled `deb` stanza of the .sources files,
+    parsed by python-debian."""
+    from debian.deb822 import Deb822
     for path in sorted(glob.glob(os.path.join(etc, "sources.list.d", "*.sources"))):
         with open(path) as f:
-            for para in re.split(r"\n\s*\n", f.read()):
-                fields, key = {}, None
-                for line in para.splitlines():
-                    if line.startswith("#"):
-                        continue
-                    if line[:1].isspace() and key:
-                        fields[key] += " " + line.strip()
-                    elif ":" in line:
-                        key, value = line.split(":", 1)
-                        key = key.strip().lower()
-                        fields[key] = value.strip()
-                if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
-                    entries.append((fields.get("uris", "").split(), fields.get("suites", "").split(),
-                                    fields.get("components", "").split(), fields.get("signed-by")))
-    lists = [os.path.join(etc, "sources.list")] + sorted(glob.glob(os.path.join(etc, "sources.list.d", "*.list")))
-    for path in lists:
+            for fields in Deb822.iter_paragraphs(f, use_apt_pkg=False):
+                if "deb" in fields.get("Types", "").split() and fields.get("Enabled", "yes").lower() != "no":
+                    yield (fields.get("URIs", "").split(), fields.get("Suites", "").split(),
+                           fields.get("Components", "").split(), fields.get("Signed-By"))
+
+
+def _one_line_sources(etc):
+    """(uris, suites, components, keyring) of each `deb` line of the one-line-style lists
+    (python-debian reads deb822 only; python-apt's reader is not on PyPI)."""
+    for path in [os.path.join(etc, "sources.list")] + sorted(glob.glob(os.path.join(etc, "sources.list.d", "*.list"))):
         try:
             with open(path) as f:
                 lines = f.read().splitlines()
@@ -439,16 +445,7 @@ def apt_source(etc="/etc/apt"):
                 line = line[:options.start()] + line[options.end():]
             parts = line.split()
             if len(parts) >= 4:
-                entries.append(([parts[1]], [parts[2]], parts[3:], keyring))
-    for uris, suites, components, keyring in entries:
-        uris = [u for u in uris if re.match(r"(https?|file)://", u)]
-        suites = [s for s in suites if re.fullmatch(r"[a-z]+", s)]   # bookworm, not bookworm-updates
-        if uris and suites and "main" in components:
-            if keyring and not os.path.isfile(keyring):
-                keyring = None           # an inline key, or a file not here: debootstrap's default
-            return suites[0], uris[0], keyring
-    raise ProviderUnavailable("no Debian suite with 'main' found in this machine's apt sources: "
-                              "give the local provider 'suite' and 'mirror'")
+                yield [parts[1]], [parts[2]], parts[3:], keyring
 
 
 def _customize(rootfs, info):

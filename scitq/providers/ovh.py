@@ -44,7 +44,7 @@ from contextlib import contextmanager
 
 from scitq.errors import (AuthError, BadRequest, CapacityError, InstanceNotFound, ProviderError,
                           QuotaExceeded, ScitqError, Throttled, TransientError)
-from scitq.providers.base import TAG, Flavor, Instance, InstanceStatus, Provider, Quota, require
+from scitq.providers.base import TAG, carries, Flavor, Instance, InstanceStatus, Provider, Quota, require
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,6 @@ class OVHProvider(Provider):
     def list(self, tags=None):
         """Servers whose metadata carries every given tag (a None value: the key is present),
         over every region; default: all scitq-tagged ones."""
-        wanted = {TAG: None} if tags is None else dict(tags)
         regions = self.regions()
 
         def servers_in(region):
@@ -259,7 +258,7 @@ class OVHProvider(Provider):
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
             found = [pair for batch in pool.map(servers_in, regions) for pair in batch]
         return [self._instance(region, s) for region, s in found
-                if s.status not in ("DELETED", "SOFT_DELETED") and _matches(s.metadata or {}, wanted)]
+                if s.status not in ("DELETED", "SOFT_DELETED") and carries(s.metadata or {}, tags)]
 
     def delete(self, instance_id):
         """Delete and wait until Nova no longer lists the server; gone already is fine."""
@@ -510,36 +509,49 @@ def _translate(exc, doing, not_found=None):
     ovh_exc = sys.modules.get("ovh.exceptions")
     req_exc = sys.modules.get("requests.exceptions")
     message = f"ovh: {doing}: {exc}"
-    status = None
     if ovh_exc and isinstance(exc, ovh_exc.APIError):
-        code = ""
-        response = getattr(exc, "response", None)
-        try:
-            code = response.json().get("errorCode", "") if response is not None else ""
-        except ValueError:
-            pass
-        if isinstance(exc, (ovh_exc.InvalidKey, ovh_exc.InvalidCredential, ovh_exc.NotCredential,
-                            ovh_exc.NotGrantedCall, ovh_exc.Forbidden, ovh_exc.InvalidConfiguration,
-                            ovh_exc.InvalidRegion)) or code == "INVALID_SIGNATURE":
-            return AuthError(message)
-        if isinstance(exc, (ovh_exc.HTTPError, ovh_exc.NetworkError)):
-            return TransientError(message)
-        status = getattr(response, "status_code", None)
+        error, status = _ovh_api_error(exc, ovh_exc, message)
+        if error is not None:
+            return error
     elif os_exc and isinstance(exc, os_exc.HttpException):
         status = exc.status_code
     elif ks_exc and isinstance(exc, ks_exc.HttpError):
         status = exc.http_status
     elif req_exc and isinstance(exc, req_exc.HTTPError) and exc.response is not None:
         status = exc.response.status_code
-    elif ks_exc and isinstance(exc, (ks_exc.AuthPluginException, ks_exc.AuthorizationFailure)) or \
+    else:
+        return _not_http(exc, message, os_exc, ks_exc, req_exc)
+    return _by_status(status, message, "quota" in str(exc).lower(), not_found)
+
+
+def _ovh_api_error(exc, ovh_exc, message):
+    """(scitq error, None) for the OVH API's own kinds of error, else (None, its HTTP status)."""
+    code = ""
+    response = getattr(exc, "response", None)
+    try:
+        code = response.json().get("errorCode", "") if response is not None else ""
+    except ValueError:
+        pass
+    if isinstance(exc, (ovh_exc.InvalidKey, ovh_exc.InvalidCredential, ovh_exc.NotCredential,
+                        ovh_exc.NotGrantedCall, ovh_exc.Forbidden, ovh_exc.InvalidConfiguration,
+                        ovh_exc.InvalidRegion)) or code == "INVALID_SIGNATURE":
+        return AuthError(message), None
+    if isinstance(exc, (ovh_exc.HTTPError, ovh_exc.NetworkError)):
+        return TransientError(message), None
+    return None, getattr(response, "status_code", None)
+
+
+def _not_http(exc, message, os_exc, ks_exc, req_exc):
+    """The scitq error for an SDK error that carries no HTTP status."""
+    if ks_exc and isinstance(exc, (ks_exc.AuthPluginException, ks_exc.AuthorizationFailure)) or \
             os_exc and isinstance(exc, os_exc.ConfigException):
         return AuthError(message)
-    elif ks_exc and isinstance(exc, (ks_exc.ConnectionError, ks_exc.RetriableConnectionFailure)) or \
+    if ks_exc and isinstance(exc, (ks_exc.ConnectionError, ks_exc.RetriableConnectionFailure)) or \
             os_exc and isinstance(exc, os_exc.ResourceTimeout) or \
             req_exc and isinstance(exc, (req_exc.Timeout, req_exc.ConnectionError)) or \
             isinstance(exc, (TimeoutError, ConnectionError)):
         return TransientError(message)
-    return _by_status(status, message, "quota" in str(exc).lower(), not_found)
+    return _by_status(None, message, "quota" in str(exc).lower())
 
 
 def _by_status(status, message, about_quota, not_found=None):
@@ -627,7 +639,3 @@ def _addresses(server, network):
             else:
                 private = private or str(ip)
     return public, private
-
-
-def _matches(metadata, wanted):
-    return all(k in metadata and (v is None or metadata[k] == str(v)) for k, v in wanted.items())

@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scitq.errors import BadRequest, CapacityError, InstanceNotFound
-from scitq.providers.base import TAG, Flavor, Instance, InstanceStatus, Provider, Quota
+from scitq.providers.base import TAG, carries, Flavor, Instance, InstanceStatus, Provider, Quota
 
 
 class StaticProvider(Provider):
     name = "static"
+    rents_hosts = False
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -110,11 +111,9 @@ class StaticProvider(Provider):
             return self._instance(instance_id, state[instance_id])
 
     def list(self, tags=None):
-        wanted = tags or {TAG: None}
         with self._state() as state:
             out = [self._instance(n, rec) for n, rec in state.items() if n in self.hosts]
-        return [i for i in out if all(k in i.tags and (v is None or i.tags[k] == v)
-                                      for k, v in wanted.items())]
+        return [i for i in out if carries(i.tags, tags)]
 
     def delete(self, instance_id):
         """Release the host (it keeps running: it is not ours to delete)."""

@@ -218,6 +218,14 @@ def _among_postgresql(element, compiler, **kw):
             f"ANY(ARRAY{compiler.process(element.ids.scalar_subquery(), **kw)})")
 
 
+def get_or_404(session, model, ident):
+    """The row of this id; NotFound (a 404) when there is none."""
+    obj = session.get(model, ident) if 0 <= ident <= MAX_ID else None
+    if obj is None:
+        raise NotFound(f"no {model.__tablename__} {ident}")
+    return obj
+
+
 def lookup(session, model, ref):
     """A batch or worker by id (an int, or digits) or by name; NotFound otherwise."""
     if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):

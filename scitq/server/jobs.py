@@ -6,7 +6,6 @@ delay until its attempts are spent. A job that was running when the server died 
 up again at start.
 """
 import logging
-import re
 import threading
 import time
 import traceback
@@ -15,7 +14,8 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 
-from scitq.errors import BadRequest, Conflict, NotFound, ScitqError
+from scitq.deploy import check_host
+from scitq.errors import BadRequest, Conflict, ScitqError
 from scitq.log import redact
 from scitq.server.db import lock_in, record
 from scitq.server.loop import Loop
@@ -24,17 +24,7 @@ from scitq.status import JobStatus
 
 log = logging.getLogger(__name__)
 
-# Matched whole (fullmatch: a $ would let a final line break through).
-HOST = re.compile(r"(?!-)[A-Za-z0-9._:-]{1,253}")     # a name or an address, never an option
-USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 KINDS = ("deploy", "teardown", "create", "delete")   # the last two: recruitment's hosts
-
-
-def check_target(host, user):
-    if not isinstance(host, str) or not HOST.fullmatch(host):
-        raise BadRequest(f"invalid host {str(host)[:80]!r}: a host name or an IP address")
-    if not isinstance(user, str) or not USER.fullmatch(user):
-        raise BadRequest(f"invalid SSH user {str(user)[:40]!r}")
 
 
 def create_jobs(s, kind, hosts, params, max_attempts=3):
@@ -44,7 +34,7 @@ def create_jobs(s, kind, hosts, params, max_attempts=3):
         raise BadRequest("no host given")
     jobs = []
     for host in hosts:
-        check_target(host, params.get("user", "root"))
+        check_host(host, params.get("user", "root"))
         job = Job(kind=kind, target=host, params=params, max_attempts=max_attempts,
                   status=JobStatus.PENDING.value)
         s.add(job)
@@ -52,13 +42,6 @@ def create_jobs(s, kind, hosts, params, max_attempts=3):
         record(s, f"job.{kind}", job, target=host)
         jobs.append(job)
     return jobs
-
-
-def get_job(s, job_id):
-    job = s.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    return job
 
 
 def retry_job(s, job):

@@ -316,6 +316,12 @@ class Job(Base):
                 "started_at": iso(self.started_at), "ended_at": iso(self.ended_at)}
 
 
+def accrued(hourly_cost, created_at, end):
+    """What a host rented at hourly_cost from created_at costs until end: the one cost
+    formula, so that a recruiter's or a batch's total is the sum of its hosts'."""
+    return hourly_cost * max((end - created_at).total_seconds(), 0) / 3600
+
+
 class Recruiter(Base):
     """A rule that rents hosts for a batch: which, how many, at what cost, for how long idle."""
 
@@ -385,8 +391,7 @@ class Instance(Base):
     def cost_so_far(self, now=None):
         if self.cost is not None or self.hourly_cost is None:
             return self.cost or 0.0
-        end = self.deleted_at or now or utcnow()
-        return self.hourly_cost * max((end - self.created_at).total_seconds(), 0) / 3600
+        return accrued(self.hourly_cost, self.created_at, self.deleted_at or now or utcnow())
 
     def to_dict(self, now=None):
         return {"id": self.id, "name": self.name, "recruiter_id": self.recruiter_id,

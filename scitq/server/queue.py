@@ -7,7 +7,7 @@ from sqlalchemy import delete, func, insert, select, text
 
 from scitq.errors import BadRequest, Conflict, NotFound
 from scitq.server import lifecycle
-from scitq.server.db import insert_with_ids, lookup, record
+from scitq.server.db import get_or_404, insert_with_ids, lookup, record
 from scitq.server.models import (MAX_ID, Batch, Execution, MinuteRollup, Submission, Task,
                                  TaskCount, TaskDependency, utcnow)
 from scitq.status import REMAINING, BatchStatus, TaskStatus
@@ -75,13 +75,6 @@ def change_batch(s, batch, changes):
     return batch
 
 
-def get_task(s, task_id):
-    task = s.get(Task, task_id)
-    if task is None:
-        raise NotFound(f"no task {task_id}")
-    return task
-
-
 MAX_RETRIES = 100
 MAX_SECONDS = 366 * 86400.0       # timeouts and delays: at most a year
 MAX_URIS = 10_000                 # inputs or resources of one task
@@ -143,14 +136,9 @@ def check_task(spec, where="task"):
         raise BadRequest(f"{where}: 'name' must be a string of at most 255 characters")
     if "\x00" in command or (name and "\x00" in name):
         raise BadRequest(f"{where}: a NUL character cannot be part of a command or a name")
-    shell = spec.get("shell", True)
-    if not isinstance(shell, bool):
-        raise BadRequest(f"{where}: 'shell' must be true or false")
-    use_cache = spec.get("use_cache", False)
-    if not isinstance(use_cache, bool):
-        raise BadRequest(f"{where}: 'use_cache' must be true or false")
     fields = {
-        "command": command, "name": name, "shell": shell, "use_cache": use_cache,
+        "command": command, "name": name,
+        "shell": _flag(spec, "shell", where, True), "use_cache": _flag(spec, "use_cache", where, False),
         "retries": _number(spec, "retries", where, 0, MAX_RETRIES, integer=True, default=0),
         "retry_delay": _number(spec, "retry_delay", where, 0, MAX_SECONDS, default=0.0),
         "retry_backoff": _number(spec, "retry_backoff", where, 1, 100, default=1.0),
@@ -162,6 +150,24 @@ def check_task(spec, where="task"):
         "resources": _uris(spec, "resources", where),
         "output": _text(spec, "output", where, 4096),
     }
+    _check_container(fields, where)
+    if fields["output"] is not None:
+        try:
+            check_uri(fields["output"], actions=False)
+        except ValueError as exc:
+            raise BadRequest(f"{where}: output: {exc}") from None
+    return fields
+
+
+def _flag(spec, key, where, default):
+    value = spec.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: '{key}' must be true or false")
+    return value
+
+
+def _check_container(fields, where):
+    """The image reference and the options given with it."""
     if fields["container"] is not None and (not IMAGE.fullmatch(fields["container"])
                                              or ".." in fields["container"]):
         raise BadRequest(f"{where}: container {fields['container'][:80]!r} is not an image "
@@ -173,12 +179,6 @@ def check_task(spec, where="task"):
             parse_options(fields["container_options"])
         except ValueError as exc:
             raise BadRequest(f"{where}: container_options: {exc}") from None
-    if fields["output"] is not None:
-        try:
-            check_uri(fields["output"], actions=False)
-        except ValueError as exc:
-            raise BadRequest(f"{where}: output: {exc}") from None
-    return fields
 
 
 def _dependencies(spec, where, index, refs):
@@ -271,12 +271,7 @@ def create_tasks(s, specs, batch_name=None):
                       created_at=now, updated_at=now)
         rows.append(fields)
     _refuse_cycles(local_deps)
-    wanted = {d for ids in stored_deps for d in ids}
-    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted))).all()) if wanted else {}
-    missing = sorted(wanted - set(known))
-    if missing:
-        raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}"
-                         + (" ..." if len(missing) > 10 else ""))
+    known = _stored_statuses(s, stored_deps)
     if any(stored_deps) or any(local_deps):
         _initial_statuses(rows, stored_deps, local_deps, known)
     ids = _insert_tasks(s, rows)
@@ -288,6 +283,17 @@ def create_tasks(s, specs, batch_name=None):
         mine = [i for i, r in zip(ids, rows) if r["batch_id"] == batch.id]
         record(s, "tasks.created", batch, count=len(mine), first=mine[0], last=mine[-1])
     return ids
+
+
+def _stored_statuses(s, stored_deps):
+    """{id: status} of the stored tasks depended on; an unknown id is a 400."""
+    wanted = {d for ids in stored_deps for d in ids}
+    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted))).all()) if wanted else {}
+    missing = sorted(wanted - set(known))
+    if missing:
+        raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}"
+                         + (" ..." if len(missing) > 10 else ""))
+    return known
 
 
 def submit_tasks(s, specs, batch_name=None, submission=None):
@@ -472,7 +478,7 @@ def latest_execution(s, task_id):
     ex = s.scalar(select(Execution).where(Execution.task_id == task_id)
                   .order_by(Execution.id.desc()).limit(1))
     if ex is None:
-        get_task(s, task_id)
+        get_or_404(s, Task, task_id)
         raise NotFound(f"task {task_id} has not run yet")
     return ex
 

@@ -392,30 +392,13 @@ class Worker:
             self._reports_ready.clear()
             one_by_one = False
             while (self.reports or self._news or self.depth != self._told_depth) and self.id is not None:
-                wait = self._last_report + self.report_gap - asyncio.get_running_loop().time()
-                # Only a task's progress waits, and only while the tasks queued here (half
-                # the prefetch at least) keep the slots busy: a slot soon idle needs the
-                # server to hear at once, and so does what a user asked for (a signal
-                # applied) or a task given back.
-                if (wait > 0 and not self._queue_is_low() and not self._stop_now
-                        and all(r["status"] in PROGRESS for r in self.reports)):
-                    # ...and no longer than that: the answer to these reports refills it
-                    self._queue_low.clear()
-                    try:
-                        await asyncio.wait_for(self._queue_low.wait(), wait)
-                    except asyncio.TimeoutError:
-                        pass
+                await self._hold_progress()
                 if self._running_timer is not None:
                     self._running_timer.cancel()
                     self._running_timer = None
                 sent = self._outgoing(1 if one_by_one else self.report_batch)
                 news = self._news
-                self._told_depth = self.depth
-                body = {"reports": sent, "queued": len(self.queue), "depth": self._told_depth}
-                if news:
-                    body["status"] = news
-                elif not self.draining and self.status == "running":
-                    body["more"] = True     # the next tasks come in the answer
+                body = self._report_body(sent, news)
                 self._last_report = asyncio.get_running_loop().time()
                 try:
                     answer = await self.link.call("POST", f"/workers/{self.id}/reports", json=body)
@@ -432,18 +415,45 @@ class Worker:
                         continue
                     log.error("server rejected report %s: %s", sent, err)   # resending cannot help
                     answer = {"refused": []}
-                del self.reports[:len(sent)]
-                if self._news == news:
-                    self._news = None
-                for r in answer["refused"]:
-                    log.warning("server refused report on execution %s: %s", r["execution_id"], r["error"])
-                for r in sent:
-                    if r["status"] in FINAL:
-                        self.held.discard(r["execution_id"])
-                        self.signaled.pop(r["execution_id"], None)
-                if answer.get("assignments"):
-                    self._take(answer["assignments"])
-                    self._start_ready()
+                self._acknowledged(sent, news, answer)
+
+    async def _hold_progress(self):
+        """Only a task's progress waits, and only while the tasks queued here (half the
+        prefetch at least) keep the slots busy: a slot soon idle needs the server to hear at
+        once, and so does what a user asked for (a signal applied) or a task given back."""
+        wait = self._last_report + self.report_gap - asyncio.get_running_loop().time()
+        if (wait > 0 and not self._queue_is_low() and not self._stop_now
+                and all(r["status"] in PROGRESS for r in self.reports)):
+            # ...and no longer than that: the answer to these reports refills it
+            self._queue_low.clear()
+            try:
+                await asyncio.wait_for(self._queue_low.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    def _report_body(self, sent, news):
+        self._told_depth = self.depth
+        body = {"reports": sent, "queued": len(self.queue), "depth": self._told_depth}
+        if news:
+            body["status"] = news
+        elif not self.draining and self.status == "running":
+            body["more"] = True     # the next tasks come in the answer
+        return body
+
+    def _acknowledged(self, sent, news, answer):
+        """The server has these reports: forget them, and take the tasks its answer brings."""
+        del self.reports[:len(sent)]
+        if self._news == news:
+            self._news = None
+        for r in answer["refused"]:
+            log.warning("server refused report on execution %s: %s", r["execution_id"], r["error"])
+        for r in sent:
+            if r["status"] in FINAL:
+                self.held.discard(r["execution_id"])
+                self.signaled.pop(r["execution_id"], None)
+        if answer.get("assignments"):
+            self._take(answer["assignments"])
+            self._start_ready()
 
     async def _flush_reports(self):
         """Wait until the server has every report, unless told twice to stop."""

@@ -5,7 +5,7 @@ import itertools
 import threading
 
 from scitq.errors import InstanceNotFound
-from scitq.providers.base import TAG, Flavor, Instance, InstanceStatus, Provider, Quota
+from scitq.providers.base import TAG, carries, Flavor, Instance, InstanceStatus, Provider, Quota
 from scitq.server.providers import Providers
 
 
@@ -54,9 +54,7 @@ class FakeCloud(Provider):
             raise InstanceNotFound(f"no host {instance_id}") from None
 
     def list(self, tags=None):
-        wanted = dict(tags or {TAG: None})
-        return [h for h in list(self.hosts.values())
-                if all(k in h.tags and (v is None or h.tags[k] == v) for k, v in wanted.items())]
+        return [h for h in list(self.hosts.values()) if carries(h.tags, tags)]
 
     def delete(self, instance_id):
         with self._lock:

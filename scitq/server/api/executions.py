@@ -6,10 +6,11 @@ from flask import Response, request
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy import select
 
-from scitq.errors import BadRequest, Conflict, NotFound, TooLarge
+from scitq.errors import BadRequest, Conflict, TooLarge
 from scitq.server.access import access
 from scitq.server.api import (ERROR_FIELDS, ID, NullableInteger, NullableNested, NullableString,
                               natural_id, state)
+from scitq.server.db import get_or_404
 from scitq.server.models import Execution, Task
 from scitq.status import ExecutionStatus
 
@@ -62,13 +63,6 @@ append_args.add_argument("stream", choices=("stdout", "stderr"), required=True)
 append_args.add_argument("offset", type=natural_id, required=True)
 
 
-def get_execution(s, execution_id):
-    ex = s.get(Execution, execution_id)
-    if ex is None:
-        raise NotFound(f"no execution {execution_id}")
-    return ex
-
-
 def output_response(ex, args):
     """Raw bytes from `offset`; headers tell the stream's size and whether it can still grow."""
     data, size = state().outputs.read(ex.id, args["stream"], args["offset"], args["limit"])
@@ -104,7 +98,7 @@ class OneExecution(Resource):
     @ns.marshal_with(execution)
     def get(self, execution_id):
         with state().db.read() as s:
-            return get_execution(s, execution_id).to_dict()
+            return get_or_404(s, Execution, execution_id).to_dict()
 
 
 @ns.route(f"/<{ID}:execution_id>/output")
@@ -118,7 +112,7 @@ class ExecutionOutput(Resource):
     def get(self, execution_id):
         """Output from a byte offset: call again from offset + length to follow it (tail -f)."""
         with state().db.read() as s:
-            return output_response(get_execution(s, execution_id), output_args.parse_args())
+            return output_response(get_or_404(s, Execution, execution_id), output_args.parse_args())
 
     @ns.response(200, "Stored", appended)
     @ns.response(409, "A gap before the chunk, or the execution has ended", error)
@@ -137,7 +131,7 @@ class ExecutionOutput(Resource):
             raise TooLarge(f"output chunks are limited to {MAX_CHUNK} bytes")
         st = state()
         with st.db.read() as s:
-            ex = get_execution(s, execution_id)
+            ex = get_or_404(s, Execution, execution_id)
             if not ExecutionStatus(ex.status).is_active:      # its output is final once it ended
                 raise Conflict(f"execution {execution_id} is {ex.status}: output refused")
         size = st.outputs.append(execution_id, a["stream"], a["offset"], data)
@@ -159,7 +153,7 @@ class ExecutionCache(Resource):
         names a succeeded execution of the same task fields and key whose result can be reused."""
         inputs = ns.payload["inputs"]
         with state().db.write() as s:
-            ex = get_execution(s, execution_id)
+            ex = get_or_404(s, Execution, execution_id)
             if not ExecutionStatus(ex.status).is_active:
                 raise Conflict(f"execution {execution_id} is {ex.status}")
             ex.cache_key = cache_key(ex.task, inputs)

@@ -75,24 +75,7 @@ def _compile(schema, ref):
         checks.extend(_compile(s, ref) for s in schema["allOf"])
     if "anyOf" in schema:
         checks.append(_any_of([_compile(s, ref) for s in schema["anyOf"]]))
-    if "type" in schema:
-        checks.append(_type(schema["type"]))
-    if "enum" in schema:
-        checks.append(_enum(schema["enum"]))
-    for key, test, word in (("minimum", lambda v, b: v >= b, "less than the minimum of"),
-                            ("maximum", lambda v, b: v <= b, "greater than the maximum of")):
-        if key in schema:
-            checks.append(_bound(schema[key], test, word, TYPES["number"]))
-    for key, test, word in (("minLength", lambda v, b: len(v) >= b, "is too short"),
-                            ("maxLength", lambda v, b: len(v) <= b, "is too long")):
-        if key in schema:
-            checks.append(_length(schema[key], test, word))
-    for key, test, word in (("minItems", lambda v, b: len(v) >= b, "is too short"),
-                            ("maxItems", lambda v, b: len(v) <= b, "is too long")):
-        if key in schema:
-            checks.append(_count(schema[key], test, word))
-    if "pattern" in schema:
-        checks.append(_pattern(schema["pattern"]))
+    checks.extend(_value_checks(schema))
     if "required" in schema or "properties" in schema:
         checks.append(_object(schema.get("required", ()),
                               {k: _compile(s, ref) for k, s in (schema.get("properties") or {}).items()}))
@@ -103,6 +86,28 @@ def _compile(schema, ref):
         for c in checks:
             c(value, path, errors)
     return checks[0] if len(checks) == 1 else check
+
+
+def _value_checks(schema):
+    """The checks of one value's own keywords (type, enum, bounds, lengths, pattern), in order."""
+    if "type" in schema:
+        yield _type(schema["type"])
+    if "enum" in schema:
+        yield _enum(schema["enum"])
+    for key, test, word in (("minimum", lambda v, b: v >= b, "less than the minimum of"),
+                            ("maximum", lambda v, b: v <= b, "greater than the maximum of")):
+        if key in schema:
+            yield _bound(schema[key], test, word, TYPES["number"])
+    for key, test, word in (("minLength", lambda v, b: len(v) >= b, "is too short"),
+                            ("maxLength", lambda v, b: len(v) <= b, "is too long")):
+        if key in schema:
+            yield _length(schema[key], test, word)
+    for key, test, word in (("minItems", lambda v, b: len(v) >= b, "is too short"),
+                            ("maxItems", lambda v, b: len(v) <= b, "is too long")):
+        if key in schema:
+            yield _count(schema[key], test, word)
+    if "pattern" in schema:
+        yield _pattern(schema["pattern"])
 
 
 def _fail(errors, path, message):

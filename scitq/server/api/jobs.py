@@ -7,6 +7,7 @@ from scitq.errors import BadRequest
 from scitq.server import jobs as jobs_
 from scitq.server.access import access
 from scitq.server.api import ERROR_FIELDS, ID, NullableInteger, NullableString, natural_id, state
+from scitq.server.db import get_or_404
 from scitq.server.deploys import ENGINES, deploy_params
 from scitq.server.models import Job
 from scitq.status import JobStatus
@@ -119,7 +120,7 @@ class OneJob(Resource):
     @ns.marshal_with(job)
     def get(self, job_id):
         with state().db.read() as s:
-            return jobs_.get_job(s, job_id).to_dict()
+            return get_or_404(s, Job, job_id).to_dict()
 
 
 @ns.route(f"/<{ID}:job_id>/retry")
@@ -132,7 +133,7 @@ class RetryJob(Resource):
         """Run a failed job again, with a fresh set of attempts."""
         st = state()
         with st.db.write() as s:
-            out = jobs_.retry_job(s, jobs_.get_job(s, job_id)).to_dict()
+            out = jobs_.retry_job(s, get_or_404(s, Job, job_id)).to_dict()
         st.jobs.wake()
         return out
 
@@ -150,7 +151,7 @@ class JobLog(Resource):
         a = log_args.parse_args()
         st = state()
         with st.db.read() as s:
-            j = jobs_.get_job(s, job_id)
+            j = get_or_404(s, Job, job_id)
             done = j.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
         data, size = st.job_logs.read(job_id, "log", a["offset"], a["limit"])
         return Response(data, mimetype="text/plain", headers={

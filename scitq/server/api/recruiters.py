@@ -4,7 +4,9 @@ from flask_restx import Namespace, Resource, fields, inputs, marshal, reqparse
 
 from scitq.server.recruit import ledger, preview, recruiters
 from scitq.server.access import access
+from scitq.server.db import get_or_404
 from scitq.server.deploys import check_reachable
+from scitq.server.models import Instance, Recruiter
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, batches, natural_id, state)
 
@@ -184,13 +186,13 @@ class OneRecruiter(Resource):
     @ns.marshal_with(recruiter)
     def get(self, recruiter_id):
         with state().db.read() as s:
-            return recruiters.recruiter_dict(s, recruiters.get_recruiter(s, recruiter_id))
+            return recruiters.recruiter_dict(s, get_or_404(s, Recruiter, recruiter_id))
 
     @ns.response(200, "Deleted", deleted)
     def delete(self, recruiter_id):
         """Stop the recruiter renting; its live hosts stay and keep serving until idle."""
         with state().db.write() as s:
-            live = recruiters.delete_recruiter(s, recruiters.get_recruiter(s, recruiter_id))
+            live = recruiters.delete_recruiter(s, get_or_404(s, Recruiter, recruiter_id))
         _wake()
         return {"deleted": recruiter_id, "live_hosts": live}
 
@@ -250,4 +252,4 @@ class OneInstance(Resource):
     @instances_ns.doc(id="get_rented_instance")
     def get(self, instance_id):
         with state().db.read() as s:
-            return ledger.instance_dict(ledger.get_instance(s, instance_id))
+            return ledger.instance_dict(get_or_404(s, Instance, instance_id))

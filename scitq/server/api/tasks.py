@@ -4,6 +4,8 @@ from sqlalchemy.exc import IntegrityError
 
 from scitq.server import lifecycle, queue
 from scitq.server.access import access
+from scitq.server.db import get_or_404
+from scitq.server.models import Task
 from scitq.server.api import (ERROR_FIELDS, ID, IdOrName, NullableFloat, NullableInteger,
                               NullableString, natural_id, state)
 from scitq.server.api.executions import execution, output_response, output_args
@@ -114,7 +116,7 @@ class Tasks(Resource):
         """Submit one task."""
         with state().db.write() as s:
             (tid,) = queue.create_tasks(s, [ns.payload])
-            out = queue.get_task(s, tid).to_dict()
+            out = get_or_404(s, Task, tid).to_dict()
         state().dispatcher.tasks_added(1)       # a thousand single ones count as a bulk one
         state().dispatcher.wake()
         return out, 201
@@ -151,7 +153,7 @@ class OneTask(Resource):
     def get(self, task_id):
         """A task with every execution (attempt) it had."""
         with state().db.read() as s:
-            return queue.task_detail(s, queue.get_task(s, task_id))
+            return queue.task_detail(s, get_or_404(s, Task, task_id))
 
     @ns.response(400, "Invalid change", error)
     @ns.response(409, "The task is assigned or running", error)
@@ -160,7 +162,7 @@ class OneTask(Resource):
     def put(self, task_id):
         """Edit a task that is not running (then relaunch it to run the new command)."""
         with state().db.write() as s:
-            return queue.update_task(s, queue.get_task(s, task_id), ns.payload).to_dict()
+            return queue.update_task(s, get_or_404(s, Task, task_id), ns.payload).to_dict()
 
     @ns.response(200, "Deleted", deleted)
     @ns.response(409, "The task is assigned or running", error)
@@ -168,7 +170,7 @@ class OneTask(Resource):
         """Delete a task that is not running, with its executions and outputs."""
         st = state()
         with st.db.write() as s:
-            execution_ids = queue.delete_task(s, queue.get_task(s, task_id))
+            execution_ids = queue.delete_task(s, get_or_404(s, Task, task_id))
         st.outputs.delete(execution_ids)
         return {"deleted": task_id}
 
@@ -182,7 +184,7 @@ class RelaunchTask(Resource):
     def post(self, task_id):
         """Queue a finished task again; its past executions stay as history."""
         with state().db.write() as s:
-            out = queue.relaunch_task(s, queue.get_task(s, task_id)).to_dict()
+            out = queue.relaunch_task(s, get_or_404(s, Task, task_id)).to_dict()
         state().dispatcher.wake()
         return out
 
@@ -190,7 +192,7 @@ class RelaunchTask(Resource):
 def _act(task_id, action):
     st = state()
     with st.db.write() as s:
-        t = queue.get_task(s, task_id)
+        t = get_or_404(s, Task, task_id)
         worker_id = action(s, t)
         out = t.to_dict()
     if worker_id is not None:

@@ -5,9 +5,9 @@ reconciler writes the rows as it rents and releases hosts.
 """
 from sqlalchemy import case, func, select
 
-from scitq.errors import BadRequest, NotFound
+from scitq.errors import BadRequest
 from scitq.server import queue
-from scitq.server.models import MAX_ID, Instance, utcnow
+from scitq.server.models import Instance, accrued, utcnow
 from scitq.status import LIVE_HOSTS, HostStatus
 
 INSTANCE_STATUSES = [s.value for s in HostStatus]
@@ -55,9 +55,7 @@ def cost_of(s, recruiter_ids=None, batch_ids=None, now=None):
         *where, Instance.cost.is_(None), Instance.hourly_cost.is_not(None),
         Instance.status.in_(ACCRUING))
     for k, hourly_cost, created_at, deleted_at in s.execute(unclosed):
-        # The same formula as Instance.cost_so_far(), so a total equals the sum of its rows.
-        seconds = max(((deleted_at or now) - created_at).total_seconds(), 0)
-        out[k]["spent"] += hourly_cost * seconds / 3600
+        out[k]["spent"] += accrued(hourly_cost, created_at, deleted_at or now)
     for totals_ in out.values():
         totals_["spent"] = round(totals_["spent"], 6)
         totals_["hourly"] = round(totals_["hourly"], 6)
@@ -68,13 +66,6 @@ def batch_cost(s, ref, now=None):
     """What the hosts of a batch cost, whichever recruiter (even a deleted one) rented them."""
     b = queue.get_batch(s, ref)
     return {"batch": b.name, **cost_of(s, batch_ids=[b.id], now=now)[b.id]}
-
-
-def get_instance(s, instance_id):
-    i = s.get(Instance, instance_id) if 0 <= instance_id <= MAX_ID else None
-    if i is None:
-        raise NotFound(f"no instance {instance_id}")
-    return i
 
 
 def list_instances(s, status=None, provider=None, recruiter_id=None, batch=None, after=None,

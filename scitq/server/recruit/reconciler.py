@@ -20,9 +20,6 @@ when its last one gave up; a host tagged by a recruiter that the database does n
 orphan) is deleted after `orphan_grace`. A host stays deleting, its cost running, until the
 provider says it is gone. Quota and capacity errors mark (provider, region, flavor) unhealthy for
 `backoff` seconds, so the next pass tries the next choice.
-
-`inline=True` keeps creates and deletes for `run_actions()` instead of queueing jobs: the
-simulation tests use it with a fake provider and a fake clock.
 """
 import logging
 import secrets
@@ -33,6 +30,7 @@ from sqlalchemy import func, insert, select, update
 from scitq.errors import ProviderError, ScitqError
 from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
 from scitq.server.recruit import policy
+from scitq.server.recruit.ledger import cost_of
 from scitq.server import reports, tokens
 from scitq.server.db import add_events, event_row, record
 from scitq.server.dispatch import ACTIVE, give_back
@@ -59,7 +57,7 @@ class Reconciler(Loop):
     sweep_every = 60.0        # seconds between listings of the providers' hosts
 
     def __init__(self, db, providers, *, jobs=None, notifier=None, server_url=None,
-                 deploy_engine="pyinfra", clock=None, inline=False, **tunables):
+                 deploy_engine="pyinfra", clock=None, **tunables):
         super().__init__()
         self.db = db
         self.providers = providers
@@ -68,7 +66,6 @@ class Reconciler(Loop):
         self.server_url = server_url          # f(provider name) -> URL the hosts reach us at
         self.deploy_engine = deploy_engine
         self.clock = clock or utcnow
-        self.inline = inline
         for key, value in tunables.items():
             if value is not None:
                 if not hasattr(type(self), key):
@@ -79,7 +76,6 @@ class Reconciler(Loop):
         self._seen_orphans = {}               # (provider, provider id) -> first seen
         self._last_sweep = None
         self.last_plan = policy.Plan()
-        self._actions = []                    # inline=True: (create_host or delete_host, id)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -106,21 +102,9 @@ class Reconciler(Loop):
                 self._mark_running(s, registered, now)
                 created, deleted = self._apply(s, plan, rules, now)
         self.last_plan = plan
-        if self.inline:
-            self._actions += [(self.create_host, i) for i in created] + [(self.delete_host, i) for i in deleted]
-        elif (created or deleted) and self.jobs is not None:
+        if (created or deleted) and self.jobs is not None:
             self.jobs.wake()
         return plan
-
-    def run_actions(self):
-        """inline=True: carry out the creates and deletes the last passes decided."""
-        actions, self._actions = self._actions, []
-        for action, instance_id in actions:
-            try:
-                action(instance_id)
-            except ScitqError as err:
-                log.warning("recruitment: %s of instance %s failed: %s", action.__name__,
-                            instance_id, err)
 
     def preview(self, extra=()):
         """What a pass would do now, doing none of it: (rules, hosts, plan), from the same
@@ -174,7 +158,7 @@ class Reconciler(Loop):
                 remaining[bid] = remaining.get(bid, 0) + n
                 if status in WORK:
                     work.add(bid)
-        spent = self._spent(s, [r.id for r in stored], now)
+        spent = {rid: c["spent"] for rid, c in cost_of(s, [r.id for r in stored], now=now).items()}
         rules = [policy.Rule(
             id=r.id, batch_id=r.batch_id, provider=r.provider, max_workers=r.max_workers,
             tasks_per_worker=r.tasks_per_worker, remaining=remaining.get(r.batch_id, 0),
@@ -221,23 +205,6 @@ class Reconciler(Loop):
         for target, made in s.execute(select(Job.target, Job.created_at).where(
                 Job.kind == "deploy", Job.status == JobStatus.FAILED.value, Job.target.in_(list(by_ip)))):
             out |= {iid for iid, ordered in by_ip[target] if made > ordered}
-        return out
-
-    def _spent(self, s, recruiter_ids, now):
-        """{recruiter id: closed cost + what its live hosts cost so far}."""
-        if not recruiter_ids:
-            return {}
-        out = dict(s.execute(select(Instance.recruiter_id, func.sum(Instance.cost))
-                             .where(Instance.recruiter_id.in_(recruiter_ids),
-                                    Instance.cost.is_not(None))
-                             .group_by(Instance.recruiter_id)).all())
-        out = {k: v or 0.0 for k, v in out.items()}
-        for rid, hourly, created in s.execute(
-                select(Instance.recruiter_id, Instance.hourly_cost, Instance.created_at)
-                .where(Instance.recruiter_id.in_(recruiter_ids), Instance.cost.is_(None),
-                       Instance.hourly_cost.is_not(None), Instance.status.in_(
-                           LIVE_HOSTS + (HostStatus.DELETING.value,)))):
-            out[rid] = out.get(rid, 0.0) + hourly * max((now - created).total_seconds(), 0) / 3600
         return out
 
     def _catalog(self, s, keys):
@@ -305,12 +272,11 @@ class Reconciler(Loop):
                 Instance.name.in_([r["name"] for r in rows]))).all())
             created = [ids[r["name"]] for r in rows]
             _events(s, "instance.ordered", created, now)
-            if not self.inline:
-                self._jobs(s, "create", created, now)
+            self._jobs(s, "create", created, now)
         if plan.delete:
             self._retire(s, dict(plan.delete), now)
             deleted = [iid for iid, _ in plan.delete]
-        if deleted and not self.inline:
+        if deleted:
             self._jobs(s, "delete", deleted, now)
         return created, deleted
 
@@ -368,10 +334,8 @@ class Reconciler(Loop):
         return {"create": run(self.create_host), "delete": run(self.delete_host)}
 
     def _delete_later(self, s, instance_ids):
-        """Delete jobs for hosts already deleting (inline: actions for run_actions)."""
-        if self.inline:
-            self._actions += [(self.delete_host, i) for i in instance_ids]
-        elif instance_ids:
+        """Delete jobs for hosts already deleting."""
+        if instance_ids:
             self._jobs(s, "delete", instance_ids, self.clock())
 
     def create_host(self, instance_id, log_line=log.info):
@@ -430,16 +394,15 @@ class Reconciler(Loop):
                 deleting = False
                 inst.status = HostStatus.DEPLOYING.value
                 record(s, "instance.created", inst, ip=host.ip, provider_id=host.id)
-                if not self.inline:
-                    url = self.server_url(provider_name) if self.server_url else None
-                    if not url:
-                        raise ScitqError("the hosts cannot be told where this server is: start it "
-                                         "with --public-url")
-                    s.add(Job(kind="deploy", target=host.ip, status=JobStatus.PENDING.value,
-                              max_attempts=3, params={
-                                  "engine": self.deploy_engine, "user": host.user or "root",
-                                  "port": 22, "server_url": url.rstrip("/"), "name": inst.name,
-                                  **settings}))
+                url = self.server_url(provider_name) if self.server_url else None
+                if not url:
+                    raise ScitqError("the hosts cannot be told where this server is: start it "
+                                     "with --public-url")
+                s.add(Job(kind="deploy", target=host.ip, status=JobStatus.PENDING.value,
+                          max_attempts=3, params={
+                              "engine": self.deploy_engine, "user": host.user or "root",
+                              "port": 22, "server_url": url.rstrip("/"), "name": inst.name,
+                              **settings}))
         if deleting:
             provider.delete(host.id)
             return
@@ -491,10 +454,11 @@ class Reconciler(Loop):
             used = set(s.scalars(select(Instance.provider).distinct()))
         now = self.clock()
         for name in sorted(used):
-            if name == "static":      # a lab's own hosts: never deleted
-                continue
             try:
-                there = self.providers.get(name).list({RECRUITED: None})
+                provider = self.providers.get(name)
+                if not provider.rents_hosts:      # a lab's own hosts: never deleted
+                    continue
+                there = provider.list({RECRUITED: None})
             except (ScitqError, NotImplementedError) as err:
                 log.warning("recruitment: cannot list %s's hosts: %s", name, err)
                 continue
@@ -545,13 +509,9 @@ class Reconciler(Loop):
         (and the evicted) get a delete job unless one is under way."""
         deleting = s.execute(select(Instance.id, Instance.name).where(
             Instance.provider == provider_name, Instance.status == HostStatus.DELETING.value)).all()
-        if self.inline:
-            queued = {iid for action, iid in self._actions if action == self.delete_host}
-            busy = {name for iid, name in deleting if iid in queued}
-        else:
-            busy = set(s.scalars(select(Job.target).where(
-                Job.kind == "delete", Job.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]),
-                Job.target.in_([name for _, name in deleting])))) if deleting else set()
+        busy = set(s.scalars(select(Job.target).where(
+            Job.kind == "delete", Job.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]),
+            Job.target.in_([name for _, name in deleting])))) if deleting else set()
         gone = [iid for iid, name in deleting if name not in by_name and iid not in evicted]
         again = [iid for iid, name in deleting if name not in busy and iid not in gone]
         self._delete_later(s, again)

@@ -5,10 +5,10 @@ reconciler that actually rents and releases hosts reads these rows (reconciler.p
 """
 from sqlalchemy import func, select
 
-from scitq.errors import BadRequest, NotFound
+from scitq.errors import BadRequest
 from scitq.server import queue
 from scitq.server.db import record
-from scitq.server.models import MAX_ID, MAX_INT, Instance, Recruiter
+from scitq.server.models import MAX_INT, Instance, Recruiter
 from scitq.server.providers import check_name
 from scitq.server.recruit.ledger import cost_of, no_cost
 from scitq.status import LIVE_HOSTS
@@ -89,31 +89,8 @@ def check_recruiter(spec, providers):
         raise BadRequest("provider is required: the name of a provider configured on this server")
     providers.get(provider)          # BadRequest when unknown or not configured here
 
-    regions = spec.get("regions")
-    if regions is not None:
-        if (not isinstance(regions, list) or not regions or len(regions) > MAX_REGIONS
-                or not all(isinstance(r, str) and r.strip() and len(r) <= 64 for r in regions)):
-            raise BadRequest("regions must be a non-empty list of region names (at most 64 "
-                             "characters each), or null for every region of the provider")
-        for region in regions:
-            check_name("region", region, 64)
-        regions = list(dict.fromkeys(regions))        # without repeats, in the given order
-
-    flavor = _name(spec, "flavor", 128)
-    if flavor is not None:
-        check_name("flavor", flavor)
-    minimums = {"min_cpu": _int(spec, "min_cpu", 1, MAX_INT, default=None),
-                "min_ram": _positive(spec, "min_ram", MAX_GIB),
-                "min_disk": _positive(spec, "min_disk", MAX_GIB)}
-    gpu = _bool(spec, "gpu")
-    given = any(v is not None for v in minimums.values())
-    if flavor is not None and given:
-        raise BadRequest("give either a flavor or minimums (min_cpu, min_ram, min_disk), not both")
-    if flavor is None and not given:
-        raise BadRequest("give --flavor or at least one of --min-cpu/--min-ram/--min-disk")
-    if flavor is not None and gpu:
-        # A named flavor has its GPU or not: a gpu flag beside it would be silently ignored.
-        raise BadRequest("gpu selects among minimums; it cannot go with a named flavor")
+    regions = _regions(spec)
+    flavor, minimums, gpu = _shape(spec)
 
     return {
         "batch": batch, "provider": provider, "regions": regions, "flavor": flavor, **minimums,
@@ -129,6 +106,40 @@ def check_recruiter(spec, providers):
         "budget": _positive(spec, "budget", MAX_MONEY),
         "rank": _int(spec, "rank", -MAX_INT, MAX_INT, default=0),
     }
+
+
+def _regions(spec):
+    """The regions asked for, without repeats, in the given order; None for every region."""
+    regions = spec.get("regions")
+    if regions is not None:
+        if (not isinstance(regions, list) or not regions or len(regions) > MAX_REGIONS
+                or not all(isinstance(r, str) and r.strip() and len(r) <= 64 for r in regions)):
+            raise BadRequest("regions must be a non-empty list of region names (at most 64 "
+                             "characters each), or null for every region of the provider")
+        for region in regions:
+            check_name("region", region, 64)
+        regions = list(dict.fromkeys(regions))        # without repeats, in the given order
+    return regions
+
+
+def _shape(spec):
+    """(flavor, minimums, gpu): a named flavor or minimums, one of the two."""
+    flavor = _name(spec, "flavor", 128)
+    if flavor is not None:
+        check_name("flavor", flavor)
+    minimums = {"min_cpu": _int(spec, "min_cpu", 1, MAX_INT, default=None),
+                "min_ram": _positive(spec, "min_ram", MAX_GIB),
+                "min_disk": _positive(spec, "min_disk", MAX_GIB)}
+    gpu = _bool(spec, "gpu")
+    given = any(v is not None for v in minimums.values())
+    if flavor is not None and given:
+        raise BadRequest("give either a flavor or minimums (min_cpu, min_ram, min_disk), not both")
+    if flavor is None and not given:
+        raise BadRequest("give --flavor or at least one of --min-cpu/--min-ram/--min-disk")
+    if flavor is not None and gpu:
+        # A named flavor has its GPU or not: a gpu flag beside it would be silently ignored.
+        raise BadRequest("gpu selects among minimums; it cannot go with a named flavor")
+    return flavor, minimums, gpu
 
 
 def _idle_timeout(spec):
@@ -149,13 +160,6 @@ def create_recruiter(s, spec, providers):
     s.add(r)
     s.flush()
     record(s, "recruiter.created", r, batch=batch.name, provider=r.provider)
-    return r
-
-
-def get_recruiter(s, recruiter_id):
-    r = s.get(Recruiter, recruiter_id) if 0 <= recruiter_id <= MAX_ID else None
-    if r is None:
-        raise NotFound(f"no recruiter {recruiter_id}")
     return r
 
 
