@@ -288,7 +288,11 @@ def create_tasks(s, specs, batch_name=None):
 def _stored_statuses(s, stored_deps):
     """{id: status} of the stored tasks depended on; an unknown id is a 400."""
     wanted = {d for ids in stored_deps for d in ids}
-    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted))).all()) if wanted else {}
+    # FOR SHARE (PostgreSQL; SQLite has one writer): a dependency that ends meanwhile waits for
+    # this submission, so its release or cancel cascade sees the new tasks, or this submission
+    # sees its end; else a task submitted as it failed stayed waiting forever.
+    known = dict(s.execute(select(Task.id, Task.status).where(Task.id.in_(wanted)).order_by(Task.id)
+                           .with_for_update(read=True)).all()) if wanted else {}
     missing = sorted(wanted - set(known))
     if missing:
         raise BadRequest(f"depends_on: no task {', '.join(map(str, missing[:10]))}"
