@@ -7,7 +7,7 @@ whose dependency failed for good (or that a user killed before they ran).
 """
 from datetime import timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, exists, func, select, update
 
 from scitq.errors import BadRequest, Conflict
 from scitq.server.db import add_events, among, event_row, record
@@ -25,42 +25,136 @@ def _dependents(task_ids):
 
 # --- ends of attempts ---------------------------------------------------------
 
-def succeeded(s, task):
-    task.status = TaskStatus.SUCCEEDED.value
-    task.reason = None
-    task.not_before = None
-    release_dependents(s, [task.id])
+TASK, EXECUTION = Task.__table__, Execution.__table__
+# What deciding an attempt's end reads of its task: plain columns, selected with the execution.
+ATTEMPT_FIELDS = ("attempt", "retries", "retry_delay", "retry_backoff")
+_ids = bindparam("ids", expanding=True)
+_now = bindparam("now")
+TASKS_STARTED = (update(TASK).where(TASK.c.id.in_(_ids))
+                 .values(status=TaskStatus.RUNNING.value, updated_at=_now))
+TASKS_SUCCEEDED = (update(TASK).where(TASK.c.id.in_(_ids))
+                   .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None, updated_at=_now)
+                   .returning(TASK.c.id, exists().where(TaskDependency.__table__.c.depends_on_id == TASK.c.id)))
+TASK_RETRIED = (update(TASK).where(TASK.c.id == bindparam("_id"))
+                .values(status=TaskStatus.PENDING.value, not_before=bindparam("not_before"),
+                        reason=bindparam("reason"), updated_at=_now))
+TASK_FAILED = (update(TASK).where(TASK.c.id == bindparam("_id"))
+               .values(status=TaskStatus.FAILED.value, reason=bindparam("reason"), updated_at=_now))
+# An attempt that was not the task's fault is given back; the reason changes only when one is given.
+TASK_GIVEN_BACK = (update(TASK).where(TASK.c.id == bindparam("_id"))
+                   .values(status=TaskStatus.PENDING.value, updated_at=_now,
+                           attempt=case((TASK.c.attempt > 0, TASK.c.attempt - 1), else_=0),
+                           reason=func.coalesce(bindparam("reason"), TASK.c.reason)))
 
 
-def failed(s, task, error, retry=True):
-    """An attempt failed: try again after the delay while retries are left, else fail for
-    good and cancel what waits for the task. Returns True when the task will be retried."""
-    if retry and task.attempt <= task.retries:
-        delay = task.retry_delay * task.retry_backoff ** max(task.attempt - 1, 0)
-        task.status = TaskStatus.PENDING.value
-        task.not_before = utcnow() + timedelta(seconds=delay) if delay > 0 else None
-        task.reason = f"attempt {task.attempt} failed: {error}"[:1024]
-        record(s, "task.retrying", task, attempt=task.attempt, retries=task.retries, delay=delay)
-        return True
-    task.status = TaskStatus.FAILED.value
-    task.reason = (error or "failed")[:1024]
-    cancel_dependents(s, [task.id], f"{DEPENDENCY}{task.id} failed")
-    return False
+class Moves:
+    """How the tasks of ended (or started) attempts move on, decided on plain rows and written
+    set-based: one statement per target status, their events (in order with the execution
+    events the caller adds) by one insert. Every end of an attempt goes through here: a
+    worker's reports, a lost worker's executions, a deleted host's."""
+
+    def __init__(self):
+        self.events = []        # event_row dicts, in order: the caller's and these
+        self.tasks = {}         # task id -> (what happens to it, its values): the last word holds
+
+    def event(self, kind, object_type, object_id, **detail):
+        self.events.append(event_row(kind, object_type, object_id, detail))
+
+    def start(self, task_id):
+        self.tasks[task_id] = ("started", None)
+
+    def succeed(self, task_id):
+        self.tasks[task_id] = ("succeeded", None)
+
+    def fail(self, task, error, retry=True):
+        """An attempt of `task` (a row with its id and ATTEMPT_FIELDS) failed: it is tried
+        again after its delay while retries are left, else it fails for good and what waits
+        for it is canceled. Returns True when it will be retried."""
+        if retry and task["attempt"] <= task["retries"]:
+            delay = task["retry_delay"] * task["retry_backoff"] ** max(task["attempt"] - 1, 0)
+            not_before = utcnow() + timedelta(seconds=delay) if delay > 0 else None
+            self.tasks[task["id"]] = ("retried", {"not_before": not_before,
+                                                  "reason": f"attempt {task['attempt']} failed: {error}"[:1024]})
+            self.event("task.retrying", "task", task["id"], attempt=task["attempt"],
+                       retries=task["retries"], delay=delay)
+            return True
+        self.tasks[task["id"]] = ("failed", {"reason": (error or "failed")[:1024]})
+        return False
+
+    def give_back(self, task_id, why=None):
+        """The attempt ended through no fault of the task (its worker was lost, it was
+        released unstarted, a user stopped it to run it again, `why`): pending again, the
+        attempt given back."""
+        self.tasks[task_id] = ("given_back", {"reason": why})
+        if why:
+            self.event("task.requeued", "task", task_id, reason=why)
+
+    def write(self, s):
+        """Write the events and the tasks' changes in the caller's transaction."""
+        s.flush()       # what the session changed counts (Core statements do not autoflush)
+        add_events(s, self.events)
+        self.events = []
+        by_kind = {}
+        for tid, (kind, values) in sorted(self.tasks.items()):
+            by_kind.setdefault(kind, []).append({"_id": tid, **(values or {})})
+        self.tasks = {}
+        if not by_kind:
+            return
+        conn, now = s.connection(), utcnow()
+        _expire(s, Task, {row["_id"] for rows in by_kind.values() for row in rows})
+        if "started" in by_kind:
+            conn.execute(TASKS_STARTED, {"ids": [r["_id"] for r in by_kind["started"]], "now": now})
+        for kind, statement in (("retried", TASK_RETRIED), ("given_back", TASK_GIVEN_BACK),
+                                ("failed", TASK_FAILED)):
+            if kind in by_kind:
+                conn.execute(statement, [{**row, "now": now} for row in by_kind[kind]])
+        for row in by_kind.get("failed", ()):
+            cancel_dependents(s, [row["_id"]], f"{DEPENDENCY}{row['_id']} failed")
+        if "succeeded" in by_kind:
+            rows = conn.execute(TASKS_SUCCEEDED, {"ids": [r["_id"] for r in by_kind["succeeded"]], "now": now})
+            waited_for = [tid for tid, has_dependents in rows if has_dependents]
+            if waited_for:      # what waits for them is released once for all
+                _make_ready(s, READY_DEPENDENTS, waited_for)
 
 
-def not_counted(task):
-    """The attempt ended through no fault of the task (its worker was lost, it was released
-    unstarted, a user stopped it to run it again): the task is pending again and the attempt
-    is given back."""
-    task.status = TaskStatus.PENDING.value
-    task.attempt = max(task.attempt - 1, 0)
+def _expire(s, model, ids):
+    """What the session holds of these rows is stale once a Core statement changed them."""
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, model) and obj.id in ids:
+            s.expire(obj)
 
 
-def requeued(s, task, why):
-    """The attempt was stopped by a user who wants the task run again: no retry is spent."""
-    not_counted(task)
-    task.reason = why
-    record(s, "task.requeued", task, reason=why)
+LOST_WITH_TASKS = (select(EXECUTION.c.id, EXECUTION.c.task_id, EXECUTION.c.signal,
+                         *(TASK.c[c] for c in ATTEMPT_FIELDS))
+                  .join_from(EXECUTION, TASK, EXECUTION.c.task_id == TASK.c.id)
+                  .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
+                  .order_by(EXECUTION.c.id))
+EXECUTIONS_LOST = (update(EXECUTION).where(EXECUTION.c.id.in_(_ids))
+                   .values(status=ExecutionStatus.LOST.value, reason="lost", error=bindparam("error"),
+                           ended_at=_now, signal=None))
+
+
+def give_back(s, worker_id, reason):
+    """Mark a worker's live executions lost and their tasks pending again (a lost attempt
+    is not the task's fault: it does not count); returns how many. A task the user asked to
+    kill does not come back: it fails for good."""
+    s.flush()       # what the session changed of them counts (Core statements do not autoflush)
+    conn = s.connection()
+    lost = [dict(row._mapping) for row in conn.execute(LOST_WITH_TASKS, {"worker_id": worker_id})]
+    if not lost:
+        return 0
+    now = utcnow()
+    _expire(s, Execution, {ex["id"] for ex in lost})
+    conn.execute(EXECUTIONS_LOST, {"ids": [ex["id"] for ex in lost], "error": reason, "now": now})
+    moves = Moves()
+    for ex in lost:
+        moves.event("execution.lost", "execution", ex["id"], task_id=ex["task_id"], reason=reason)
+        if ex["signal"] == "kill":
+            moves.fail({**ex, "id": ex["task_id"]}, "killed by user (its worker was lost)", retry=False)
+        else:
+            moves.give_back(ex["task_id"])
+    moves.write(s)
+    return len(lost)
 
 
 def cancel(s, task, reason):
@@ -99,7 +193,6 @@ def _ready(candidates):
             .returning(task.c.id))
 
 
-_ids = bindparam("ids", expanding=True)
 READY = _ready(_ids)
 READY_DEPENDENTS = _ready(_dependents(_ids))
 
@@ -119,10 +212,7 @@ def _set_tasks(s, statement, params, kind, detail=None):
     changed = sorted(s.connection().execute(statement, {**params, "now": now}).scalars())
     if not changed:
         return changed
-    held = set(changed)
-    for obj in list(s.identity_map.values()):   # what the session holds of them is stale
-        if isinstance(obj, Task) and obj.id in held:
-            s.expire(obj)
+    _expire(s, Task, set(changed))
     add_events(s, [event_row(kind, "task", tid, detail, now) for tid in changed])
     return changed
 
