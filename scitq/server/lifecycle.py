@@ -257,6 +257,33 @@ def revive_dependents(s, task_ids):
     _set_tasks(s, REVIVE_BELOW, {"ids": list(task_ids)}, "task.waiting")
 
 
+FINISHED = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value, TaskStatus.CANCELED.value)
+RELAUNCHED = (update(TASK).where(TASK.c.id.in_(_ids), TASK.c.status.in_(FINISHED))
+              .values(status=TaskStatus.PENDING.value, reason=None, not_before=None, updated_at=_now))
+STATUSES_OF = select(TASK.c.id, TASK.c.status).where(TASK.c.id.in_(_ids)).order_by(TASK.c.id)
+
+
+def relaunch(s, task_ids):
+    """Put finished tasks back in the queue (their past executions stay as history) and make
+    what their failures canceled wait for them again: one UPDATE, one insert of events, one
+    revival cascade. Refuses (409) a task that is not finished; returns the ids relaunched."""
+    s.flush()
+    conn = s.connection()
+    previous = dict(conn.execute(STATUSES_OF.with_for_update(), {"ids": list(task_ids)}).all())
+    for tid, status in previous.items():
+        if status not in FINISHED:
+            active = TaskStatus(status).is_active
+            raise Conflict(f"task {tid} is {'' if active else 'already '}{status}"
+                           + (": cannot relaunch it now" if active else ""))
+    ids = sorted(previous)
+    _expire(s, Task, set(ids))
+    now = utcnow()
+    conn.execute(RELAUNCHED, {"ids": ids, "now": now})
+    add_events(s, [event_row("task.relaunched", "task", tid, {"previous": previous[tid]}, now) for tid in ids])
+    revive_dependents(s, ids)
+    return ids
+
+
 def force(s, task):
     """Run a waiting or canceled task now, whatever its dependencies say."""
     if task.status not in (TaskStatus.WAITING.value, TaskStatus.CANCELED.value):
@@ -307,25 +334,27 @@ def set_dependencies(s, task, deps):
 
 # --- signals --------------------------------------------------------------------
 
-def live_execution(s, task_id):
-    return s.scalar(select(Execution).where(Execution.task_id == task_id,
-                                            Execution.status.in_(ACTIVE)))
+LIVE_OF_TASK = select(EXECUTION.c.id, EXECUTION.c.status).where(
+    EXECUTION.c.task_id == bindparam("task_id"), EXECUTION.c.status.in_(ACTIVE))
+LIVE_OF_BATCH = (select(EXECUTION.c.id).join_from(EXECUTION, TASK, EXECUTION.c.task_id == TASK.c.id)
+                 .where(TASK.c.batch_id == bindparam("batch_id"), EXECUTION.c.status.in_(bindparam("statuses", expanding=True)),
+                        EXECUTION.c.paused.in_(bindparam("paused", expanding=True))))
+SIGNALED = (update(EXECUTION).where(EXECUTION.c.id.in_(_ids))
+            .values(signal=bindparam("sig"), signal_seq=func.coalesce(EXECUTION.c.signal_seq, 0) + 1)
+            .returning(EXECUTION.c.id, EXECUTION.c.signal_seq, EXECUTION.c.worker_id))
 
 
-def signal_execution(s, ex, sig):
-    """Ask the execution's worker to apply `sig` (delivered with its next poll answer)."""
-    return _signal_all(s, [ex], sig).pop()
-
-
-def _signal_all(s, executions, sig):
-    """signal_execution for many, their events by one insert; returns the workers to wake."""
-    rows = []
-    for ex in executions:
-        ex.signal = sig
-        ex.signal_seq = (ex.signal_seq or 0) + 1
-        rows.append(event_row("execution.signal", "execution", ex.id, {"signal": sig, "seq": ex.signal_seq}))
-    add_events(s, rows)
-    return {ex.worker_id for ex in executions}
+def _signal(s, execution_ids, sig):
+    """Ask the executions' workers to apply `sig` (delivered with their next poll answer):
+    one UPDATE, their events by one insert; returns the workers to wake."""
+    if not execution_ids:
+        return set()
+    s.flush()
+    _expire(s, Execution, set(execution_ids))
+    rows = s.connection().execute(SIGNALED, {"ids": list(execution_ids), "sig": sig}).all()
+    add_events(s, [event_row("execution.signal", "execution", eid, {"signal": sig, "seq": seq})
+                   for eid, seq, _ in sorted(rows)])
+    return {wid for _, _, wid in rows}
 
 
 def signal_task(s, task, sig):
@@ -338,17 +367,17 @@ def signal_task(s, task, sig):
     if sig == "kill" and task.status in (TaskStatus.WAITING.value, TaskStatus.PENDING.value):
         cancel(s, task, "killed by user before it started")
         return None
-    ex = live_execution(s, task.id)
+    ex = s.connection().execute(LIVE_OF_TASK, {"task_id": task.id}).first()
     if ex is None:
         raise Conflict(f"task {task.id} is {task.status}: there is nothing to {sig}")
     if sig != "kill" and ex.status != ExecutionStatus.RUNNING.value:
         raise Conflict(f"task {task.id} is {task.status}: only a running task can be {sig}d")
-    return signal_execution(s, ex, sig)
+    return _signal(s, [ex.id], sig).pop()
 
 
-def batch_executions(s, batch, statuses=ACTIVE):
-    return s.scalars(select(Execution).join(Task, Execution.task_id == Task.id)
-                     .where(Task.batch_id == batch.id, Execution.status.in_(statuses))).all()
+def _live_of_batch(s, batch, statuses=ACTIVE, paused=(False, True)):
+    return s.connection().execute(LIVE_OF_BATCH, {"batch_id": batch.id, "statuses": list(statuses),
+                                                  "paused": list(paused)}).scalars().all()
 
 
 def stop_batch(s, batch, requeue):
@@ -357,11 +386,9 @@ def stop_batch(s, batch, requeue):
     if batch.status != BatchStatus.PAUSED.value:
         batch.status = BatchStatus.PAUSED.value
     record(s, "batch.stopped", batch, requeue=requeue)
-    return _signal_all(s, batch_executions(s, batch), "requeue" if requeue else "kill")
+    return _signal(s, _live_of_batch(s, batch), "requeue" if requeue else "kill")
 
 
 def signal_batch(s, batch, sig):
     """Pause or resume (SIGSTOP / SIGCONT) every running task of the batch."""
-    wanted = [ex for ex in batch_executions(s, batch, (ExecutionStatus.RUNNING.value,))
-              if ex.paused != (sig == "pause")]
-    return _signal_all(s, wanted, sig)
+    return _signal(s, _live_of_batch(s, batch, (ExecutionStatus.RUNNING.value,), (sig != "pause",)), sig)

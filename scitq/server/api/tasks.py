@@ -184,7 +184,9 @@ class RelaunchTask(Resource):
     def post(self, task_id):
         """Queue a finished task again; its past executions stay as history."""
         with state().db.write() as s:
-            out = queue.relaunch_task(s, get_or_404(s, Task, task_id)).to_dict()
+            t = get_or_404(s, Task, task_id)
+            lifecycle.relaunch(s, [t.id])
+            out = t.to_dict()
         state().dispatcher.wake()
         return out
 
