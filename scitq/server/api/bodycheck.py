@@ -4,10 +4,10 @@
 it node by node: on the workers' reports and polls, which carry dozens of items each, that
 was a tenth of the server's time per task. `compile_model(model)` compiles the same schema
 (the one the OpenAPI document shows, with the definitions of the models it nests) once,
-with fastjsonschema's Draft 4 rules. bench/libraries.py, 2026-12-07, medians of 7 rounds on
-2 shared cores at load 2.6-3.3: a reports body of 64 reports checked in 180 µs (the
-hand-written checks it replaced: 400 µs; jsonschema: 3,250 µs), a submission of 1000 tasks
-in 4.7 ms (17 ms; 123 ms).
+with fastjsonschema's Draft 4 rules. bench/libraries.py, 2026-12-07, medians of 5
+alternating rounds on 2 shared cores at load 2.5-5: a reports body of 64 reports checked in
+194 µs (the hand-written checks it replaced: 415 µs; jsonschema: 3,143 µs), a submission
+of 1000 tasks in 4.2 ms (13.5 ms; 111 ms).
 Errors are those of `validate=True`: a 400 "Input payload validation failed" whose detail
 maps each wrong field's path (reports.0.status) to what is wrong with it.
 """
