@@ -9,7 +9,7 @@ from scitq.server.models import Task
 from scitq.server.api import (ERROR_FIELDS, ID, IdOrName, NullableFloat, NullableInteger,
                               NullableString, natural_id, state)
 from scitq.server.api.executions import execution, output_response, output_args
-from scitq.server.api.fastcheck import compile_model
+from scitq.server.api.bodycheck import compile_model
 
 ns = Namespace("tasks", description="What to run")
 error = ns.model("Error", ERROR_FIELDS)
