@@ -1,12 +1,12 @@
 """What the cancel cascade and its revival cost on a wide DAG: a task with 100,000 dependents
 fails for good, then is relaunched.
 
-    python bench/cascade.py [DEPENDENTS]
+    python bench/cascade.py [DEPENDENTS]     (a positive integer, 100,000 by default)
 
 SQLite and a throwaway PostgreSQL (tests/pgcluster.py), in this process. The tasks and their
-edges go in by bulk insert; the root then fails for good through lifecycle.failed (what an
-execution's final report calls), timed with its commit, and is relaunched through
-queue.relaunch_task (what POST /tasks/<id>/relaunch calls), timed the same way. Each checks
+edges go in by bulk insert; the root then fails for good through lifecycle.Moves (what an
+execution's final report goes through), timed with its commit, and is relaunched through
+lifecycle.relaunch (what POST /tasks/<id>/relaunch calls), timed the same way. Each checks
 that every dependent changed and has its one event.
 """
 import os
@@ -23,6 +23,8 @@ from scitq.server import lifecycle, queue  # noqa: E402
 from scitq.server.db import Database, insert_rows, insert_with_ids  # noqa: E402
 from scitq.server.models import Event, Task, TaskDependency, utcnow  # noqa: E402
 
+if len(sys.argv) > 2 or (len(sys.argv) == 2 and not sys.argv[1].isdigit()):
+    sys.exit("usage: python bench/cascade.py [DEPENDENTS]  (a positive integer)")
 DEPENDENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 
 
@@ -56,12 +58,14 @@ def run(db):
     root = build(db)
     t0 = time.perf_counter()
     with db.write() as s:
-        lifecycle.failed(s, s.get(Task, root), "bench", retry=False)
+        moves = lifecycle.Moves()
+        moves.fail({"id": root, "attempt": 1, "retries": 0}, "bench", retry=False)
+        moves.write(s)
     cancel = time.perf_counter() - t0
     assert count(db, "task.canceled", "canceled") == (DEPENDENTS, DEPENDENTS)
     t0 = time.perf_counter()
     with db.write() as s:
-        queue.relaunch_task(s, s.get(Task, root))
+        lifecycle.relaunch(s, [root])
     revive = time.perf_counter() - t0
     assert count(db, "task.waiting", "waiting") == (DEPENDENTS, DEPENDENTS)
     db.dispose()
