@@ -292,6 +292,7 @@ def _look(st, worker_id, body, first):
         w = reports.get_worker(s, worker_id)
         reports.heartbeat(s, w, body.get("stats") or {})
         reports.keep_depth(w, body.get("depth"))
+        w.save(s)
     return _look(st, worker_id, body, first=False)
 
 
@@ -338,6 +339,7 @@ class Reports(Resource):
                 if claimed:
                     st.notifier.delivered(worker_id, claimed)
                     claimed = reports.assignments(s, claimed)
+            w.save(s)
         if acked and any(r.get("status") in reports.FINAL_REPORTS for r in body.get("reports") or ()):
             st.notifier.tasks_ended()
         if claimed is None and (acked or body.get("status")):
