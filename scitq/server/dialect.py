@@ -149,7 +149,7 @@ def fold_counts(conn, table):
                       "FROM gone GROUP BY batch_id, status HAVING sum(n) <> 0"))
 
 
-def analyze(conn, table, lock_timeout="2s"):
+def analyze(conn, table, lock_timeout):
     """PostgreSQL: bring the table's planner statistics up to date now, waiting at most
     `lock_timeout` for autovacuum (which holds it meanwhile), and return its estimated row
     count. SQLite plans without them: None."""
