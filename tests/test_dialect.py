@@ -1,5 +1,7 @@
 """scitq.server.dialect: what differs between SQLite and PostgreSQL gives the same outcome on both."""
+import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from sqlalchemy import JSON, Column, MetaData, String, Table, TypeDecorator, select, text
 
@@ -67,3 +69,20 @@ def test_insert_rows_converts_each_value_by_its_column_type_by_copy_as_by_insert
     finally:
         PROBE.drop(db.engine, checkfirst=True)
         db.dispose()
+
+
+# What only one database understands, or a test of which one runs: dialect.py's own words.
+ONE_DATABASE = re.compile(r"dialect\.name|sqlalchemy\.dialects|func\.(date_trunc|strftime)|FROM STDIN"
+                          r"|ANY\(ARRAY|text\(f?[\"'].*(PRAGMA|ANALYZE|\bpg_|::|RETURNING|ON CONFLICT)")
+
+
+def test_sql_of_one_database_is_written_only_in_the_dialect_module():
+    """A module of the server (migrations aside: they are history) that needs SQL written
+    differently per database calls scitq.server.dialect, which holds every such text."""
+    server = Path(__file__).resolve().parents[1] / "scitq" / "server"
+    found = [f"{path.relative_to(server)}:{n}: {line.strip()}"
+             for path in sorted(server.rglob("*.py"))
+             if path.name != "dialect.py" and "migrations" not in path.parts
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if ONE_DATABASE.search(line.split("#")[0])]
+    assert found == []
