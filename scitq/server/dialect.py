@@ -6,6 +6,7 @@ server process with one writer at a time needs, the PostgreSQL side what several
 processes and large tables need. Migrations keep their own (they are history).
 """
 import collections
+import itertools
 
 from sqlalchemy import insert, text
 from sqlalchemy.dialects import postgresql as pg_dialect, sqlite as sqlite_dialect
@@ -189,13 +190,14 @@ def _copy(conn, table, rows):
     defaults = _python_defaults(table, names)
     columns = names + list(defaults)
     processors = _processors(conn.dialect, table)
-    fixed = tuple(processors[n](v) if n in processors else v for n, v in defaults.items())
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
         by_column = [_converted(processors[n], [row[n] for row in rows], cursor) if n in processors
                      else [row[n] for row in rows] for n in names]
+        by_column += [itertools.repeat(_rendered(processors[n](v), cursor) if n in processors else v)
+                      for n, v in defaults.items()]
         for values in zip(*by_column):
-            copy.write_row(values + fixed)
+            copy.write_row(values)
 
 
 def _python_defaults(table, given):
