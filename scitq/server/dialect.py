@@ -71,7 +71,7 @@ def lock_transaction(conn, key, wait=True):
     returns whether it holds it (wait=False: another process's transaction may). SQLite:
     always held, its one writer at a time being the lock."""
     conn = _conn(conn)
-    if conn.dialect.name != "postgresql":
+    if not is_postgresql(conn):
         return True
     return conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_xact_lock(:k)"),
                        {"k": key}) is not False
@@ -142,7 +142,7 @@ def fold_counts(conn, table):
     writers add meanwhile are not deleted. SQLite has one row per key already (its triggers
     upsert, having one writer at a time): deleting those at zero is all."""
     conn = _conn(conn)
-    if conn.dialect.name != "postgresql":
+    if not is_postgresql(conn):
         conn.execute(table.delete().where(table.c.n == 0))
         return
     conn.execute(text(f"WITH gone AS (DELETE FROM {table.name} RETURNING batch_id, status, n) "
@@ -155,7 +155,7 @@ def analyze(conn, table, lock_timeout):
     `lock_timeout` for autovacuum (which holds it meanwhile), and return its estimated row
     count. SQLite plans without them: None."""
     conn = _conn(conn)
-    if conn.dialect.name != "postgresql":
+    if not is_postgresql(conn):
         return None
     conn.execute(text(f"SET LOCAL lock_timeout = '{lock_timeout}'"))
     conn.execute(text(f"ANALYZE {table.name}"))
@@ -177,7 +177,7 @@ def insert_rows(conn, table, rows):
     executemany. Defaults (ids from the sequence) apply to the columns left out."""
     if not rows:
         return
-    if conn.dialect.name != "postgresql" or len(rows) <= FEW_ROWS:
+    if not is_postgresql(conn) or len(rows) <= FEW_ROWS:
         conn.execute(insert(table), rows)
         return
     _copy(conn, table, rows)
@@ -244,7 +244,7 @@ def _rendered(value, cursor):
 
 def _processors(dialect, table):
     """{column name: its type's bind processor} for this dialect, of the columns that have
-    one; cached on the table (a table is used with one dialect per process)."""
+    one; cached on the table by dialect name (every engine of a process is made alike)."""
     cache = table.info.setdefault("scitq.bind_processors", {})
     found = cache.get(dialect.name)
     if found is None:
@@ -269,7 +269,7 @@ def insert_with_ids(conn, table, rows):
     """Insert rows (dicts with the same keys) and return their new ids, in order. On
     PostgreSQL the ids are drawn from the sequence first and the rows go by COPY
     (insert_rows); elsewhere by an INSERT ... RETURNING."""
-    if conn.dialect.name != "postgresql" or len(rows) <= FEW_ROWS:
+    if not is_postgresql(conn) or len(rows) <= FEW_ROWS:
         return list(conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True),
                                  rows).scalars())
     ids = next_ids(conn, table, len(rows))
