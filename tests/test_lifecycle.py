@@ -110,7 +110,7 @@ def test_a_diamond_runs_in_dependency_order(app, client):
 def test_a_root_releases_its_many_dependents_at_once(app, client):
     """A fan-out: the root's end makes its 300 dependents pending in the same request, each
     with its task.ready event, but not the one that also waits for another task. The same
-    through the ORM's lifecycle (its status set on the object, not yet flushed)."""
+    through lifecycle.Moves, with the dependent held by the session (refreshed after)."""
     from apicalls import events, last_event
 
     from scitq.server import lifecycle
@@ -132,7 +132,9 @@ def test_a_root_releases_its_many_dependents_at_once(app, client):
     db = app.extensions["scitq"].db
     with db.write() as s:
         held = s.get(Task, merge)                   # held by the session: refreshed after
-        lifecycle.succeeded(s, s.get(Task, other))
+        moves = lifecycle.Moves()
+        moves.succeed(other)
+        moves.write(s)
         assert held.status == "pending"
     assert status(client, merge) == "pending"
     assert [oid for kind, _, oid, _ in events(app, mark) if kind == "task.ready"][-1] == merge

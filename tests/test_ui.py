@@ -224,8 +224,10 @@ def test_relaunch_failed_relaunches_every_failed_task_of_the_batch_only(app, cli
                      json={"command": "echo after", "batch": "r", "depends_on": [ids[0]]})["id"]
     other = submit(client, "false", batch="other")
     with app.extensions["scitq"].db.write() as s:
+        moves = lifecycle.Moves()
         for tid in ids[:3] + other:
-            lifecycle.failed(s, s.get(Task, tid), "exit 1", retry=False)
+            moves.fail({"id": tid, "attempt": 1, "retries": 0}, "exit 1", retry=False)
+        moves.write(s)
         s.get(Task, ids[3]).status = "succeeded"
     assert call(client, "GET", f"/tasks/{dependent}")["status"] == "canceled"
 

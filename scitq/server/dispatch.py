@@ -385,7 +385,7 @@ class Dispatcher(Loop):
                 Worker.last_seen < cutoff)).all()
             for worker in stale:
                 worker.status = WorkerStatus.LOST.value
-                n = give_back(s, worker.id, "worker lost: silent for longer than its lease")
+                n = lifecycle.give_back(s, worker.id, "worker lost: silent for longer than its lease")
                 record(s, "worker.lost", worker, executions=n)
                 log.warning("worker %s lost; %d task(s) given back", worker.name, n)
         if stale:
@@ -407,28 +407,3 @@ def _groups(workers):
             group.append(w)
     if group:
         yield group
-
-
-def give_back(session, worker_id, reason):
-    """Mark a worker's live executions lost and their tasks pending again.
-
-    A lost attempt is not the task's fault: it does not count as an attempt.
-    """
-    executions = session.scalars(select(Execution).where(
-        Execution.worker_id == worker_id, Execution.status.in_(ACTIVE))).all()
-    now = utcnow()
-    killed = []
-    for ex in executions:
-        ex.status = ExecutionStatus.LOST.value
-        ex.reason = "lost"
-        ex.error = reason
-        ex.ended_at = now
-        lifecycle.not_counted(ex.task)
-        if ex.signal == "kill":       # the user wanted it dead: it does not come back
-            killed.append(ex.task)
-        ex.signal = None
-    add_events(session, [event_row("execution.lost", "execution", ex.id,
-                                   {"task_id": ex.task_id, "reason": reason}, now) for ex in executions])
-    for task in killed:
-        lifecycle.failed(session, task, "killed by user (its worker was lost)", retry=False)
-    return len(executions)

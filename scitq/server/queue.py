@@ -487,21 +487,6 @@ def _refuse_if_active(task, action):
         raise Conflict(f"task {task.id} is {task.status}: cannot {action} it now")
 
 
-def relaunch_task(s, task):
-    """Put a finished task back in the queue; its past executions stay as history, and what
-    its failure canceled waits for it again."""
-    _refuse_if_active(task, "relaunch")
-    if task.status in (TaskStatus.PENDING.value, TaskStatus.WAITING.value):
-        raise Conflict(f"task {task.id} is already {task.status}")
-    previous = task.status
-    task.status = TaskStatus.PENDING.value
-    task.reason = None
-    task.not_before = None
-    record(s, "task.relaunched", task, previous=previous)
-    lifecycle.revive_dependents(s, [task.id])
-    return task
-
-
 def update_task(s, task, changes):
     _refuse_if_active(task, "edit")
     unknown = set(changes) - set(EDITABLE) - {"depends_on"}

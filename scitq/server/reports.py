@@ -1,22 +1,21 @@
 """What workers tell the server: registration, heartbeats, and execution reports."""
-import base64
-import binascii
 import math
 import re
 
-from sqlalchemy import bindparam, exists, func, select, update
-from sqlalchemy.orm import joinedload, lazyload
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import lazyload
 
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle, tokens
-from scitq.server.db import add_events, event_row, record
-from scitq.server.dispatch import ACTIVE, BATCH, EXECUTION, TASK, give_back
-from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, TaskDependency, Worker, utcnow
+from scitq.server.db import record
+from scitq.server.dispatch import ACTIVE, BATCH, EXECUTION, TASK
+from scitq.server.lifecycle import give_back
+from scitq.server.lifecycle.executions import ENDED
+from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, Worker, utcnow
 from scitq.server.queue import check_batch_name, get_or_create_batch
-from scitq.status import ExecutionStatus, TaskStatus, WorkerStatus
+from scitq.status import ExecutionStatus, WorkerStatus
 
 MAX_CONCURRENCY = 1024
-ENDED = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
 SETTABLE_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRAINING)
 SERVER_SETTINGS = ("concurrency", "prefetch", "batch", "status")   # kept over its restarts
 # What the API's pattern says (no '/', no space, not digits alone), checked whole: a JSON
@@ -263,61 +262,31 @@ ASSIGNMENTS = (select(*ASSIGNMENT_COLUMNS)
                .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
                             .join(BATCH, TASK.c.batch_id == BATCH.c.id))
                .where(EXECUTION.c.id.in_(_ids)).order_by(EXECUTION.c.id))
-EXECUTION_WRITTEN = ("status", "pid", "return_code", "reason", "error", "signal", "paused",
-                     "started_at", "ended_at", "stdout_bytes", "stderr_bytes")
-REPORTED = select(*(EXECUTION.c[c] for c in ("id", "worker_id", "task_id", *EXECUTION_WRITTEN))
-                  ).where(EXECUTION.c.id.in_(_ids))
-WRITE_EXECUTION = (update(EXECUTION).where(EXECUTION.c.id == bindparam("_id"))
-                   .values({c: bindparam(c) for c in EXECUTION_WRITTEN}))
-TASKS_STARTED = (update(TASK).where(TASK.c.id.in_(_ids))
-                 .values(status=TaskStatus.RUNNING.value, updated_at=bindparam("now")))
-TASKS_SUCCEEDED = (update(TASK).where(TASK.c.id.in_(_ids))
-                   .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None,
-                           updated_at=bindparam("now"))
-                   .returning(TASK.c.id, exists().where(
-                       TaskDependency.__table__.c.depends_on_id == TASK.c.id)))
-
-
 def apply_reports(s, worker, reports, outputs):
     """Apply a worker's reports in order. Returns (acked ids, refused [{id, error}]).
 
     Reports are idempotent: a report the server already applied is acked again, so a
     worker that did not hear the answer can simply send it once more.
 
-    The whole batch is one transaction. The common reports (a start, a success) take the
-    fast way: their executions and tasks are read by one query and written by one
-    statement per table, with no ORM object (loading and flushing those was most of the
-    server's time per task). Any other report (a failure, a release, a signal, a cached
-    result) goes through the ORM and the lifecycle, for all the reports of its execution.
-    What waits for the tasks that succeeded is released by one more query at the end.
+    The whole batch is one transaction: the executions reported and what their ends read of
+    their tasks come by one query, each report is decided on those plain rows, and what
+    changed is written by one statement per table (the tasks' moves by lifecycle.Moves, one
+    statement per target status, the events by one insert). Loading and flushing ORM objects
+    was most of the server's time per task.
     """
     acked, refused = [], []
     ids = {r.get("execution_id") for r in reports if isinstance(r, dict)}
     ids = [eid for eid in ids if isinstance(eid, int) and not isinstance(eid, bool) and 0 < eid <= MAX_ID]
-    slow = {r["execution_id"] for r in reports if isinstance(r, dict) and r.get("execution_id") in ids
-            and (r.get("status") not in FAST or r.get("cached_from") is not None)}
-    fast = _FastReports(s, worker, outputs, [eid for eid in ids if eid not in slow])
-    # Held here for the loop: the session's identity map only keeps them weakly.
-    loaded = s.scalars(select(Execution).options(joinedload(Execution.task))
-                       .where(Execution.id.in_(slow))).all() if slow else []
-    succeeded = []
-    events = _Events(s)
+    batch = lifecycle.Reports(s, worker, outputs, ids)
     for i, rep in enumerate(reports):
         eid = rep.get("execution_id")
         try:
             _check_report(i, rep)
-            if eid in slow:
-                _apply(s, worker, rep, outputs, succeeded, events)
-            else:
-                fast.apply(rep, events)
+            batch.apply(rep)
             acked.append(eid)
         except (BadRequest, Conflict, Forbidden, NotFound) as err:
             refused.append({"execution_id": eid, "error": err.message, "status": err.http_status})
-    events.flush()
-    succeeded += fast.write()
-    if succeeded:
-        lifecycle.release_dependents(s, succeeded)
-    del loaded
+    batch.write()
     # A worker left with nothing to run gets its idle_since from the dispatch pass these
     # reports wake (it counts every worker's executions anyway): no query per report here.
     return acked, refused
@@ -334,265 +303,3 @@ def _check_report(i, rep):
         value = rep.get(key)
         if value is not None and (not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT):
             raise BadRequest(f"report #{i}: {key} must be a 32-bit integer")
-
-
-def _changes(eid, current, status):
-    """Whether a report of `status` changes an execution in status `current`: not when it
-    was applied already (a retry) or is a resent start of what ended since; refused when
-    the execution is over."""
-    if status == current:
-        return False
-    if status == ExecutionStatus.RUNNING.value and current in ENDED:
-        return False
-    if not ExecutionStatus(current).is_active:
-        raise Conflict(f"execution {eid} is {current}: report refused")
-    return True
-
-
-def _return_code(eid, status, rep):
-    """The report's return code; a success must bring 0."""
-    rc = rep.get("return_code")
-    if status == ExecutionStatus.SUCCEEDED.value and rc != 0:
-        raise BadRequest(f"execution {eid}: succeeded with return code {rc}")
-    return rc
-
-
-FAST = (ExecutionStatus.RUNNING.value, ExecutionStatus.SUCCEEDED.value)
-
-
-class _FastReports:
-    """Starts and successes applied to plain rows, then written by one executemany per
-    table: the same rules as `_apply` for these two kinds of report."""
-
-    def __init__(self, s, worker, outputs, execution_ids):
-        self.s = s
-        self.worker = worker
-        self.outputs = outputs
-        self.rows = {}
-        if execution_ids:
-            for row in s.connection().execute(REPORTED, {"ids": execution_ids}):
-                self.rows[row.id] = dict(row._mapping)
-        self.changed = {}       # execution id -> its row, as it is to be written
-        self.tasks = {}         # task id -> its new status
-
-    def apply(self, rep, events):
-        ex = self.rows.get(rep["execution_id"])
-        if ex is None:
-            raise NotFound(f"no execution {rep['execution_id']}")
-        if ex["worker_id"] != self.worker.id:
-            raise Forbidden(f"execution {ex['id']} does not belong to worker {self.worker.name}")
-        status = rep.get("status")
-        if not _changes(ex["id"], ex["status"], status):
-            return
-        now = utcnow()
-        if status == ExecutionStatus.RUNNING.value:
-            self._started(ex, rep, now, events)
-        else:
-            rc = _return_code(ex["id"], status, rep)
-            reason = _reason(ex["id"], rep)
-            chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
-            if _brings_its_start(ex["status"], rep):
-                self._started(ex, rep, now, events)
-            for stream, (offset, data) in chunks.items():
-                self.outputs.append(ex["id"], stream, offset, data)
-            ex.update(status=status, return_code=rc, error=_error(rep), reason=reason,
-                      started_at=ex["started_at"] or now, ended_at=now, paused=False, signal=None,
-                      stdout_bytes=self.outputs.size(ex["id"], "stdout"),
-                      stderr_bytes=self.outputs.size(ex["id"], "stderr"))
-            events.add("execution.succeeded", ex["id"], task_id=ex["task_id"],
-                       return_code=rc, reason=reason, error=ex["error"])
-        self.changed[ex["id"]] = ex
-        self.tasks[ex["task_id"]] = status
-
-    @staticmethod
-    def _started(ex, rep, now, events):
-        ex.update(status=ExecutionStatus.RUNNING.value, started_at=now, pid=_pid(rep))
-        events.add("execution.running", ex["id"], task_id=ex["task_id"], pid=ex["pid"])
-
-    def write(self):
-        """Write what changed; returns the ids of the tasks that succeeded and that other
-        tasks wait for."""
-        if not self.changed:
-            return []
-        conn = self.s.connection()
-        conn.execute(WRITE_EXECUTION, [{"_id": ex["id"], **{c: ex[c] for c in EXECUTION_WRITTEN}}
-                                       for ex in self.changed.values()])
-        now = utcnow()
-        done = [tid for tid, status in self.tasks.items() if status == ExecutionStatus.SUCCEEDED.value]
-        started = [tid for tid, status in self.tasks.items() if status == ExecutionStatus.RUNNING.value]
-        if started:
-            conn.execute(TASKS_STARTED, {"ids": started, "now": now})
-        if not done:
-            return []
-        # lifecycle.succeeded, but what waits for the task is released once per batch, and
-        # only for the tasks that have dependents, as this same statement tells
-        rows = conn.execute(TASKS_SUCCEEDED, {"ids": done, "now": now})
-        return [tid for tid, waited_for in rows if waited_for]
-
-
-REASON = re.compile(r"[a-z_]{1,32}")         # matched whole
-FINAL = (ExecutionStatus.SUCCEEDED.value, ExecutionStatus.FAILED.value)
-
-
-class _Events:
-    """The event rows of a batch of reports, inserted by one statement rather than one
-    ORM object each, and still in order with those lifecycle functions record."""
-
-    def __init__(self, session):
-        self.s = session
-        self.rows = []
-
-    def add(self, kind, execution_id, **detail):
-        self.rows.append(event_row(kind, "execution", execution_id, detail))
-
-    def flush(self):
-        """Insert now (before anything else records an event)."""
-        add_events(self.s, self.rows)
-        self.rows = []
-
-
-def _apply(s, worker, rep, outputs, succeeded, events):
-    ex = s.get(Execution, rep["execution_id"])
-    if ex is None:
-        raise NotFound(f"no execution {rep['execution_id']}")
-    if ex.worker_id != worker.id:
-        raise Forbidden(f"execution {ex.id} does not belong to worker {worker.name}")
-    status = rep.get("status")
-    if status == "signaled":
-        return _signaled(s, ex, rep, events)
-    if not _changes(ex.id, ex.status, status):
-        return
-    task = ex.task
-    now = utcnow()
-    if status == ExecutionStatus.RUNNING.value:
-        _started(ex, task, rep, now, events)
-    elif status in FINAL:
-        _ended(s, ex, task, rep, status, outputs, now, succeeded, events)
-    elif status == ExecutionStatus.RELEASED.value:
-        if ex.status != ExecutionStatus.ASSIGNED.value:
-            raise Conflict(f"execution {ex.id} is {ex.status}: only an unstarted one can be released")
-        ex.status = status
-        ex.ended_at = now
-        lifecycle.not_counted(task)
-        events.add("execution.released", ex.id, task_id=task.id)
-    else:
-        raise BadRequest(f"execution {ex.id}: unknown report status {status!r}")
-
-
-def _started(ex, task, rep, now, events):
-    ex.status = ExecutionStatus.RUNNING.value
-    ex.pid = _pid(rep)
-    ex.started_at = now
-    task.status = TaskStatus.RUNNING.value
-    events.add("execution.running", ex.id, task_id=task.id, pid=ex.pid)
-
-
-def _cached(s, ex, cached_from, outputs):
-    """An end that brings the cache's answer: the succeeded execution it names must have the
-    same cache key (for a task with use_cache); its output is copied."""
-    source = s.get(Execution, cached_from) if isinstance(cached_from, int) and 0 < cached_from <= MAX_ID else None
-    if source is None or source.status != ExecutionStatus.SUCCEEDED.value:
-        raise BadRequest(f"execution {ex.id}: cached_from names no succeeded execution")
-    if not ex.task.use_cache or ex.cache_key is None or source.cache_key != ex.cache_key:
-        raise Forbidden(f"execution {ex.id}: cached_from {source.id} is not the cache's answer "
-                        "for it (same cache key, its task with use_cache)")
-    outputs.copy(source.id, ex.id)
-    ex.cached_from = source.id
-
-
-def _ended(s, ex, task, rep, status, outputs, now, succeeded, events):
-    rc = _return_code(ex.id, status, rep)
-    reason = _reason(ex.id, rep)
-    if rep.get("cached_from") is not None:
-        _cached(s, ex, rep["cached_from"], outputs)
-        reason = "cached"
-    chunks = {stream: _chunk(rep[stream]) for stream in ("stdout", "stderr") if rep.get(stream)}
-    if _brings_its_start(ex.status, rep):
-        _started(ex, task, rep, now, events)
-    for stream, (offset, data) in chunks.items():
-        outputs.append(ex.id, stream, offset, data)
-    ex.return_code = rc if isinstance(rc, int) else None
-    ex.status = status
-    ex.error = _error(rep)
-    if status == ExecutionStatus.FAILED.value and reason is None:
-        reason = "exit_code" if isinstance(rc, int) and rc > 0 else "signal" if isinstance(rc, int) else "error"
-    ex.reason = reason
-    ex.started_at = ex.started_at or now
-    ex.ended_at = now
-    ex.paused = False
-    ex.stdout_bytes = outputs.size(ex.id, "stdout")
-    ex.stderr_bytes = outputs.size(ex.id, "stderr")
-    asked, ex.signal = ex.signal, None
-    events.add(f"execution.{status}", ex.id, task_id=task.id, return_code=ex.return_code,
-               reason=reason, error=ex.error)
-    if status == ExecutionStatus.SUCCEEDED.value:
-        # lifecycle.succeeded, but what waits for the task is released once per batch
-        task.status = TaskStatus.SUCCEEDED.value
-        task.reason = None
-        task.not_before = None
-        succeeded.append(task.id)
-        return
-    events.flush()      # the lifecycle records events of its own, after this one
-    _failed(s, ex, task, asked)
-
-
-def _failed(s, ex, task, asked):
-    """What a failed execution means for its task: requeued when its batch was stopped to
-    run again, failed for good when killed, else failed with retries."""
-    if asked == "requeue":
-        lifecycle.requeued(s, task, "stopped with its batch and put back in the queue")
-        return
-    killed = asked == "kill" or ex.reason == "killed"
-    if killed:
-        why = "killed by user"
-    else:
-        why = ex.error or (f"exit code {ex.return_code}" if ex.reason == "exit_code" else ex.reason)
-    lifecycle.failed(s, task, why, retry=not killed)
-
-
-def _pid(rep):
-    pid = rep.get("pid")
-    return pid if isinstance(pid, int) else None
-
-
-def _brings_its_start(current, rep):
-    """An end reported with a pid for an execution not yet known to run: the worker folded
-    its start into it (the task ended before its start was sent), so the start is recorded
-    first, as if reported alone."""
-    return current == ExecutionStatus.ASSIGNED.value and _pid(rep) is not None
-
-
-def _reason(execution_id, rep):
-    reason = rep.get("reason")
-    if reason is not None and (not isinstance(reason, str) or not REASON.fullmatch(reason)):
-        raise BadRequest(f"execution {execution_id}: reason must be a short word (a-z and _)")
-    return reason
-
-
-def _error(rep):
-    """A worker's own words (a process's message): kept, but PostgreSQL stores no NUL."""
-    return (rep.get("error") or None) and str(rep["error"]).replace("\x00", "\\0")[:1024]
-
-
-def _signaled(s, ex, rep, events):
-    """The worker applied a signal: pause and resume are done; a kill is done when the
-    execution ends (its final report)."""
-    sig, seq = rep.get("signal"), rep.get("seq")
-    if sig not in lifecycle.SIGNALS + ("requeue",) or not isinstance(seq, int):
-        raise BadRequest(f"execution {ex.id}: a signaled report needs a signal and its seq")
-    if sig in ("pause", "resume") and ExecutionStatus(ex.status).is_active:
-        ex.paused = sig == "pause"
-        if ex.signal == sig and ex.signal_seq == seq:
-            ex.signal = None
-        events.add(f"execution.{sig}d", ex.id, task_id=ex.task_id)
-
-
-def _chunk(chunk):
-    """(offset, bytes) of an inline output chunk {"offset": n, "data": base64}."""
-    offset = chunk.get("offset") if isinstance(chunk, dict) else None
-    if not isinstance(offset, int) or offset < 0 or not isinstance(chunk.get("data"), str):
-        raise BadRequest('an output chunk is {"offset": n >= 0, "data": base64 text}')
-    try:
-        return offset, base64.b64decode(chunk["data"], validate=True)
-    except binascii.Error as exc:
-        raise BadRequest("output chunk is not valid base64") from exc

@@ -9,7 +9,7 @@ from scitq.server.models import Task
 from scitq.server.api import (ERROR_FIELDS, ID, IdOrName, NullableFloat, NullableInteger,
                               NullableString, natural_id, state)
 from scitq.server.api.executions import execution, output_response, output_args
-from scitq.server.api.fastcheck import compile_model
+from scitq.server.api.bodycheck import compile_model
 
 ns = Namespace("tasks", description="What to run")
 error = ns.model("Error", ERROR_FIELDS)
@@ -184,7 +184,9 @@ class RelaunchTask(Resource):
     def post(self, task_id):
         """Queue a finished task again; its past executions stay as history."""
         with state().db.write() as s:
-            out = queue.relaunch_task(s, get_or_404(s, Task, task_id)).to_dict()
+            t = get_or_404(s, Task, task_id)
+            lifecycle.relaunch(s, [t.id])
+            out = t.to_dict()
         state().dispatcher.wake()
         return out
 

@@ -12,7 +12,7 @@ from scitq.server import reports, tokens
 from scitq.server.access import access
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
-from scitq.server.api.fastcheck import compile_model
+from scitq.server.api.bodycheck import compile_model
 from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
 from scitq.server.models import MAX_ID, MAX_INT, Worker, ahead
@@ -160,7 +160,7 @@ reports_out = ns.model("ReportsAnswer", {
                                "executions for it, as a poll would give them (it polls as well)")})
 
 # The two calls every worker makes all the time: their bodies are checked against the same
-# models by compiled checks (scitq.server.api.fastcheck), and their answers are built as
+# models by compiled checks (scitq.server.api.bodycheck), and their answers are built as
 # plain JSON (what the models describe), not marshalled field by field.
 check_poll = compile_model(poll_in)
 check_reports = compile_model(reports_in)

@@ -33,7 +33,8 @@ from scitq.server.recruit import policy
 from scitq.server.recruit.ledger import cost_of
 from scitq.server import reports, tokens
 from scitq.server.db import add_events, event_row, record
-from scitq.server.dispatch import ACTIVE, give_back
+from scitq.server.dispatch import ACTIVE
+from scitq.server.lifecycle import give_back
 from scitq.server.loop import Loop
 from scitq.server.models import (Batch, Execution, Flavor, Instance, Job, Recruiter, Task,
                                  Worker, utcnow)

@@ -6,14 +6,14 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from scitq.server.recruit.ledger import cost_of
-from scitq.server import queue
+from scitq.server import lifecycle, queue
 from scitq.server.models import (Batch, Execution, MinuteRollup, Task, TaskDependency, Worker,
                                  iso, utcnow)
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 WINDOW = 300.0      # seconds of ended executions the throughput is measured over
 MIN_SPAN = 10.0     # a burst of quick tasks is not read as thousands per minute
-RELAUNCH_CHUNK = 500   # failed tasks loaded at once by relaunch_failed (bounded memory)
+RELAUNCH_CHUNK = 5000  # failed tasks relaunched by one statement (SQLite bounds its parameters)
 
 
 def per_minute(n, span):
@@ -200,9 +200,5 @@ def relaunch_failed(s, batch):
                                           Task.status == TaskStatus.FAILED.value)
                     .order_by(Task.id)).all()
     for i in range(0, len(ids), RELAUNCH_CHUNK):
-        chunk = ids[i:i + RELAUNCH_CHUNK]
-        for task in s.scalars(select(Task).where(Task.id.in_(chunk)).order_by(Task.id)):
-            queue.relaunch_task(s, task)
-        s.flush()
-        s.expunge_all()     # 100,000 relaunched tasks must not all stay in the session
+        lifecycle.relaunch(s, ids[i:i + RELAUNCH_CHUNK])
     return len(ids)
