@@ -2,20 +2,18 @@
 one server process at a time, migrations and the event log."""
 import collections
 import contextlib
-import json
 import os
 import threading
 from pathlib import Path
 
-from sqlalchemy import JSON, create_engine, event as sa_event, insert, select, text
+from sqlalchemy import create_engine, event as sa_event, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.expression import ColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.types import Boolean
+from sqlalchemy.orm import sessionmaker
 
 from scitq.errors import BadRequest, NotFound
+from scitq.server import dialect
+# Importable from here as they always were (callers need not know which SQL differs by database).
+from scitq.server.dialect import FEW_ROWS, among, insert_rows, insert_with_ids, next_ids  # noqa: F401
 from scitq.server.models import MAX_ID, Event, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -48,7 +46,7 @@ class Database:
         if self.is_sqlite:
             _private_file(self.url.database)
             self.engine = create_engine(self.url, connect_args={"timeout": 30})
-            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa_event.listen(self.engine, "connect", dialect.sqlite_pragmas)
             self._writer = threading.RLock()
         else:
             # No ping before each checkout: it was one more round trip per transaction (about
@@ -107,21 +105,16 @@ class Database:
                     if item is not None:
                         self._passes.pop((name, item), None)
             return
-        # The two-key form for an item: ids are cut to 31 bits (a clash only makes two
-        # items wait on each other).
-        keys, args = (":k", {"k": LOCKS[name]}) if item is None else \
-            (":k, :i", {"k": LOCKS[name], "i": item & 0x7FFF_FFFF})
         conn = self.engine.connect()
         got = False
         try:
-            got = conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_lock({keys})"),
-                              args) is not False
+            got = dialect.lock_session(conn, LOCKS[name], item, wait)
             conn.commit()
             yield got
         finally:
             if got:
                 try:
-                    conn.execute(text(f"SELECT pg_advisory_unlock({keys})"), args)
+                    dialect.unlock_session(conn, LOCKS[name], item)
                     conn.commit()
                 except Exception:       # a broken connection: its end releases the lock
                     conn.invalidate()
@@ -164,11 +157,7 @@ def lock_in(session, name, wait=True):
     """Hold `name` (LOCKS) until the caller's transaction ends; returns whether it holds it
     (wait=False: another process's transaction may). SQLite has one writer at a time, in
     one server process: nothing to take."""
-    conn = session.connection() if isinstance(session, Session) else session
-    if conn.dialect.name != "postgresql":
-        return True
-    return conn.scalar(text(f"SELECT pg_{'' if wait else 'try_'}advisory_xact_lock(:k)"),
-                       {"k": LOCKS[name]}) is not False
+    return dialect.lock_transaction(session, LOCKS[name], wait)
 
 
 def _private_file(path):
@@ -181,44 +170,6 @@ def _private_file(path):
         os.chmod(path, 0o600)
     except OSError:         # a read-only place or not ours: SQLite says why when it opens it
         pass
-
-
-def _sqlite_pragmas(dbapi_conn, _record):
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA case_sensitive_like=ON")   # LIKE as on PostgreSQL
-    cur.close()
-
-
-class among(ColumnElement):
-    """`column IN (ids)`, ids a SELECT of one column that may return many rows. PostgreSQL
-    gets `column = ANY(ARRAY(ids))`: the ids are computed once and the column's index looked
-    up for each, whatever the statistics say; an IN, planned with statistics older than a
-    cascade of 10,000 changes, was a nested loop of every changed row by every id (17 s)."""
-
-    inherit_cache = True
-    type = Boolean()
-    _is_implicitly_boolean = True       # a condition: SQLite gets no `= 1` after it
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement),
-                           ("ids", InternalTraversal.dp_clauseelement)]
-
-    def __init__(self, column, ids):
-        self.column = column
-        self.ids = ids
-
-
-@compiles(among)
-def _among(element, compiler, **kw):
-    return compiler.process(element.column.in_(element.ids), **kw)
-
-
-@compiles(among, "postgresql")
-def _among_postgresql(element, compiler, **kw):
-    return (f"{compiler.process(element.column, **kw)} = "
-            f"ANY(ARRAY{compiler.process(element.ids.scalar_subquery(), **kw)})")
 
 
 def get_or_404(session, model, ident):
@@ -273,71 +224,3 @@ def add_events(session, rows):
 def record(session, kind, obj, **detail):
     """Add the event of one object's state change to the change's own transaction."""
     add_events(session, [event_row(kind, type(obj).__tablename__, obj.id, detail)])
-
-
-# Up to this many rows go by one INSERT on PostgreSQL too: a COPY is three round trips (the
-# statement, the data, its end) and a report's one or two rows cost less as an INSERT.
-FEW_ROWS = 16
-
-
-def insert_rows(conn, table, rows):
-    """Insert many rows (dicts with the same keys) into a Core table, in order, on the
-    caller's connection and transaction. PostgreSQL takes them by COPY: an executemany of
-    INSERTs costs tens of microseconds of driver Python per row, which for the events of
-    every execution was more than the rest of applying a report. SQLite takes an
-    executemany. Defaults (ids from the sequence) apply to the columns left out."""
-    if not rows:
-        return
-    if conn.dialect.name != "postgresql" or len(rows) <= FEW_ROWS:
-        conn.execute(insert(table), rows)
-        return
-    names = list(rows[0])
-    # COPY knows only the database's defaults: the Python ones (created_at=utcnow...) are
-    # computed here, once for all the rows, as an INSERT would for each.
-    defaults = {}
-    for c in table.c:
-        if c.name in rows[0] or c.default is None:
-            continue
-        if c.default.is_callable:
-            defaults[c.name] = c.default.arg(None)
-        elif c.default.is_scalar:
-            defaults[c.name] = c.default.arg
-    columns = names + list(defaults)
-    json_at = [i for i, n in enumerate(columns) if isinstance(table.c[n].type, JSON)]
-    fixed = list(defaults.values())
-    # A value many rows share (the one detail of a cascade's events) is encoded once: the
-    # rows hold every value, so its id() stands for it till the end.
-    dumped = {}
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            values = [row[n] for n in names] + fixed
-            for i in json_at:
-                value = values[i]
-                if value is not None:
-                    text_ = dumped.get(id(value))
-                    if text_ is None:
-                        text_ = dumped[id(value)] = json.dumps(value)
-                    values[i] = text_
-            copy.write_row(values)
-
-
-def next_ids(conn, table, n):
-    """n new ids of a PostgreSQL table's serial id, ascending: rows can then go by COPY
-    (insert_rows) and still be known by id, instead of an INSERT ... RETURNING of many
-    rows, which is a new statement text (parsed by the driver placeholder by placeholder)
-    for each number of rows."""
-    return sorted(conn.execute(text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
-                                    "FROM generate_series(1, :n)"), {"n": n}).scalars())
-
-
-def insert_with_ids(conn, table, rows):
-    """Insert rows (dicts with the same keys) and return their new ids, in order. On
-    PostgreSQL the ids are drawn from the sequence first and the rows go by COPY
-    (insert_rows); elsewhere by an INSERT ... RETURNING."""
-    if conn.dialect.name != "postgresql" or len(rows) <= FEW_ROWS:
-        return list(conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True),
-                                 rows).scalars())
-    ids = next_ids(conn, table, len(rows))
-    insert_rows(conn, table, [{**row, "id": i} for row, i in zip(rows, ids)])
-    return ids

@@ -14,10 +14,10 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, literal_column, or_, select, text, update
+from sqlalchemy import bindparam, func, literal_column, or_, select, update
 from sqlalchemy.exc import OperationalError
 
-from scitq.server import lifecycle
+from scitq.server import dialect, lifecycle
 from scitq.server.db import add_events, event_row, insert_with_ids, lock_in, record
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Execution, Task, Worker, ahead, utcnow
@@ -219,9 +219,7 @@ class Dispatcher(Loop):
             self._new_tasks = 0
         try:
             with self.db.write() as s:
-                s.execute(text("SET LOCAL lock_timeout = '2s'"))   # never hold passes up long
-                s.execute(text("ANALYZE task"))
-                self._task_rows = s.scalar(text("SELECT reltuples FROM pg_class WHERE oid = 'task'::regclass"))
+                self._task_rows = dialect.analyze(s, TASK, lock_timeout="2s")   # never hold passes up long
         except OperationalError as exc:     # autovacuum holds the table: at the next pass
             log.info("ANALYZE task: %s", exc.orig or exc)
             self.tasks_added(new)

@@ -25,9 +25,10 @@ class UTCDateTime(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
+        if value is None:
+            return None
+        # In UTC: SQLite keeps no offset, so another zone's time would be read back as UTC.
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:

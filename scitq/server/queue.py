@@ -3,10 +3,10 @@ import hashlib
 import json
 import re
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select
 
 from scitq.errors import BadRequest, Conflict, NotFound
-from scitq.server import lifecycle
+from scitq.server import dialect, lifecycle
 from scitq.server.db import get_or_404, insert_with_ids, lookup, record
 from scitq.server.models import (MAX_ID, Batch, Execution, MinuteRollup, Submission, Task,
                                  TaskCount, TaskDependency, utcnow)
@@ -391,12 +391,7 @@ def batch_counts(s, batch_ids=None):
 def compact_counts(s):
     """Fold task_count's rows into one per (batch, status), dropping those at zero (a deleted
     batch's). Exact under concurrent writers: rows they add meanwhile are not deleted."""
-    if s.bind.dialect.name == "postgresql":
-        s.execute(text("WITH gone AS (DELETE FROM task_count RETURNING batch_id, status, n) "
-                       "INSERT INTO task_count (batch_id, status, n) SELECT batch_id, status, sum(n) "
-                       "FROM gone GROUP BY batch_id, status HAVING sum(n) <> 0"))
-    else:
-        s.execute(delete(TaskCount).where(TaskCount.n == 0))
+    dialect.fold_counts(s, TaskCount.__table__)
 
 
 def summarize(by_status):

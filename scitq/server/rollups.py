@@ -13,10 +13,9 @@ give the same rows.
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, literal_column, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scitq.server.recruit.ledger import cost_of
-from scitq.server import queue
+from scitq.server import dialect, queue
 from scitq.server.db import lock_in
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Execution, MinuteRollup, Task, utcnow
@@ -67,8 +66,7 @@ class Rollups(Loop):
     def _ended(self, s, since):
         """Rows {batch_id, worker_id, minute, succeeded, failed} of the executions ended
         from `since` on, for each (batch, worker), each batch, and overall."""
-        minute = (func.date_trunc("minute", Execution.ended_at) if not self.db.is_sqlite else
-                  func.strftime("%Y-%m-%d %H:%M:00", Execution.ended_at))
+        minute = dialect.truncate_to_minute(Execution.ended_at)
         worker = func.coalesce(Execution.worker_id, literal_column(str(GONE)))
         q = (select(Task.batch_id, worker, minute, Execution.status, func.count())
              .join(Task, Task.id == Execution.task_id)
@@ -113,11 +111,7 @@ def _upsert(s, rows, columns):
     """Insert the rows, or set these columns of those that exist."""
     if not rows:
         return
-    dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(ROLLUP)
-    stmt = stmt.on_conflict_do_update(index_elements=["batch_id", "worker_id", "minute"],
-                                      set_={c: stmt.excluded[c] for c in columns})
-    s.execute(stmt, rows)
+    s.execute(dialect.upsert(s, ROLLUP, ("batch_id", "worker_id", "minute"), columns), rows)
 
 
 def chart(s, batch_id=ALL, minutes=60, now=None):
