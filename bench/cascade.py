@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import pgcluster  # noqa: E402
 
-from scitq.server import lifecycle, queue  # noqa: E402
+from scitq.server import lifecycle, task_store  # noqa: E402
 from scitq.server.db import Database, insert_rows, insert_with_ids  # noqa: E402
 from scitq.server.models import Event, Task, TaskDependency, utcnow  # noqa: E402
 
@@ -31,7 +31,7 @@ DEPENDENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 def build(db):
     """The root (assigned: its attempt is under way) and its DEPENDENTS waiting tasks."""
     with db.write() as s:
-        batch = queue.get_or_create_batch(s, "wide")
+        batch = task_store.get_or_create_batch(s, "wide")
         s.flush()
         now = utcnow()
         conn = s.connection()

@@ -20,7 +20,7 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import pgcluster  # noqa: E402
 
-from scitq.server import queue  # noqa: E402
+from scitq.server import task_store  # noqa: E402
 from scitq.server.db import Database  # noqa: E402
 from scitq.server.models import Task  # noqa: E402
 
@@ -35,7 +35,7 @@ def one_round(db, label):
     for r in range(3):
         with db.write() as s:
             t0 = time.perf_counter()
-            ids = queue.create_tasks(s, [{"command": f"x {i}"} for i in range(SUBMISSION)],
+            ids = task_store.create_tasks(s, [{"command": f"x {i}"} for i in range(SUBMISSION)],
                                      f"{label}-{r}")
         submissions.append(time.perf_counter() - t0)
     for j in range(0, 100 * GROUP, GROUP):

@@ -107,10 +107,10 @@ def time_calls(client, path, calls):
 def time_parts(db, calls):
     """The dashboard's queries one by one: where its time goes."""
     from scitq.server.recruit.ledger import cost_of
-    from scitq.server import queue
+    from scitq.server import task_store
     from scitq.server.models import utcnow
     from scitq.server.ui import dashboard as dash
-    parts = [("  batch counts (GROUP BY)", lambda s: queue.batch_counts(s)),
+    parts = [("  batch counts (GROUP BY)", lambda s: task_store.batch_counts(s)),
              ("  throughput (executions)", lambda s: dash.throughputs(s, utcnow())),
              ("  cost of batches", lambda s: cost_of(s, batch_ids=list(range(1, 21))))]
     out = []

@@ -40,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scitq.client import Client
 from scitq.errors import Conflict, NotFound, ScitqError
 
-# The server's rule for batch names (scitq/server/queue.py), checked here so that a bad
+# The server's rule for batch names (scitq/server/task_store.py), checked here so that a bad
 # step name fails at the line that declares it rather than at submission.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@:=-]*$")
 _SHOWN_FAILURES = 5

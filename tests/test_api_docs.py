@@ -26,8 +26,8 @@ def test_the_document_is_valid_swagger_2_with_a_bearer_scheme(client):
 def test_authorize_then_try_it_out_on_the_batch_list(auth_app, page, shots):
     ex = expect()
     with auth_app.extensions["scitq"].db.write() as s:
-        from scitq.server import queue
-        queue.create_batch(s, "documented")
+        from scitq.server import task_store
+        task_store.create_batch(s, "documented")
     with serving(auth_app) as url:
         page.goto(url + "/api/v1/docs")
         page.get_by_role("button", name="Authorize").first.click()

@@ -57,7 +57,7 @@ def _targets(node, name, path):
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
     source = _absolute(node, name, path)
-    # `from scitq.server import reports` loads the module scitq.server.reports.
+    # `from scitq.server import lifecycle` loads the module scitq.server.lifecycle.
     return [f"{source}.{a.name}" if f"{source}.{a.name}" in modules() else source
             for a in node.names]
 

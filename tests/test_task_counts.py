@@ -8,7 +8,7 @@ import time
 from sqlalchemy import func, select
 
 from apicalls import acked, call, dispatch, poll, register, rep, sweep
-from scitq.server import queue
+from scitq.server import task_store
 from scitq.server.models import Task
 
 LEASE = 0.5
@@ -21,19 +21,19 @@ def truth(app):
         for bid, st, n in s.execute(select(Task.batch_id, Task.status, func.count())
                                     .group_by(Task.batch_id, Task.status)):
             rows.setdefault(bid, {})[st] = n
-        return {bid: queue.summarize(c) for bid, c in rows.items()}
+        return {bid: task_store.summarize(c) for bid, c in rows.items()}
 
 
 def kept(app):
     with app.extensions["scitq"].db.read() as s:
-        return queue.batch_counts(s)
+        return task_store.batch_counts(s)
 
 
 def check(app, compact=False):
     assert kept(app) == truth(app)
     if compact:
         with app.extensions["scitq"].db.write() as s:
-            queue.compact_counts(s)
+            task_store.compact_counts(s)
         assert kept(app) == truth(app)
 
 
@@ -113,7 +113,7 @@ def test_concurrent_writers_keep_exact_counts(app, client):
         try:
             while not stop.is_set():
                 with app.extensions["scitq"].db.write() as s:
-                    queue.compact_counts(s)
+                    task_store.compact_counts(s)
         except Exception as exc:     # noqa: BLE001 (reported by the assertion below)
             errors.append(exc)
 

@@ -316,8 +316,8 @@ def test_with_auth_on_the_browser_logs_in_then_sees_the_data(auth_app, page, sho
     by every call afterwards, and the page it came from shows its data."""
     ex = expect()
     with auth_app.extensions["scitq"].db.write() as s:
-        from scitq.server import queue
-        queue.create_tasks(s, [{"command": "true"}] * 3, "secret-batch")
+        from scitq.server import task_store
+        task_store.create_tasks(s, [{"command": "true"}] * 3, "secret-batch")
     with serving(auth_app) as url:
         page.goto(url + "/ui/workers")
         page.wait_for_url(re.compile(r"/ui/login\?next="))

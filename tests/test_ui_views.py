@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from procs import wait_until
-from scitq.server import queue, rollups
+from scitq.server import task_store, rollups
 from scitq.server.models import Execution, MinuteRollup, Task, Worker, utcnow
 from test_ui import auth_app, batch_row, expect, serving, worker_row  # noqa: F401  (auth_app: a fixture)
 from ui_browser import browser, page, shots  # noqa: F401  (fixtures)
@@ -27,7 +27,7 @@ def backdate(app, batch, per_minute, minutes=3, worker="w1"):
     db = app.extensions["scitq"].db
     now = utcnow()
     with db.write() as s:
-        ids = queue.create_tasks(s, [{"command": "true"} for _ in range(per_minute * minutes)],
+        ids = task_store.create_tasks(s, [{"command": "true"} for _ in range(per_minute * minutes)],
                                  batch_name=batch)
         w = s.scalar(select(Worker).where(Worker.name == worker))
         if w is None:
@@ -59,7 +59,7 @@ def test_rollups_count_what_ended_per_minute_and_sample_the_slots(app, client):
     assert client.get("/ui/api/charts?batch=three").get_json()["succeeded"] == [3, 3, 3]
     db = app.extensions["scitq"].db
     with db.write() as s:
-        (tid,) = queue.create_tasks(s, [{"command": "true"}], batch_name="three")
+        (tid,) = task_store.create_tasks(s, [{"command": "true"}], batch_name="three")
         s.add(Execution(task_id=tid, worker_id=worker_id, worker_name="w1", status="succeeded",
                         ended_at=utcnow()))
     roller.roll()

@@ -36,7 +36,7 @@ def deploy_params(body, public_url, default_engine="pyinfra"):
     if engine not in ENGINES:
         raise BadRequest(f"unknown deploy engine {engine!r}: one of {', '.join(ENGINES)}")
     # What the worker will register with, checked now rather than on the host at each attempt.
-    from scitq.server.queue import check_batch_name
+    from scitq.server.task_store import check_batch_name
     if body.get("batch") is not None:
         check_batch_name(body["batch"])
     name = body.get("name")

@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select, text
 
 from scitq.server.recruit.ledger import cost_of
-from scitq.server import queue
+from scitq.server import task_store
 from scitq.server.access import access
 from scitq.server.models import Batch, Instance, Job, utcnow
 from scitq.server.ui import dashboard as dash
@@ -110,7 +110,7 @@ class DatabaseCollector:
     def _read(self):
         with self.db.read() as s:
             names = dict(s.execute(select(Batch.id, Batch.name)).all())
-            counts = queue.batch_counts(s)
+            counts = task_store.batch_counts(s)
             tasks = GaugeMetricFamily("scitq_tasks", "Tasks by batch and status",
                                       labels=["batch", "status"])
             for bid, c in counts.items():

@@ -114,7 +114,7 @@ class TaskCount(Base):
     transaction of every insert, status change and delete, whoever writes it. A batch's
     count is the sum of its rows: on PostgreSQL each statement adds rows of differences (no
     row is updated, so concurrent writers never wait on each other) and
-    scitq.server.queue.compact_counts folds them; on SQLite (one writer) a row per key."""
+    scitq.server.task_store.compact_counts folds them; on SQLite (one writer) a row per key."""
 
     __tablename__ = "task_count"
     __table_args__ = (Index("ix_task_count_batch_status", "batch_id", "status"),)

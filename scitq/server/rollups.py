@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, literal_column, select
 
 from scitq.server.recruit.ledger import cost_of
-from scitq.server import dialect, queue
+from scitq.server import dialect, task_store
 from scitq.server.db import lock_in
 from scitq.server.loop import Loop
 from scitq.server.models import Batch, Execution, MinuteRollup, Task, utcnow
@@ -61,7 +61,7 @@ class Rollups(Loop):
             if since is not None:
                 _upsert(s, self._ended(s, minute_of(since)), ("succeeded", "failed"))
             _upsert(s, self._samples(s, minute_of(now), now), ("busy", "slots", "cost"))
-            queue.compact_counts(s)     # under the same lock: one compaction at a time
+            task_store.compact_counts(s)     # under the same lock: one compaction at a time
 
     def _ended(self, s, since):
         """Rows {batch_id, worker_id, minute, succeeded, failed} of the executions ended
@@ -86,7 +86,7 @@ class Rollups(Loop):
         """This minute's samples: busy slots and cost per batch that runs something or
         pays for hosts, and overall (with the slots of the workers alive)."""
         ids = list(s.scalars(select(Batch.id)))
-        counts = queue.batch_counts(s)
+        counts = task_store.batch_counts(s)
         busy = {bid: sum(counts[bid][st] for st in BUSY) for bid in ids if bid in counts}
         costs = cost_of(s, batch_ids=ids, now=now)
         rows = [{"batch_id": bid, "worker_id": ALL, "minute": minute, "succeeded": 0, "failed": 0,

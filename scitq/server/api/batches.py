@@ -4,7 +4,7 @@ import time
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 
 from scitq.errors import BadRequest
-from scitq.server import lifecycle, queue
+from scitq.server import lifecycle, task_store
 from scitq.server.access import access
 from scitq.server.api import ERROR_FIELDS, NullableInteger, state
 from scitq.status import BatchStatus
@@ -12,7 +12,7 @@ from scitq.status import BatchStatus
 ns = Namespace("batches", description="Named groups of tasks and their progress")
 
 error = ns.model("Error", ERROR_FIELDS)
-counts = ns.model("BatchCounts", {s: fields.Integer for s in queue.STATUSES + ["remaining", "total"]})
+counts = ns.model("BatchCounts", {s: fields.Integer for s in task_store.STATUSES + ["remaining", "total"]})
 
 
 batch = ns.model("Batch", {
@@ -48,7 +48,7 @@ class Batches(Resource):
     def get(self):
         """Every batch with its task counts per status, including remaining."""
         with state().db.read() as s:
-            return queue.list_batches(s)
+            return task_store.list_batches(s)
 
     @ns.response(400, "Invalid name or concurrency", error)
     @ns.response(409, "A batch of that name exists", error)
@@ -57,8 +57,8 @@ class Batches(Resource):
     def post(self):
         """Create an empty batch (tasks also create theirs on the fly)."""
         with state().db.write() as s:
-            b = queue.create_batch(s, ns.payload["name"], ns.payload.get("concurrency"))
-            return queue.batch_summary(s, b), 201
+            b = task_store.create_batch(s, ns.payload["name"], ns.payload.get("concurrency"))
+            return task_store.batch_summary(s, b), 201
 
 
 @ns.route("/<ref>")
@@ -69,7 +69,7 @@ class OneBatch(Resource):
     @ns.marshal_with(batch)
     def get(self, ref):
         with state().db.read() as s:
-            return queue.batch_summary(s, queue.get_batch(s, ref))
+            return task_store.batch_summary(s, task_store.get_batch(s, ref))
 
     @ns.response(400, "Invalid settings", error)
     @ns.expect(batch_edit, validate=True)
@@ -78,8 +78,8 @@ class OneBatch(Resource):
         """Change the batch's settings (concurrency cap); applied at the next dispatch."""
         st = state()
         with st.db.write() as s:
-            b = queue.change_batch(s, queue.get_batch(s, ref), ns.payload or {})
-            out = queue.batch_summary(s, b)
+            b = task_store.change_batch(s, task_store.get_batch(s, ref), ns.payload or {})
+            out = task_store.batch_summary(s, b)
         st.dispatcher.wake()
         return out
 
@@ -89,7 +89,7 @@ class OneBatch(Resource):
         """Delete the batch, its tasks and their outputs (refused while tasks run)."""
         st = state()
         with st.db.write() as s:
-            execution_ids = queue.delete_batch(s, queue.get_batch(s, ref))
+            execution_ids = task_store.delete_batch(s, task_store.get_batch(s, ref))
         st.outputs.delete(execution_ids)
         st.notifier.tasks_ended()
         return {"deleted": ref}
@@ -118,7 +118,7 @@ class WaitBatch(Resource):
             seen = st.notifier.ends()
             started = time.monotonic()
             with st.db.read() as s:
-                out = queue.batch_summary(s, queue.get_batch(s, ref))
+                out = task_store.batch_summary(s, task_store.get_batch(s, ref))
             now = time.monotonic()
             left = deadline - now
             if not out["counts"]["remaining"] or left <= 0 or st.notifier.closing:
@@ -133,9 +133,9 @@ def _steer(ref, change):
     """Apply change(session, batch) -> workers to wake; answer the batch's summary."""
     st = state()
     with st.db.write() as s:
-        b = queue.get_batch(s, ref)
+        b = task_store.get_batch(s, ref)
         workers = change(s, b) or ()
-        out = queue.batch_summary(s, b)
+        out = task_store.batch_summary(s, b)
     st.notifier.notify(*[w for w in workers if w is not None])
     st.notifier.tasks_ended()
     st.dispatcher.wake()
@@ -155,7 +155,7 @@ class PauseBatch(Resource):
         running = pause_args.parse_args()["running"]
 
         def pause(s, b):
-            queue.set_batch_status(s, b, BatchStatus.PAUSED)
+            task_store.set_batch_status(s, b, BatchStatus.PAUSED)
             return lifecycle.signal_batch(s, b, "pause") if running else ()
         return _steer(ref, pause)
 
@@ -168,7 +168,7 @@ class ResumeBatch(Resource):
     def post(self, ref):
         """Dispatch the batch's tasks again, and continue its suspended ones."""
         def resume(s, b):
-            queue.set_batch_status(s, b, BatchStatus.ACTIVE)
+            task_store.set_batch_status(s, b, BatchStatus.ACTIVE)
             return lifecycle.signal_batch(s, b, "resume")
         return _steer(ref, resume)
 

@@ -2,7 +2,7 @@
 from flask_restx import Namespace, Resource, fields, inputs, reqparse
 from sqlalchemy.exc import IntegrityError
 
-from scitq.server import lifecycle, queue
+from scitq.server import lifecycle, task_store
 from scitq.server.access import access
 from scitq.server.db import get_or_404
 from scitq.server.models import Task
@@ -19,7 +19,7 @@ task_fields = {
     "name": fields.String(max_length=255),
     "batch": fields.String(max_length=128, description="batch name (created if missing)"),
     "shell": fields.Boolean(default=True, description="run through /bin/sh -c (else split into argv)"),
-    "retries": fields.Integer(min=0, max=queue.MAX_RETRIES, default=0,
+    "retries": fields.Integer(min=0, max=task_store.MAX_RETRIES, default=0,
                               description="attempts allowed after a failed one"),
     "retry_delay": fields.Float(min=0, default=0, description="seconds before a retry"),
     "retry_backoff": fields.Float(min=1, default=1,
@@ -106,7 +106,7 @@ class Tasks(Resource):
         """A page of tasks in submission order; pass `next` back as `after` for the next one."""
         a = list_args.parse_args()
         with state().db.read() as s:
-            tasks, nxt = queue.list_tasks(s, a["batch"], a["status"], a["name"], a["after"], a["limit"])
+            tasks, nxt = task_store.list_tasks(s, a["batch"], a["status"], a["name"], a["after"], a["limit"])
             return {"items": [t.to_dict() for t in tasks], "next": nxt}
 
     @ns.response(400, "Invalid task", error)
@@ -115,7 +115,7 @@ class Tasks(Resource):
     def post(self):
         """Submit one task."""
         with state().db.write() as s:
-            (tid,) = queue.create_tasks(s, [ns.payload])
+            (tid,) = task_store.create_tasks(s, [ns.payload])
             out = get_or_404(s, Task, tid).to_dict()
         state().dispatcher.tasks_added(1)       # a thousand single ones count as a bulk one
         state().dispatcher.wake()
@@ -136,12 +136,12 @@ class BulkTasks(Resource):
         args = payload["tasks"], payload.get("batch"), payload.get("submission")
         try:
             with state().db.write() as s:
-                ids, new = queue.submit_tasks(s, *args)
+                ids, new = task_store.submit_tasks(s, *args)
         except IntegrityError:
             if args[2] is None:
                 raise
             with state().db.write() as s:   # its twin (a client's retry) stored it meanwhile
-                ids, new = queue.submit_tasks(s, *args)
+                ids, new = task_store.submit_tasks(s, *args)
         return _created(ids, new)
 
 
@@ -153,7 +153,7 @@ class OneTask(Resource):
     def get(self, task_id):
         """A task with every execution (attempt) it had."""
         with state().db.read() as s:
-            return queue.task_detail(s, get_or_404(s, Task, task_id))
+            return task_store.task_detail(s, get_or_404(s, Task, task_id))
 
     @ns.response(400, "Invalid change", error)
     @ns.response(409, "The task is assigned or running", error)
@@ -162,7 +162,7 @@ class OneTask(Resource):
     def put(self, task_id):
         """Edit a task that is not running (then relaunch it to run the new command)."""
         with state().db.write() as s:
-            return queue.update_task(s, get_or_404(s, Task, task_id), ns.payload).to_dict()
+            return task_store.update_task(s, get_or_404(s, Task, task_id), ns.payload).to_dict()
 
     @ns.response(200, "Deleted", deleted)
     @ns.response(409, "The task is assigned or running", error)
@@ -170,7 +170,7 @@ class OneTask(Resource):
         """Delete a task that is not running, with its executions and outputs."""
         st = state()
         with st.db.write() as s:
-            execution_ids = queue.delete_task(s, get_or_404(s, Task, task_id))
+            execution_ids = task_store.delete_task(s, get_or_404(s, Task, task_id))
         st.outputs.delete(execution_ids)
         return {"deleted": task_id}
 
@@ -244,4 +244,4 @@ class TaskOutput(Resource):
     def get(self, task_id):
         """Output of the task's latest execution, from a byte offset (see executions)."""
         with state().db.read() as s:
-            return output_response(queue.latest_execution(s, task_id), output_args.parse_args())
+            return output_response(task_store.latest_execution(s, task_id), output_args.parse_args())

@@ -8,7 +8,7 @@ from flask_restx import Namespace, Resource, fields
 from sqlalchemy import select
 
 from scitq.errors import BadRequest, Overloaded
-from scitq.server import reports, tokens
+from scitq.server import worker_calls, tokens
 from scitq.server.access import access
 from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, NullableList,
                               NullableString, principal, state)
@@ -30,7 +30,7 @@ RECHECK = 30.0
 
 PREFETCH = ("tasks it takes beyond its concurrency, ready to start; null (the default): the "
             "worker sizes that from its tasks' durations and its round trips, and says `depth`")
-DEPTH = fields.Integer(min=0, max=reports.MAX_CONCURRENCY, description="with prefetch null: "
+DEPTH = fields.Integer(min=0, max=worker_calls.MAX_CONCURRENCY, description="with prefetch null: "
                        "how many tasks beyond its concurrency the worker wants now")
 class Admission:
     """Worker calls (registrations, reports, a poll's looks) run `running` at once at most;
@@ -85,17 +85,17 @@ register_in = ns.model("WorkerRegistration", {
     "name": fields.String(required=True, min_length=1, max_length=128, pattern=r"^(?!\d+$)[^/\s]+$",
                           description="no '/' nor spaces, not digits alone (those name ids)"),
     "hostname": fields.String(max_length=255),
-    "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY, default=1),
-    "prefetch": NullableInteger(min=0, max=reports.MAX_CONCURRENCY, description=PREFETCH),
+    "concurrency": fields.Integer(min=1, max=worker_calls.MAX_CONCURRENCY, default=1),
+    "prefetch": NullableInteger(min=0, max=worker_calls.MAX_CONCURRENCY, description=PREFETCH),
     "depth": DEPTH,
     "batch": fields.String(max_length=128),
     "cpus": fields.Integer(min=1, max=MAX_INT),
     "version": fields.String(max_length=32),
 })
 settings_in = ns.model("WorkerSettings", {
-    "concurrency": fields.Integer(min=1, max=reports.MAX_CONCURRENCY),
-    "prefetch": NullableInteger(min=0, max=reports.MAX_CONCURRENCY, description=PREFETCH),
-    "status": fields.String(enum=[s.value for s in reports.SETTABLE_STATUSES]),
+    "concurrency": fields.Integer(min=1, max=worker_calls.MAX_CONCURRENCY),
+    "prefetch": NullableInteger(min=0, max=worker_calls.MAX_CONCURRENCY, description=PREFETCH),
+    "status": fields.String(enum=[s.value for s in worker_calls.SETTABLE_STATUSES]),
     "batch": NullableString(max_length=128, description="only take tasks of this batch (null: any)"),
 })
 stats = ns.model("WorkerStats", {"load": fields.Float, "memory": fields.Float, "disk": fields.Float})
@@ -171,7 +171,7 @@ def find_worker(s, ref):
 
 
 def worker_dict(s, w):
-    return w.to_dict(running=reports.running_counts(s, [w.id]).get(w.id, 0))
+    return w.to_dict(running=worker_calls.running_counts(s, [w.id]).get(w.id, 0))
 
 
 @ns.route("")
@@ -182,7 +182,7 @@ class Workers(Resource):
         with state().db.read() as s:
             workers = s.scalars(select(Worker).order_by(Worker.id)).all()
             # named, so that the (worker_id, status) index is used, not a scan of executions
-            running = reports.running_counts(s, [w.id for w in workers])
+            running = worker_calls.running_counts(s, [w.id for w in workers])
             return [w.to_dict(running=running.get(w.id, 0)) for w in workers]
 
     @ns.response(400, "Invalid registration", error)
@@ -193,7 +193,7 @@ class Workers(Resource):
         who = principal()
         with WORKER_CALLS, state().db.write() as s:
             tokens.bind_worker(s, who, ns.payload["name"])
-            w = reports.register(s, ns.payload, create_batch=not tokens.is_worker(who))
+            w = worker_calls.register(s, ns.payload, create_batch=not tokens.is_worker(who))
             tokens.bound(s, who, w.id)
             out = worker_dict(s, w)
         state().dispatcher.wake()
@@ -218,7 +218,7 @@ class OneWorker(Resource):
         """Change concurrency, prefetch, status or batch; the worker applies it at once."""
         st = state()
         with st.db.write() as s:
-            w = reports.change_worker(s, find_worker(s, ref), ns.payload)
+            w = worker_calls.change_worker(s, find_worker(s, ref), ns.payload)
             out = worker_dict(s, w)
         st.notifier.notify(out["id"])
         st.dispatcher.wake()
@@ -231,7 +231,7 @@ class OneWorker(Resource):
         with st.db.write() as s:
             w = find_worker(s, ref)
             wid = w.id
-            n = reports.delete_worker(s, w)
+            n = worker_calls.delete_worker(s, w)
         st.notifier.notify(wid)
         st.dispatcher.wake()
         return {"deleted": wid, "given_back": n}
@@ -278,20 +278,20 @@ def _look(st, worker_id, body, first):
     heartbeats when the worker's row needs it (a few times per lease: it may bring a lost
     worker back) or its depth changed, and then looks."""
     with WORKER_CALLS, st.db.read() as s:
-        w = reports.worker_settings(s, worker_id)
-        stale = first and (reports.needs_heartbeat(w, st.dispatcher.lease)
-                           or reports.new_depth(w, body.get("depth")) is not None)
+        w = worker_calls.worker_settings(s, worker_id)
+        stale = first and (worker_calls.needs_heartbeat(w, st.dispatcher.lease)
+                           or worker_calls.new_depth(w, body.get("depth")) is not None)
         if not stale:
             settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
-            new, signals, left, live = reports.pending_work(s, worker_id, set(body.get("known") or []))
+            new, signals, left, live = worker_calls.pending_work(s, worker_id, set(body.get("known") or []))
             if w.status == WorkerStatus.LOST.value:
                 new, signals = [], []
-            return settings, reports.assignments(s, st.notifier.undelivered(worker_id, new, live)), \
+            return settings, worker_calls.assignments(s, st.notifier.undelivered(worker_id, new, live)), \
                 signals, left, live
     with WORKER_CALLS, st.db.write() as s:
-        w = reports.get_worker(s, worker_id)
-        reports.heartbeat(s, w, body.get("stats") or {})
-        reports.keep_depth(w, body.get("depth"))
+        w = worker_calls.get_worker(s, worker_id)
+        worker_calls.heartbeat(s, w, body.get("stats") or {})
+        worker_calls.keep_depth(w, body.get("depth"))
         w.save(s)
     return _look(st, worker_id, body, first=False)
 
@@ -325,22 +325,22 @@ class Reports(Resource):
         claimed = None
         with WORKER_CALLS, st.db.write() as s:
             # With more, its row is locked first: dispatch passes leave it to this claim.
-            w = reports.get_worker(s, worker_id, lock=bool(body.get("more")))
+            w = worker_calls.get_worker(s, worker_id, lock=bool(body.get("more")))
             # Reports come back-to-back under load: last_seen is written a few times per
             # lease, not once per request (polls keep it fresh too).
-            if reports.needs_heartbeat(w, st.dispatcher.lease):
-                reports.heartbeat(s, w, {})
-            reports.keep_depth(w, body.get("depth"))
-            acked, refused = reports.apply_reports(s, w, body.get("reports") or [], st.outputs)
+            if worker_calls.needs_heartbeat(w, st.dispatcher.lease):
+                worker_calls.heartbeat(s, w, {})
+            worker_calls.keep_depth(w, body.get("depth"))
+            acked, refused = worker_calls.apply_reports(s, w, body.get("reports") or [], st.outputs)
             if body.get("status"):
-                reports.worker_news(s, w, body["status"])
+                worker_calls.worker_news(s, w, body["status"])
             elif body.get("more"):
                 claimed = st.dispatcher.claim_for(s, w)
                 if claimed:
                     st.notifier.delivered(worker_id, claimed)
-                    claimed = reports.assignments(s, claimed)
+                    claimed = worker_calls.assignments(s, claimed)
             w.save(s)
-        if acked and any(r.get("status") in reports.FINAL_REPORTS for r in body.get("reports") or ()):
+        if acked and any(r.get("status") in worker_calls.FINAL_REPORTS for r in body.get("reports") or ()):
             st.notifier.tasks_ended()
         if claimed is None and (acked or body.get("status")):
             # A worker with tasks queued (half its prefetch at least) keeps its slots busy:

@@ -6,7 +6,7 @@ reconciler writes the rows as it rents and releases hosts.
 from sqlalchemy import case, func, select
 
 from scitq.errors import BadRequest
-from scitq.server import queue
+from scitq.server import task_store
 from scitq.server.models import Instance, accrued, utcnow
 from scitq.status import LIVE_HOSTS, HostStatus
 
@@ -64,7 +64,7 @@ def cost_of(s, recruiter_ids=None, batch_ids=None, now=None):
 
 def batch_cost(s, ref, now=None):
     """What the hosts of a batch cost, whichever recruiter (even a deleted one) rented them."""
-    b = queue.get_batch(s, ref)
+    b = task_store.get_batch(s, ref)
     return {"batch": b.name, **cost_of(s, batch_ids=[b.id], now=now)[b.id]}
 
 
@@ -88,7 +88,7 @@ def list_instances(s, status=None, provider=None, recruiter_id=None, batch=None,
     if recruiter_id is not None:
         q = q.where(Instance.recruiter_id == recruiter_id)
     if batch is not None:
-        q = q.where(Instance.batch_id == queue.get_batch(s, batch).id)
+        q = q.where(Instance.batch_id == task_store.get_batch(s, batch).id)
     if after is not None:
         q = q.where(Instance.id < after)
     rows = s.scalars(q).all()

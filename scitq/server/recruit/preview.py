@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from scitq.errors import NotFound
 from scitq.server.recruit import policy
-from scitq.server import queue
+from scitq.server import task_store
 from scitq.server.models import MAX_ID, Batch, Recruiter
 from scitq.server.ui.dashboard import WINDOW, eta, throughputs
 from scitq.status import BatchStatus
@@ -26,7 +26,7 @@ DRY_RUN_ID = MAX_ID + 1
 def batch_plan(reconciler, ref):
     """The plan of the recruiters of a batch (404 when it has none)."""
     with reconciler.db.read() as s:
-        batch = queue.get_batch(s, ref)
+        batch = task_store.get_batch(s, ref)
         mine = {r.id: r.concurrency for r in s.scalars(
             select(Recruiter).where(Recruiter.batch_id == batch.id))}
         name, batch_id = batch.name, batch.id
@@ -54,8 +54,8 @@ def _describe(reconciler, name, batch_id, concurrency, preview):
     all_rules, hosts, plan = preview
     with reconciler.db.read() as s:
         now = reconciler.clock()
-        counts = queue.batch_counts(s, [batch_id]).get(batch_id) if batch_id else None
-        counts = counts or queue.summarize({})
+        counts = task_store.batch_counts(s, [batch_id]).get(batch_id) if batch_id else None
+        counts = counts or task_store.summarize({})
         status = s.scalar(select(Batch.status).where(Batch.id == batch_id)) if batch_id else None
         rate = throughputs(s, now).get(batch_id) if batch_id else None
     drain = eta(counts, rate, status)

@@ -31,7 +31,7 @@ from scitq.errors import ProviderError, ScitqError
 from scitq.providers.base import TAG, InstanceSpec, InstanceStatus, reporting
 from scitq.server.recruit import policy
 from scitq.server.recruit.ledger import cost_of
-from scitq.server import reports, tokens
+from scitq.server import worker_calls, tokens
 from scitq.server.db import add_events, event_row, record
 from scitq.server.dispatch import ACTIVE
 from scitq.server.lifecycle import give_back
@@ -293,7 +293,7 @@ class Reconciler(Loop):
         inst.recruiter_id, inst.batch_id = recruiter.id, recruiter.batch_id
         worker.batch_id = recruiter.batch_id
         worker.concurrency, worker.prefetch = recruiter.concurrency, recruiter.prefetch
-        reports.remember(worker, {"batch": recruiter.batch.name, "concurrency": recruiter.concurrency,
+        worker_calls.remember(worker, {"batch": recruiter.batch.name, "concurrency": recruiter.concurrency,
                                   "prefetch": recruiter.prefetch})
         record(s, "instance.reused", inst, recruiter_id=recruiter.id, batch_id=recruiter.batch_id)
         if self.notifier is not None:

@@ -6,7 +6,7 @@ reconciler that actually rents and releases hosts reads these rows (reconciler.p
 from sqlalchemy import func, select
 
 from scitq.errors import BadRequest
-from scitq.server import queue
+from scitq.server import task_store
 from scitq.server.db import record
 from scitq.server.models import MAX_INT, Instance, Recruiter
 from scitq.server.providers import check_name
@@ -83,7 +83,7 @@ def check_recruiter(spec, providers):
                          f"expected some of {', '.join(FIELDS)}")
     if spec.get("batch") is None:
         raise BadRequest("batch is required: the name of the batch the recruiter serves")
-    batch = queue.check_batch_name(spec["batch"])
+    batch = task_store.check_batch_name(spec["batch"])
     provider = _name(spec, "provider", 32)
     if provider is None:
         raise BadRequest("provider is required: the name of a provider configured on this server")
@@ -155,7 +155,7 @@ def _idle_timeout(spec):
 
 def create_recruiter(s, spec, providers):
     fields = check_recruiter(spec, providers)
-    batch = queue.get_or_create_batch(s, fields.pop("batch"))
+    batch = task_store.get_or_create_batch(s, fields.pop("batch"))
     r = Recruiter(batch=batch, **fields)
     s.add(r)
     s.flush()
@@ -167,7 +167,7 @@ def list_recruiters(s, batch=None):
     """Recruiters in the order they recruit (rank, then age), of one batch or all."""
     q = select(Recruiter).order_by(Recruiter.rank, Recruiter.id)
     if batch is not None:
-        q = q.where(Recruiter.batch_id == queue.get_batch(s, batch).id)
+        q = q.where(Recruiter.batch_id == task_store.get_batch(s, batch).id)
     return s.scalars(q).all()
 
 
@@ -187,7 +187,7 @@ def recruiter_dicts(s, recruiters, now=None):
     """Recruiters as the API shows them: their fields, their cost, and what remains to do
     in their batch (with one query for all costs and one for all counts)."""
     costs = cost_of(s, [r.id for r in recruiters], now=now)
-    counts = queue.batch_counts(s, list({r.batch_id for r in recruiters}))
+    counts = task_store.batch_counts(s, list({r.batch_id for r in recruiters}))
     return [{**r.to_dict(), "cost": costs.get(r.id) or no_cost(),
              "remaining": (counts.get(r.batch_id) or {}).get("remaining", 0)} for r in recruiters]
 

@@ -12,7 +12,7 @@ admins (scitq.server.access).
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from scitq.errors import BadRequest, Forbidden, ScitqError
-from scitq.server import queue, rollups, tokens
+from scitq.server import task_store, rollups, tokens
 from scitq.server.access import access
 from scitq.server.models import MAX_ID
 from scitq.server.ui import dashboard as dash
@@ -126,7 +126,7 @@ def create_blueprint():
         minutes = _int_arg("minutes", 60, 1, rollups.MAX_MINUTES)
         with _state().db.read() as s:
             ref = request.args.get("batch")
-            batch_id = queue.get_batch(s, ref).id if ref else rollups.ALL
+            batch_id = task_store.get_batch(s, ref).id if ref else rollups.ALL
             return jsonify(rollups.chart(s, batch_id, minutes))
 
     @bp.get("/api/task-runs")
@@ -154,7 +154,7 @@ def create_blueprint():
         """Relaunch every failed task of the batch (the API relaunches one task at a time)."""
         st = _state()
         with st.db.write() as s:
-            batch = queue.get_batch(s, ref)
+            batch = task_store.get_batch(s, ref)
             name = batch.name
             n = dash.relaunch_failed(s, batch)
         if n:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from scitq.server.recruit.ledger import cost_of
-from scitq.server import lifecycle, queue
+from scitq.server import lifecycle, task_store
 from scitq.server.models import (Batch, Execution, MinuteRollup, Task, TaskDependency, Worker,
                                  iso, utcnow)
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
@@ -71,12 +71,12 @@ def dashboard(s):
     now = utcnow()
     batches = s.execute(select(Batch.id, Batch.name, Batch.status, Batch.concurrency,
                                Batch.created_at).order_by(Batch.id)).all()
-    counts = queue.batch_counts(s)
+    counts = task_store.batch_counts(s)
     rates = rolled_throughputs(s, now, [b.id for b in batches])
     costs = cost_of(s, batch_ids=[b.id for b in batches], now=now)
     rows = []
     for b in batches:
-        c = counts.get(b.id) or queue.summarize({})
+        c = counts.get(b.id) or task_store.summarize({})
         rate = rates.get(b.id, 0.0)
         cost = costs.get(b.id)
         rows.append({"id": b.id, "name": b.name, "status": BatchStatus.shown(b.status, c),

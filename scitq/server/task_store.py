@@ -1,4 +1,5 @@
-"""Batches and tasks: submission, queries and the user's changes to them."""
+"""The stored batches and tasks: submission with its checks, lists, counts, and the user's edits
+and deletes (what the tasks then become is the lifecycle's)."""
 import hashlib
 import json
 import re

@@ -1,4 +1,5 @@
-"""What workers tell the server: registration, heartbeats, and execution reports."""
+"""The calls workers make: registration, heartbeats, settings, what a poll reads, and the reports
+(whose meaning for each execution is the lifecycle's)."""
 import math
 import re
 
@@ -11,7 +12,7 @@ from scitq.server.dispatch import ACTIVE, BATCH, EXECUTION, TASK
 from scitq.server.lifecycle import give_back
 from scitq.server.lifecycle.executions import ENDED
 from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, Worker, utcnow
-from scitq.server.queue import check_batch_name, get_or_create_batch
+from scitq.server.task_store import check_batch_name, get_or_create_batch
 from scitq.status import ExecutionStatus, WorkerStatus
 
 MAX_CONCURRENCY = 1024
