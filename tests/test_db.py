@@ -25,6 +25,35 @@ def test_migrations_match_the_models_and_are_idempotent(db_url):
         db.dispose()
 
 
+def test_two_servers_migrating_a_fresh_postgresql_at_once_both_start(pg_db):
+    """Server processes started together on an empty PostgreSQL database: each migrates, one
+    after the other, and none fails (they raced: a duplicate key for the loser). SQLite has
+    one server process by design."""
+    import threading
+    dbs = [Database(pg_db) for _ in range(3)]
+    start, errors = threading.Barrier(len(dbs)), []
+
+    def migrate(db):
+        start.wait()
+        try:
+            db.migrate()
+        except Exception as exc:        # what a server would die of at start
+            errors.append(exc)
+    threads = [threading.Thread(target=migrate, args=(db,)) for db in dbs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        with dbs[0].engine.connect() as conn:
+            head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+            assert MigrationContext.configure(conn).get_current_revision() == head
+    finally:
+        for db in dbs:
+            db.dispose()
+
+
 def test_postgresql_urls_as_people_type_them():
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"

@@ -128,6 +128,9 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self._writer, self.engine.begin() as conn:
+            # Two servers started at once on a fresh PostgreSQL both created the tables (one
+            # failed on a duplicate key): the second now waits, then finds the head applied.
+            dialect.lock_transaction(conn, LOCKS["migrate"])
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
@@ -150,6 +153,7 @@ LOCKS = {
     "lease_sweep": 0x5C17_0012,     # workers silent past their lease
     "jobs": 0x5C17_0013,            # the job runner's claims
     "job": 0x5C17_0014,             # with a job's id: held by the server process running it
+    "migrate": 0x5C17_0015,         # a migration of the schema
 }
 
 
