@@ -5,7 +5,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, case, exists, func, select, update
 
 from scitq.errors import Conflict
-from scitq.server.db import add_events, event_row, record
+from scitq.server.db import add_events, event_row
 from scitq.server.lifecycle.common import ACTIVE, DEPENDENCY, EXECUTION, IDS, NOW, TASK, expire_held
 from scitq.server.lifecycle.dag import READY_DEPENDENTS, cancel_dependents, make_ready, revive_dependents
 from scitq.server.models import Execution, Task, TaskDependency, utcnow
@@ -135,11 +135,21 @@ def give_back(s, worker_id, reason):
     return len(lost)
 
 
+def _set_one(s, task, kind, detail, **values):
+    """A user's change of one task, by one UPDATE (the session's copy is refreshed after) and
+    its event, as the set-based moves write theirs."""
+    s.flush()
+    tid, now = task.id, utcnow()
+    s.connection().execute(update(TASK).where(TASK.c.id == tid).values(updated_at=now, **values))
+    expire_held(s, Task, {tid})
+    add_events(s, [event_row(kind, "task", tid, detail, now)])
+
+
 def cancel(s, task, reason):
-    task.status = TaskStatus.CANCELED.value
-    task.reason = reason[:1024]
-    record(s, "task.canceled", task, reason=reason)
-    cancel_dependents(s, [task.id], f"{DEPENDENCY}{task.id} was canceled")
+    tid = task.id
+    _set_one(s, task, "task.canceled", {"reason": reason}, status=TaskStatus.CANCELED.value,
+             reason=reason[:1024])
+    cancel_dependents(s, [tid], f"{DEPENDENCY}{tid} was canceled")
 
 
 
@@ -176,8 +186,6 @@ def force(s, task):
         raise Conflict(f"task {task.id} is {task.status}: only a waiting or canceled task can be "
                        "forced (relaunch a finished one)")
     previous = task.status
-    task.status = TaskStatus.PENDING.value
-    task.reason = f"forced while {previous}"
-    task.not_before = None
-    record(s, "task.forced", task, previous=previous)
+    _set_one(s, task, "task.forced", {"previous": previous}, status=TaskStatus.PENDING.value,
+             reason=f"forced while {previous}", not_before=None)
     return task
