@@ -256,12 +256,13 @@ def up(db, data_dir, host, port, max_connections, providers, public_url, deploy_
         local[0].start()
         url = _openable(url)
         _leave_note(state, url, host)
-        click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
         click.echo(f"database: {state.db.describe()}; outputs in {state.outputs.root}", err=True)
         _say_tls(state)
         _say_admin_token(state)
         click.echo(f"local worker {name}, concurrency {concurrency}, work folder {workdir}. "
                    "Try: scitq task add 'echo hi'", err=True)
+        # Last: whoever waits for this line (a script, a test) finds everything above it.
+        click.echo(f"scitq is up: {url}  (API {url}/api/v1, docs {url}/api/v1/docs)", err=True)
 
     def stop_worker():
         """The worker drains first, while the server can still hear its last reports."""
