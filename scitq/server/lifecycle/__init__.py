@@ -9,7 +9,6 @@ Assignment (pending -> assigned) is the dispatcher's claim, in dispatch.py.
 from scitq.server.lifecycle.common import ACTIVE, DEPENDENCY, SIGNALS
 from scitq.server.lifecycle.dag import (
     cancel_dependents,
-    release_dependents,
     revive_dependents,
     set_dependencies,
     settle,
@@ -20,6 +19,6 @@ from scitq.server.lifecycle.moves import ATTEMPT_FIELDS, Moves, cancel, force, g
 from scitq.server.lifecycle.signals import signal_batch, signal_task, stop_batch
 
 __all__ = ["ACTIVE", "ATTEMPT_FIELDS", "DEPENDENCY", "SIGNALS", "Moves", "Reports", "cancel",
-           "cancel_dependents", "force", "give_back", "relaunch", "release_dependents",
+           "cancel_dependents", "force", "give_back", "relaunch",
            "revive_dependents", "set_dependencies", "settle", "signal_batch", "signal_task",
            "stop_batch", "would_cycle"]

@@ -15,13 +15,6 @@ def _dependents(task_ids):
 
 # --- the DAG ------------------------------------------------------------------
 
-def release_dependents(s, task_ids):
-    """Waiting tasks whose every dependency has now succeeded become pending."""
-    if s.connection().execute(_dependents(task_ids).limit(1)).first() is None:
-        return      # most tasks have no dependents: no flush, no update for them
-    make_ready(s, READY_DEPENDENTS, task_ids)
-
-
 def settle(s, tasks):
     """Those of these waiting tasks whose every dependency has succeeded become pending."""
     ids = [t.id for t in tasks if t.status == TaskStatus.WAITING.value]

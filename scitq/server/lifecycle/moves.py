@@ -25,6 +25,8 @@ TASK_RETRIED = (update(TASK).where(TASK.c.id == bindparam("_id"))
                         reason=bindparam("reason"), updated_at=NOW))
 TASK_FAILED = (update(TASK).where(TASK.c.id == bindparam("_id"))
                .values(status=TaskStatus.FAILED.value, reason=bindparam("reason"), updated_at=NOW))
+WAITED_FOR = (select(TaskDependency.__table__.c.depends_on_id).distinct()
+              .where(TaskDependency.__table__.c.depends_on_id.in_(IDS)))
 # An attempt that was not the task's fault is given back; the reason changes only when one is given.
 TASK_GIVEN_BACK = (update(TASK).where(TASK.c.id == bindparam("_id"))
                    .values(status=TaskStatus.PENDING.value, updated_at=NOW,
@@ -54,7 +56,7 @@ class Moves:
     def fail(self, task, error, retry=True):
         """An attempt of `task` (a row with its id and ATTEMPT_FIELDS) failed: it is tried
         again after its delay while retries are left, else it fails for good and what waits
-        for it is canceled. Returns True when it will be retried."""
+        for it is canceled."""
         if retry and task["attempt"] <= task["retries"]:
             delay = task["retry_delay"] * task["retry_backoff"] ** max(task["attempt"] - 1, 0)
             not_before = utcnow() + timedelta(seconds=delay) if delay > 0 else None
@@ -62,9 +64,8 @@ class Moves:
                                                   "reason": f"attempt {task['attempt']} failed: {error}"[:1024]})
             self.event("task.retrying", "task", task["id"], attempt=task["attempt"],
                        retries=task["retries"], delay=delay)
-            return True
-        self.tasks[task["id"]] = ("failed", {"reason": (error or "failed")[:1024]})
-        return False
+        else:
+            self.tasks[task["id"]] = ("failed", {"reason": (error or "failed")[:1024]})
 
     def give_back(self, task_id, why=None):
         """The attempt ended through no fault of the task (its worker was lost, it was
@@ -93,8 +94,10 @@ class Moves:
                                 ("failed", TASK_FAILED)):
             if kind in by_kind:
                 conn.execute(statement, [{**row, "now": now} for row in by_kind[kind]])
-        for row in by_kind.get("failed", ()):
-            cancel_dependents(s, [row["_id"]], f"{DEPENDENCY}{row['_id']} failed")
+        if "failed" in by_kind:     # a cascade only for those that something waits for
+            failed = [row["_id"] for row in by_kind["failed"]]
+            for tid in sorted(conn.execute(WAITED_FOR, {"ids": failed}).scalars()):
+                cancel_dependents(s, [tid], f"{DEPENDENCY}{tid} failed")
         if "succeeded" in by_kind:
             rows = conn.execute(TASKS_SUCCEEDED, {"ids": [r["_id"] for r in by_kind["succeeded"]], "now": now})
             waited_for = [tid for tid, has_dependents in rows if has_dependents]
