@@ -24,7 +24,8 @@ from scitq.server.db import Database, insert_rows, insert_with_ids  # noqa: E402
 from scitq.server.models import Event, Task, TaskDependency, utcnow  # noqa: E402
 
 if len(sys.argv) > 2 or (len(sys.argv) == 2 and not sys.argv[1].isdigit()):
-    sys.exit("usage: python bench/cascade.py [DEPENDENTS]  (a positive integer)")
+    print("usage: python bench/cascade.py [DEPENDENTS]  (a positive integer)", file=sys.stderr)
+    sys.exit(2)
 DEPENDENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 
 
