@@ -431,6 +431,32 @@ def test_worker_filled_by_its_reports_is_not_idle(app, client):
         assert s.get(Worker, wid).idle_since is None
 
 
+def test_a_pass_takes_only_workers_with_room_or_marked_idle(app, client):
+    """A pass reads and locks the workers it may fill, and those marked idle, not the whole
+    fleet: a full worker's row stays free for its own reports."""
+    from sqlalchemy import update
+
+    from scitq.server.dispatch import PASS_WORKERS
+    from scitq.server.models import Worker
+    submit(client, *[f"t{i}" for i in range(6)])
+    full = register(client, "full", concurrency=2, prefetch=0)
+    sized = register(client, "sized", concurrency=1, prefetch=None, depth=2)
+    assert dispatch(app) == {full: 2, sized: 3}
+    marked = register(client, "marked", concurrency=1, prefetch=0)
+    spare = register(client, "spare", concurrency=3, prefetch=0)
+    assert dispatch(app) == {marked: 1}              # one task left: the oldest worker first
+    db = app.extensions["scitq"].db
+    with db.write() as s:    # a mark left on a full worker: the pass must see it to clear it
+        s.execute(update(Worker).where(Worker.id == full).values(idle_since=Worker.created_at))
+    with db.read() as s:
+        rows = {r.id: r.active for r in s.connection().execute(PASS_WORKERS)}
+    assert rows == {full: 2, spare: 0}      # sized and marked are full, full is marked idle
+    dispatch(app)
+    with db.read() as s:
+        assert s.get(Worker, full).idle_since is None
+        assert s.get(Worker, spare).idle_since is not None
+
+
 def test_mixed_reports_in_one_request(app, client):
     """Starts and successes take the fast way, failures, releases and signals the ORM's:
     in one request, each execution ends as its own reports say."""

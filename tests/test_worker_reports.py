@@ -42,3 +42,26 @@ def test_no_fold_without_a_pid_or_across_a_signal():
                      {"execution_id": 2, "status": "failed", "return_code": -9})
     assert [(r["execution_id"], r["status"]) for r in reports] == \
         [(1, "running"), (1, "succeeded"), (2, "running"), (2, "signaled"), (2, "failed")]
+
+
+def test_an_end_and_the_start_it_makes_room_for_go_in_one_request(live, procs):
+    """A real worker (concurrency 1, two tasks queued) ends a task and starts the next one at
+    once: both go to the server in one request, so a busy worker sends about one report
+    request per task, not two (the server's work per task was two requests)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def report_requests():
+        text = httpx.get(live.url + "/metrics", timeout=30).text
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == "scitq_report_seconds_count")
+
+    live.add_task("true", batch="warm")
+    procs.worker(live.url, "w", 1, "--prefetch", "2")
+    live.wait_batch("warm", interval=0.2, timeout=60)
+    before = report_requests()
+    live.add_tasks([{"command": "sleep 0.3"} for _ in range(12)], batch="b")
+    summary = live.wait_batch("b", interval=0.2, timeout=120)
+    assert summary["counts"]["succeeded"] == 12
+    sent = report_requests() - before
+    assert 6 <= sent <= 16, f"{sent} report requests for 12 tasks"     # two per task: 24

@@ -62,6 +62,8 @@ class Worker:
         self.held = set()                   # ids accepted and not yet finally acknowledged
         self.reports = []                   # reports not yet acknowledged, in order
         self._unsent_starts = {}            # execution id -> its `running` report, not yet sent
+        self._starting = {}                 # execution id -> loop time it left the queue, until its start is told
+        self._start_told = asyncio.Event()  # set when one of those is told (or ends)
         self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
         self._queue_low = asyncio.Event()   # set when the queue falls under half the depth
@@ -293,7 +295,7 @@ class Worker:
             if not self.running:
                 self._last_freed = asyncio.get_running_loop().time()
             self.running[ex.id] = ex
-            self._started_at[ex.id] = asyncio.get_running_loop().time()
+            self._started_at[ex.id] = self._starting[ex.id] = asyncio.get_running_loop().time()
             task = asyncio.create_task(ex.run())
             task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
         if self._queue_is_low():
@@ -342,6 +344,7 @@ class Worker:
 
     def _finished(self, execution_id, task):
         self.running.pop(execution_id, None)
+        self._told_start(execution_id)
         started = self._started_at.pop(execution_id, None)
         self._last_freed = asyncio.get_running_loop().time()
         if started is not None and not task.cancelled():
@@ -359,8 +362,13 @@ class Worker:
 
     # -- reports --------------------------------------------------------------
 
+    def _told_start(self, execution_id):
+        if self._starting.pop(execution_id, None) is not None:
+            self._start_told.set()
+
     def _report(self, report):
         status = report.get("status")
+        self._told_start(report["execution_id"])
         start = self._unsent_starts.pop(report["execution_id"], None)
         if status == "running":
             self._unsent_starts[report["execution_id"]] = report
@@ -393,6 +401,7 @@ class Worker:
             one_by_one = False
             while (self.reports or self._news or self.depth != self._told_depth) and self.id is not None:
                 await self._hold_progress()
+                await self._with_next_starts()
                 if self._running_timer is not None:
                     self._running_timer.cancel()
                     self._running_timer = None
@@ -430,6 +439,24 @@ class Worker:
                 await asyncio.wait_for(self._queue_low.wait(), wait)
             except asyncio.TimeoutError:
                 pass
+
+    async def _with_next_starts(self):
+        """An end frees a slot that a queued task takes at once: its start goes in the same
+        request (waiting at most `running_delay` for it). Under load that halves a worker's
+        requests, and the server's work per task: one request per task, not two."""
+        if not self.queue or self.draining or not any(r["status"] in FINAL for r in self.reports):
+            return
+        await asyncio.sleep(0)      # the ended task's done callback takes the next one first
+        loop = asyncio.get_running_loop()
+        while self._starting and not self._stop_now and all(r["status"] in PROGRESS for r in self.reports):
+            left = min(self._starting.values()) + self.running_delay - loop.time()
+            if left <= 0:
+                return
+            self._start_told.clear()
+            try:
+                await asyncio.wait_for(self._start_told.wait(), left)
+            except asyncio.TimeoutError:
+                return
 
     def _report_body(self, sent, news):
         self._told_depth = self.depth
