@@ -6,8 +6,8 @@ a test, speaking the real protocol to a real server.
 NAMES_FILE holds a JSON list of [name, token or null]. Each worker is scitq's own `Worker`
 (registration, long polls, reports, its sized prefetch, drain on SIGTERM); only an
 execution is simulated: it sleeps for its command's `sleep N` (0 for any other command)
-instead of forking a process. At exit it prints {"retries": n}: the calls a worker had to
-retry and the errors it logged.
+instead of forking a process. At exit it prints {"retries": n, "refused": m}: the calls a
+worker had to retry and the errors it logged, m of them the server's 503 refusals.
 """
 import asyncio
 import json
@@ -61,17 +61,20 @@ class SleepExecution:
 
 
 class Count(logging.Handler):
-    """Counts the calls workers had to retry and their errors; shows the first few."""
+    """Counts the calls workers had to retry and their errors, the server's clean refusals
+    (HTTP 503, retried after its Retry-After) apart; shows the first few of each."""
 
     def __init__(self):
         super().__init__()
-        self.n = 0
+        self.n = self.refused = 0
 
     def emit(self, record):
-        if "retrying" in record.getMessage() or record.levelno >= logging.ERROR:
+        message = record.getMessage()
+        if "retrying" in message or record.levelno >= logging.ERROR:
             self.n += 1
-            if self.n <= 5:
-                sys.stderr.write(f"fleetsim: {record.getMessage()[:300]}\n")
+            self.refused += "(HTTP 503)" in message
+            if self.n <= 5 or ("(HTTP 503)" not in message and self.n - self.refused <= 5):
+                sys.stderr.write(f"fleetsim: {message[:300]}\n")
 
 
 def main(url, names_file, concurrency, workdir):
@@ -97,7 +100,7 @@ def main(url, names_file, concurrency, workdir):
         await asyncio.gather(*runs)
 
     asyncio.run(fleet())
-    print(json.dumps({"retries": counter.n}), flush=True)
+    print(json.dumps({"retries": counter.n, "refused": counter.refused}), flush=True)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,36 @@ def test_poll_wakes_up_for_new_work(app, client):
     assert [a["task_id"] for a in answers[0]["assignments"]] == [task_id]
 
 
+def test_a_waiting_poll_answers_with_what_the_pass_read(app, client):
+    """A pass hands its new assignments to the waiting poll, which answers with them as they
+    are: no second read of the database between the pass and the answer."""
+    from sqlalchemy import event
+    wid = register(client, "w1")
+    looked = poll(client, wid, wait=0)          # what a look gives: nothing yet
+    assert looked["assignments"] == []
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(poll(app.test_client(), wid, wait=5)))
+    waiting.start()
+    time.sleep(0.1)                             # it hangs (LEASE / 3 here: 0.33 s)
+    (task_id,) = submit(client, "late")
+    statements = []         # (thread, statement) of each statement while the pass runs and after
+    engine = app.extensions["scitq"].db.engine
+    count = lambda *args: statements.append((threading.get_ident(), args[2]))     # noqa: E731
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        dispatch(app)
+        waiting.join(10)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert not waiting.is_alive()
+    (handed,) = answers[0]["assignments"]
+    assert handed["task_id"] == task_id and handed["command"] == "late"
+    assert [sql for thread, sql in statements if thread == waiting.ident] == []
+    assert any(thread == threading.get_ident() for thread, _ in statements)     # the pass's
+    # ...and it is what a look reads: a new poll that names nothing known gets the same
+    assert poll(client, wid, wait=0)["assignments"] == [handed]
+
+
 # --- reports -----------------------------------------------------------------
 
 def test_running_then_succeeded_with_output(app, client):

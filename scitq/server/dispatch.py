@@ -74,6 +74,29 @@ TASKS_ASSIGNED = (update(TASK).where(TASK.c.id.in_(_ids))
                           not_before=None, updated_at=bindparam("now")))
 
 
+ASSIGNMENT_COLUMNS = tuple(
+    table.c[name] for table, name in (
+        (EXECUTION, "id"), (TASK, "id"), (TASK, "name"), (BATCH, "name"), (TASK, "command"),
+        (TASK, "shell"), (TASK, "attempt"), (TASK, "timeout"), (TASK, "staging_timeout"),
+        (TASK, "container"), (TASK, "container_options"), (TASK, "inputs"), (TASK, "resources"),
+        (TASK, "output"), (TASK, "use_cache")))
+ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt",
+                     "timeout", "staging_timeout", "container", "container_options", "inputs",
+                     "resources", "output", "use_cache")
+ASSIGNMENTS = (select(*ASSIGNMENT_COLUMNS)
+               .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
+                            .join(BATCH, TASK.c.batch_id == BATCH.c.id))
+               .where(EXECUTION.c.id.in_(_ids)).order_by(EXECUTION.c.id))
+
+
+def assignments(s, execution_ids):
+    """What a worker needs to run these executions, in their order."""
+    if not execution_ids:
+        return []
+    rows = s.connection().execute(ASSIGNMENTS, {"ids": list(execution_ids)})
+    return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows]
+
+
 class Notifier:
     """Wakes the long polls of workers when something for them changed (in this process)."""
 
@@ -82,6 +105,7 @@ class Notifier:
         self._conds = {}
         self._versions = {}
         self._delivered = {}    # worker id -> execution ids given in reports answers
+        self._handed = {}       # worker id -> assignments a pass made, for its waiting poll
         self.closing = False
         self._ended = threading.Condition()     # batch waits: tasks ended (or went away)
         self._ends = 0
@@ -110,6 +134,20 @@ class Notifier:
         cond = self._cond(worker_id)
         with cond:
             return cond.wait_for(lambda: self._versions[worker_id] != seen or self.closing, timeout)
+
+    def hand(self, handed):
+        """A pass's new assignments ({worker id: [assignment]}), for the workers' waiting
+        polls to answer with as they are, without reading them again (a poll that is not
+        waiting finds them in its first look, which drops these: see take)."""
+        with self._lock:
+            for wid, items in handed.items():
+                self._handed.setdefault(wid, []).extend(items)
+        self.notify(*handed)
+
+    def take(self, worker_id):
+        """The assignments handed to the worker since its last take (and forgets them)."""
+        with self._lock:
+            return self._handed.pop(worker_id, [])
 
     def delivered(self, worker_id, execution_ids):
         """These executions went to the worker in a reports answer: its polls need not
@@ -258,7 +296,15 @@ class Dispatcher(Loop):
             active = {w.id: w.active for w in workers if w.active}
             now = utcnow()
             room = self._batch_room(s.connection())
-            assigned = {wid: len(ids) for wid, ids in self._assign(s, workers, active, room, now).items()}
+            made = self._assign(s, workers, active, room, now)
+            assigned = {wid: len(ids) for wid, ids in made.items()}
+            # What each worker's waiting poll answers with: one query for the whole pass
+            # rather than one read per woken poll (a read transaction of an idle worker's
+            # submit-to-start).
+            owner = {eid: wid for wid, ids in made.items() for eid in ids}
+            handed = {}
+            for a in assignments(s, list(owner)):
+                handed.setdefault(owner[a["execution_id"]], []).append(a)
             # Since when a worker runs nothing (recruitment tears idle hosts down): set here
             # for the workers left with nothing, cleared for those that run something (also
             # given work by claim_for, which clears it too).
@@ -271,7 +317,7 @@ class Dispatcher(Loop):
                     s.execute(update(Worker).where(Worker.id.in_(ids))
                               .values(idle_since=value).execution_options(synchronize_session=False))
         if assigned:
-            self.notifier.notify(*assigned)
+            self.notifier.hand(handed)
         return assigned
 
     def claim_for(self, s, worker):

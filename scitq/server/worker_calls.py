@@ -8,7 +8,7 @@ from sqlalchemy import bindparam, func, select, update
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle, tokens
 from scitq.server.db import record
-from scitq.server.dispatch import ACTIVE, BATCH, EXECUTION, TASK
+from scitq.server.dispatch import ACTIVE, EXECUTION
 from scitq.server.lifecycle import give_back
 from scitq.server.lifecycle.executions import ENDED
 from scitq.server.models import MAX_ID, MAX_INT, Batch, Execution, Worker, utcnow
@@ -240,17 +240,6 @@ def heartbeat(s, worker, stats):
         record(s, "worker.back", worker)
 
 
-ASSIGNMENT_COLUMNS = tuple(
-    table.c[name] for table, name in (
-        (EXECUTION, "id"), (TASK, "id"), (TASK, "name"), (BATCH, "name"), (TASK, "command"),
-        (TASK, "shell"), (TASK, "attempt"), (TASK, "timeout"), (TASK, "staging_timeout"),
-        (TASK, "container"), (TASK, "container_options"), (TASK, "inputs"), (TASK, "resources"),
-        (TASK, "output"), (TASK, "use_cache")))
-ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt",
-                     "timeout", "staging_timeout", "container", "container_options", "inputs",
-                     "resources", "output", "use_cache")
-
-
 def pending_work(s, worker_id, known):
     """(ids of the assignments the worker does not hold yet, signals for its live
     executions, ids of `known` that are no longer its to run: given back while it was
@@ -272,14 +261,6 @@ def pending_work(s, worker_id, known):
     return new, signals, sorted(left), live
 
 
-def assignments(s, execution_ids):
-    """What a worker needs to run these executions, in their order."""
-    if not execution_ids:
-        return []
-    rows = s.connection().execute(ASSIGNMENTS, {"ids": list(execution_ids)})
-    return [dict(zip(ASSIGNMENT_FIELDS, row)) for row in rows]
-
-
 # The statements of polls and reports, built once: SQLAlchemy then neither rebuilds them
 # nor computes their cache keys again for each request (that was a tenth of a report's time).
 _ids = bindparam("ids", expanding=True)
@@ -289,10 +270,8 @@ LIVE_OF_WORKER = (select(EXECUTION.c.id, EXECUTION.c.status, EXECUTION.c.signal,
 ENDED_BY_WORKER = select(EXECUTION.c.id).where(
     EXECUTION.c.id.in_(_ids), EXECUTION.c.worker_id == bindparam("worker_id"),
     EXECUTION.c.status.in_(ENDED + (ExecutionStatus.RELEASED.value,)))
-ASSIGNMENTS = (select(*ASSIGNMENT_COLUMNS)
-               .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
-                            .join(BATCH, TASK.c.batch_id == BATCH.c.id))
-               .where(EXECUTION.c.id.in_(_ids)).order_by(EXECUTION.c.id))
+
+
 def apply_reports(s, worker, reports, outputs):
     """Apply a worker's reports in order. Returns (acked ids, refused [{id, error}]).
 

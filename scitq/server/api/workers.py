@@ -15,6 +15,7 @@ from scitq.server.api import (ERROR_FIELDS, ID, NullableFloat, NullableInteger, 
 from scitq.server.api.bodycheck import compile_model
 from scitq.server.api.tasks import how_it_runs
 from scitq.server.db import lookup
+from scitq.server.dispatch import assignments
 from scitq.server.models import MAX_ID, MAX_INT, Worker, ahead
 from scitq.status import WorkerStatus
 
@@ -257,6 +258,8 @@ class Poll(Resource):
         gone = None
         while True:
             seen = st.notifier.version(worker_id)
+            if gone is None:
+                st.notifier.take(worker_id)     # handed before this poll: its look finds them
             settings, new, signals, left, live = _look(st, worker_id, body, first=gone is None)
             if gone is None:        # the first look
                 gone = left         # what it holds and is no longer its own: told once
@@ -270,6 +273,10 @@ class Poll(Resource):
             answer = {"assignments": new, "signals": signals, "gone": gone, **settings}
             if new or news or gone or changed or not _hang(st, worker_id, seen, deadline):
                 return answer
+            # Woken by a pass: its new assignments come as the pass read them (no second look).
+            handed = st.notifier.take(worker_id)
+            if handed:
+                return {**answer, "assignments": handed}
 
 
 def _look(st, worker_id, body, first):
@@ -286,7 +293,7 @@ def _look(st, worker_id, body, first):
             new, signals, left, live = worker_calls.pending_work(s, worker_id, set(body.get("known") or []))
             if w.status == WorkerStatus.LOST.value:
                 new, signals = [], []
-            return settings, worker_calls.assignments(s, st.notifier.undelivered(worker_id, new, live)), \
+            return settings, assignments(s, st.notifier.undelivered(worker_id, new, live)), \
                 signals, left, live
     with WORKER_CALLS, st.db.write() as s:
         w = worker_calls.get_worker(s, worker_id)
@@ -338,7 +345,7 @@ class Reports(Resource):
                 claimed = st.dispatcher.claim_for(s, w)
                 if claimed:
                     st.notifier.delivered(worker_id, claimed)
-                    claimed = worker_calls.assignments(s, claimed)
+                    claimed = assignments(s, claimed)
             w.save(s)
         if acked and any(r.get("status") in worker_calls.FINAL_REPORTS for r in body.get("reports") or ()):
             st.notifier.tasks_ended()
