@@ -68,10 +68,17 @@ PASS_WORKERS = (select(WORKER.c.id, WORKER.c.name, WORKER.c.concurrency, WORKER.
                            WORKER.c.concurrency + func.coalesce(WORKER.c.prefetch, WORKER.c.depth)
                            > ACTIVE_COUNT))
                 .order_by(WORKER.c.id).with_for_update(of=WORKER, skip_locked=True))
-CLAIM_BATCH = CLAIM_ANY.where(TASK.c.batch_id == bindparam("batch_id"))     # a worker of one batch
+CLAIM_BATCH = CLAIM_ANY.where(TASK.c.batch_id == bindparam("of_batch"))     # a worker of one batch
 TASKS_ASSIGNED = (update(TASK).where(TASK.c.id.in_(_ids))
                   .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1,
                           not_before=None, updated_at=bindparam("now")))
+# With no capped batch active, a claim takes its tasks in the same statement that picks them
+# (one round trip, not two): UPDATE ... WHERE id IN (the claim) RETURNING id.
+TAKE_ANY, TAKE_BATCH = (
+    update(TASK).where(TASK.c.id.in_(claim.with_only_columns(TASK.c.id).scalar_subquery()))
+    .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1, not_before=None,
+            updated_at=bindparam("now")).returning(TASK.c.id)
+    for claim in (CLAIM_ANY, CLAIM_BATCH))
 
 
 ASSIGNMENT_COLUMNS = tuple(
@@ -281,21 +288,25 @@ class Dispatcher(Loop):
     def dispatch(self):
         """One pass: returns {worker_id: number of executions assigned}."""
         with self.db.write() as s:
-            # Waits while a report's inline claim (claim_for) holds the lock: that is a few
-            # milliseconds, and this takes no row before it, so nothing can wait on it.
-            lock_in(s, "dispatch")
+            # With a capped batch, caps are counted under the lock (a report's inline claim in
+            # such a batch takes it too, without waiting). It waits while such a claim holds it:
+            # that is a few milliseconds, and this holds no row yet, so nothing waits on it.
+            conn = s.connection()
+            room = self._batch_room(conn)
+            if room and not self.db.is_sqlite:
+                lock_in(s, "dispatch")
+                room = self._batch_room(conn)
             # A worker whose reports are being applied (its row is locked) fills itself in
             # their transaction (claim_for): this pass leaves it alone.
             # Only the workers with room, or marked idle: a full worker has nothing to gain
             # from a pass. Locking and counting every worker made each pass cost in proportion
             # to the fleet (15% of the server's time while 1,000 workers came up), and held
             # every worker's row, which its reports wait for, as long.
-            workers = s.connection().execute(PASS_WORKERS).all()
+            workers = conn.execute(PASS_WORKERS).all()
             if not workers:
                 return {}
             active = {w.id: w.active for w in workers if w.active}
             now = utcnow()
-            room = self._batch_room(s.connection())
             made = self._assign(s, workers, active, room, now)
             assigned = {wid: len(ids) for wid, ids in made.items()}
             # What each worker's waiting poll answers with: one query for the whole pass
@@ -365,8 +376,8 @@ class Dispatcher(Loop):
         claims = self._claims(conn, workers, active, room, now)
         if not claims:
             return {}
-        all_ids = [tid for _, ids in claims for tid in ids]
-        conn.execute(TASKS_ASSIGNED, {"ids": all_ids, "now": now})
+        if room:        # the claims only picked them (see _claim)
+            conn.execute(TASKS_ASSIGNED, {"ids": [tid for _, ids in claims for tid in ids], "now": now})
         new = [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
                 "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
                 "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
@@ -403,11 +414,15 @@ class Dispatcher(Loop):
     @staticmethod
     def _claim(conn, w, free, room, now, taken=()):
         """Up to `free` pending task ids for worker w, oldest first, within batch caps,
-        but none of `taken` (claimed earlier in this pass, and still pending until its end)."""
+        but none of `taken` (claimed earlier in this pass, and still pending until its end).
+        With no capped batch (no `room` to count), they are taken (assigned) at once."""
+        params = {"n": free, "now": now, "of_batch": w.batch_id, "full": [], "taken": list(taken)}
+        if not room:
+            return sorted(conn.execute(TAKE_ANY if w.batch_id is None else TAKE_BATCH, params).scalars())
         ids = []
         for _ in range(3):      # a capped batch can fill up midway: then look past it
             claim = CLAIM_ANY if w.batch_id is None else CLAIM_BATCH
-            params = {"n": free - len(ids), "now": now, "batch_id": w.batch_id,
+            params = {"n": free - len(ids), "now": now, "of_batch": w.batch_id,
                       "full": [bid for bid, n in room.items() if n <= 0], "taken": [*taken, *ids]}
             skipped = False
             rows = conn.execute(claim, params).all()
