@@ -308,28 +308,11 @@ class Dispatcher(Loop):
             active = {w.id: w.active for w in workers if w.active}
             now = utcnow()
             made = self._assign(s, workers, active, room, now)
-            assigned = {wid: len(ids) for wid, ids in made.items()}
-            # What each worker's waiting poll answers with: one query for the whole pass
-            # rather than one read per woken poll (a read transaction of an idle worker's
-            # submit-to-start).
-            owner = {eid: wid for wid, ids in made.items() for eid in ids}
-            handed = {}
-            for a in assignments(s, list(owner)):
-                handed.setdefault(owner[a["execution_id"]], []).append(a)
-            # Since when a worker runs nothing (recruitment tears idle hosts down): set here
-            # for the workers left with nothing, cleared for those that run something (also
-            # given work by claim_for, which clears it too).
-            busy = [w.id for w in workers if w.idle_since is not None
-                    and (w.id in assigned or active.get(w.id))]
-            idle = [w.id for w in workers if w.idle_since is None and w.id not in assigned
-                    and not active.get(w.id)]
-            for ids, value in ((busy, None), (idle, now)):
-                if ids:
-                    s.execute(update(Worker).where(Worker.id.in_(ids))
-                              .values(idle_since=value).execution_options(synchronize_session=False))
-        if assigned:
+            handed = _handed(s, made)
+            _mark_idle(s, workers, made, active, now)
+        if made:
             self.notifier.hand(handed)
-        return assigned
+        return {wid: len(ids) for wid, ids in made.items()}
 
     def claim_for(self, s, worker):
         """Fill one worker now, in the caller's transaction: a worker reporting ended tasks
@@ -466,6 +449,28 @@ class Dispatcher(Loop):
         if stale:
             self.wake()
         return len(stale)
+
+
+def _handed(s, made):
+    """{worker id: [assignment]} of a pass's new executions ({worker id: [execution id]}): what
+    each worker's waiting poll answers with, by one query for the whole pass rather than one
+    read per woken poll (a read transaction of an idle worker's submit-to-start)."""
+    owner = {eid: wid for wid, ids in made.items() for eid in ids}
+    handed = {}
+    for a in assignments(s, list(owner)):
+        handed.setdefault(owner[a["execution_id"]], []).append(a)
+    return handed
+
+
+def _mark_idle(s, workers, made, active, now):
+    """Since when a worker runs nothing (recruitment tears idle hosts down): set for the
+    workers of a pass left with nothing, cleared for those that run something (claim_for
+    clears it too, for those it fills)."""
+    busy = [w.id for w in workers if w.idle_since is not None and (w.id in made or active.get(w.id))]
+    idle = [w.id for w in workers if w.idle_since is None and w.id not in made and not active.get(w.id)]
+    for ids, value in ((busy, None), (idle, now)):
+        if ids:
+            s.connection().execute(update(WORKER).where(WORKER.c.id.in_(ids)).values(idle_since=value))
 
 
 def _groups(workers):
