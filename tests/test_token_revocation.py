@@ -2,6 +2,7 @@
 deploy that fails leaves no live token behind, and a recruited host that is deleted takes its
 worker's token with it (no one may later register under that worker's name with it)."""
 import socket
+import time
 
 from sqlalchemy import select
 
@@ -71,3 +72,46 @@ def test_a_deleted_host_revokes_its_workers_tokens(sims, db_url, tmp_path):
         call(c, "POST", "/workers", kept_token, 201, json={"name": kept.name})   # the other lives
     finally:
         app.extensions["scitq"].db.dispose()
+
+
+def test_cached_tokens_are_checked_again_together(app, monkeypatch):
+    """Past their time in the cache, a fleet's tokens are checked by one query for all, not one
+    each; one revoked meanwhile by another server process (its cache not cleared here) is
+    refused, and one bound to a worker there is read again."""
+    from sqlalchemy import event, update
+
+    from scitq.errors import Unauthorized
+    from scitq.server.models import Worker
+    monkeypatch.setattr(tokens, "CACHE_SECONDS", 0.3)
+    tokens.CACHE.clear()
+    db = app.extensions["scitq"].db
+    with db.write() as s:
+        made = [tokens.create_token(s, f"w{i}", "worker") for i in range(40)]
+        worker = Worker(name="bound-elsewhere")
+        s.add(worker)
+        s.flush()
+        worker_id = worker.id
+    headers = [f"Bearer {token}" for _, token in made]
+    for h in headers:
+        assert tokens.authenticate(db, h).worker_id is None
+    with db.write() as s:           # another process's doing: this process's cache not told
+        s.execute(update(Token).where(Token.id == made[5][0].id).values(revoked_at=Token.created_at))
+        s.execute(update(Token).where(Token.id == made[7][0].id).values(worker_id=worker_id))
+    statements = []
+    count = lambda *args: statements.append(args[2])    # noqa: E731
+    time.sleep(0.35)
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        seen = {}
+        for i, h in enumerate(headers):
+            try:
+                seen[i] = tokens.authenticate(db, h).worker_id
+            except Unauthorized:
+                seen[i] = "refused"
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+        tokens.CACHE.clear()
+    assert seen[5] == "refused" and seen[7] == worker_id
+    assert all(v is None for i, v in seen.items() if i not in (5, 7))
+    token_reads = [sql for sql in statements if "FROM token" in sql]
+    assert len(token_reads) == 3, token_reads      # all 40 at once, then 5 and 7 alone
