@@ -173,12 +173,12 @@ def run_fleet(cluster, n, args, tmp):
         for proc, log in sims:
             try:
                 out, _ = proc.communicate(timeout=60)
-                counts = json.loads(out.strip().splitlines()[-1])
-                retries += counts["retries"]
-                refused += counts["refused"]
-            except Exception:
+            except subprocess.TimeoutExpired:       # still draining: its counts came first
                 proc.kill()
-                retries = refused = float("nan")
+                out, _ = proc.communicate()
+            counts = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            retries += counts[-1]["retries"] if counts else float("nan")
+            refused += counts[-1]["refused"] if counts else float("nan")
         rate = (done1 - done0) / (t1 - t0)
         return {"workers": n, "registered": registered, "rate": rate, "ideal": ideal, "probe": probe.times,
                 "probe_errors": probe.errors, "retries": retries, "refused": refused, "lost": lost, "dups": dups,

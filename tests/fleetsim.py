@@ -95,8 +95,14 @@ def main(url, names_file, concurrency, workdir):
         for w in workers:           # registrations spread over a few seconds, as hosts boot
             runs.append(asyncio.create_task(w.run()))
             await asyncio.sleep(0.02)
+        def stop():
+            # The counts so far first: a fleet too big to drain in time is killed, and its
+            # counts are still read.
+            print(json.dumps({"retries": counter.n, "refused": counter.refused}), flush=True)
+            for w in workers:
+                w.drain("SIGTERM")
         for sig in (signal.SIGTERM, signal.SIGINT):     # one drain for all (each run set its own)
-            loop.add_signal_handler(sig, lambda: [w.drain("SIGTERM") for w in workers])
+            loop.add_signal_handler(sig, stop)
         await asyncio.gather(*runs)
 
     asyncio.run(fleet())

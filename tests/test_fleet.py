@@ -88,10 +88,13 @@ def test_worker_calls_past_the_queue_are_refused_with_retry_after(client, monkey
     from scitq.server.api import workers as api
     admission = api.Admission(running=1, waiting=1)
     monkeypatch.setattr(api, "WORKER_CALLS", admission)
+    # A long lease: the worker is never overdue here (see test_admission.py for that case).
+    monkeypatch.setattr(client.application.extensions["scitq"].dispatcher, "lease", 3600.0)
     r = client.post("/api/v1/workers", json={"name": "w1"})
     assert r.status_code == 201
     wid = r.json["id"]
-    admission.__enter__()                       # the one running slot, held
+    held = admission()
+    held.__enter__()                            # the one running slot, held
     waiter = threading.Thread(target=lambda: client.post(f"/api/v1/workers/{wid}/reports",
                                                          json={"reports": []}))
     waiter.start()
@@ -99,6 +102,6 @@ def test_worker_calls_past_the_queue_are_refused_with_retry_after(client, monkey
     refused = client.post(f"/api/v1/workers/{wid}/reports", json={"reports": []})
     assert refused.status_code == 503 and 5 <= int(refused.headers["Retry-After"]) <= 15
     assert "retry later" in refused.json["error"]
-    admission.__exit__(None, None, None)        # the waiting call then goes through
+    held.__exit__(None, None, None)             # the waiting call then goes through
     waiter.join(10)
     assert not waiter.is_alive() and admission.refused == 1

@@ -1,4 +1,5 @@
 """Workers: registration, the long poll that hands them work, their reports, and settings."""
+import contextlib
 import math
 import random
 import threading
@@ -38,31 +39,44 @@ class Admission:
     the others wait parked, up to `waiting` of them, and past that are refused with a 503
     and a Retry-After spread over a few seconds. Hundreds of workers reporting together
     would, else, each take the CPU in turn between two steps of a user's read (it waited a
-    second), and a fleet larger than the machine can serve would queue without end."""
+    second), and a fleet larger than the machine can serve would queue without end.
+
+    A worker none of whose calls got in for `overdue` seconds (the server passes a third of
+    the lease) waits even past that cap: at 1,000 workers on 2 cores, refusals drawn at
+    random kept a few workers out for a whole lease, and they were marked lost."""
 
     def __init__(self, running=8, waiting=512):
         self._slots = threading.BoundedSemaphore(running)
         self._lock = threading.Lock()
         self.waiting, self.max_waiting, self.refused = 0, waiting, 0
+        self._since = time.monotonic()
+        self._admitted = {}         # worker id -> when a call of it last got in
 
-    def __enter__(self):
-        if self._slots.acquire(blocking=False):
-            return self
-        with self._lock:
-            if self.waiting >= self.max_waiting:
-                self.refused += 1
-                raise Overloaded(f"{self.waiting} worker calls wait already: retry later",
-                                 retry_after=random.randint(5, 15))
-            self.waiting += 1
+    @contextlib.contextmanager
+    def __call__(self, worker_id=None, overdue=None):
+        self._enter(worker_id, overdue)
         try:
-            self._slots.acquire()
+            yield self
         finally:
-            with self._lock:
-                self.waiting -= 1
-        return self
+            self._slots.release()
 
-    def __exit__(self, *exc):
-        self._slots.release()
+    def _enter(self, worker_id, overdue):
+        if not self._slots.acquire(blocking=False):
+            with self._lock:
+                late = overdue is not None and worker_id is not None and \
+                    time.monotonic() - self._admitted.get(worker_id, self._since) >= overdue
+                if self.waiting >= self.max_waiting and not late:
+                    self.refused += 1
+                    raise Overloaded(f"{self.waiting} worker calls wait already: retry later",
+                                     retry_after=random.randint(5, 15))
+                self.waiting += 1
+            try:
+                self._slots.acquire()
+            finally:
+                with self._lock:
+                    self.waiting -= 1
+        if worker_id is not None:
+            self._admitted[worker_id] = time.monotonic()
 
 
 WORKER_CALLS = Admission()
@@ -192,7 +206,7 @@ class Workers(Resource):
     def post(self):
         """Register a worker process (a restarted one gives back what it held)."""
         who = principal()
-        with WORKER_CALLS, state().db.write() as s:
+        with WORKER_CALLS(), state().db.write() as s:
             tokens.bind_worker(s, who, ns.payload["name"])
             w = worker_calls.register(s, ns.payload, create_batch=not tokens.is_worker(who))
             tokens.bound(s, who, w.id)
@@ -284,7 +298,7 @@ def _look(st, worker_id, body, first):
     signals for it and what it holds that is no longer its own. The first look of a poll
     heartbeats when the worker's row needs it (a few times per lease: it may bring a lost
     worker back) or its depth changed, and then looks."""
-    with WORKER_CALLS, st.db.read() as s:
+    with WORKER_CALLS(worker_id, st.dispatcher.lease / 3), st.db.read() as s:
         w = worker_calls.worker_settings(s, worker_id)
         stale = first and (worker_calls.needs_heartbeat(w, st.dispatcher.lease)
                            or worker_calls.new_depth(w, body.get("depth")) is not None)
@@ -295,7 +309,7 @@ def _look(st, worker_id, body, first):
                 new, signals = [], []
             return settings, assignments(s, st.notifier.undelivered(worker_id, new, live)), \
                 signals, left, live
-    with WORKER_CALLS, st.db.write() as s:
+    with WORKER_CALLS(worker_id, st.dispatcher.lease / 3), st.db.write() as s:
         w = worker_calls.get_worker(s, worker_id)
         worker_calls.heartbeat(s, w, body.get("stats") or {})
         worker_calls.keep_depth(w, body.get("depth"))
@@ -330,7 +344,7 @@ class Reports(Resource):
         st = state()
         body = check_reports(ns.payload)
         claimed = None
-        with WORKER_CALLS, st.db.write() as s:
+        with WORKER_CALLS(worker_id, st.dispatcher.lease / 3), st.db.write() as s:
             # With more, its row is locked first: dispatch passes leave it to this claim.
             w = worker_calls.get_worker(s, worker_id, lock=bool(body.get("more")))
             # Reports come back-to-back under load: last_seen is written a few times per
