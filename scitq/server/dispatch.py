@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from scitq.server import dialect, lifecycle
 from scitq.server.db import add_events, event_row, insert_with_ids, lock_in, record
 from scitq.server.loop import Loop
-from scitq.server.models import Batch, Execution, Task, Worker, ahead, utcnow
+from scitq.server.models import AHEAD, Batch, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ PASS_WORKERS = (select(WORKER.c.id, WORKER.c.name, WORKER.c.concurrency, WORKER.
                        ACTIVE_COUNT.label("active"))
                 .where(WORKER.c.status == WorkerStatus.RUNNING.value,
                        or_(WORKER.c.idle_since.is_not(None),
-                           WORKER.c.concurrency + func.coalesce(WORKER.c.prefetch, WORKER.c.depth)
-                           > ACTIVE_COUNT))
+                           WORKER.c.concurrency + AHEAD > ACTIVE_COUNT))
                 .order_by(WORKER.c.id).with_for_update(of=WORKER, skip_locked=True))
 CLAIM_BATCH = CLAIM_ANY.where(TASK.c.batch_id == bindparam("of_batch"))     # a worker of one batch
 TASKS_ASSIGNED = (update(TASK).where(TASK.c.id.in_(_ids))
@@ -399,8 +398,8 @@ class Dispatcher(Loop):
         """Up to `free` pending task ids for worker w, oldest first, within batch caps,
         but none of `taken` (claimed earlier in this pass, and still pending until its end).
         With no capped batch (no `room` to count), they are taken (assigned) at once."""
-        params = {"n": free, "now": now, "of_batch": w.batch_id, "full": [], "taken": list(taken)}
-        if not room:
+        if not room:        # what this pass took earlier is assigned already: no `taken`
+            params = {"n": free, "now": now, "of_batch": w.batch_id, "full": [], "taken": []}
             return sorted(conn.execute(TAKE_ANY if w.batch_id is None else TAKE_BATCH, params).scalars())
         ids = []
         for _ in range(3):      # a capped batch can fill up midway: then look past it

@@ -2,7 +2,7 @@
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer,
-                        String, Text, TypeDecorator, UniqueConstraint, text)
+                        String, Text, TypeDecorator, UniqueConstraint, func, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from scitq.status import BatchStatus, ExecutionStatus, HostStatus, TaskStatus, WorkerStatus
@@ -156,7 +156,7 @@ class Submission(Base):
 def ahead(worker):
     """How many tasks a worker (a row or a Worker) holds beyond its concurrency: its pinned
     prefetch, else the depth it asked for."""
-    return worker.prefetch if worker.prefetch is not None else worker.depth
+    return worker.prefetch if worker.prefetch is not None else worker.depth     # AHEAD in SQL
 
 
 class Worker(Base):
@@ -198,6 +198,10 @@ class Worker(Base):
                 "memory": self.memory, "disk": self.disk, "running": running,
                 "last_seen": iso(self.last_seen), "idle_since": iso(self.idle_since),
                 "created_at": iso(self.created_at), "set_on_server": self.set_on_server or {}}
+
+
+# ahead() in SQL, for the statements that pick the workers with room (dispatch.PASS_WORKERS).
+AHEAD = func.coalesce(Worker.__table__.c.prefetch, Worker.__table__.c.depth)
 
 
 class Execution(Base):

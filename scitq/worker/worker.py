@@ -62,7 +62,7 @@ class Worker:
         self.held = set()                   # ids accepted and not yet finally acknowledged
         self.reports = []                   # reports not yet acknowledged, in order
         self._unsent_starts = {}            # execution id -> its `running` report, not yet sent
-        self._starting = {}                 # execution id -> loop time it left the queue, until its start is told
+        self._starting = set()              # ids that left the queue, until their start is told
         self._start_told = asyncio.Event()  # set when one of those is told (or ends)
         self.signaled = {}                  # execution id -> seq of the last signal applied
         self._reports_ready = asyncio.Event()
@@ -295,7 +295,8 @@ class Worker:
             if not self.running:
                 self._last_freed = asyncio.get_running_loop().time()
             self.running[ex.id] = ex
-            self._started_at[ex.id] = self._starting[ex.id] = asyncio.get_running_loop().time()
+            self._started_at[ex.id] = asyncio.get_running_loop().time()
+            self._starting.add(ex.id)
             task = asyncio.create_task(ex.run())
             task.add_done_callback(lambda t, eid=ex.id: self._finished(eid, t))
         if self._queue_is_low():
@@ -363,7 +364,8 @@ class Worker:
     # -- reports --------------------------------------------------------------
 
     def _told_start(self, execution_id):
-        if self._starting.pop(execution_id, None) is not None:
+        if execution_id in self._starting:
+            self._starting.discard(execution_id)
             self._start_told.set()
 
     def _report(self, report):
@@ -449,7 +451,7 @@ class Worker:
         await asyncio.sleep(0)      # the ended task's done callback takes the next one first
         loop = asyncio.get_running_loop()
         while self._starting and not self._stop_now and all(r["status"] in PROGRESS for r in self.reports):
-            left = min(self._starting.values()) + self.running_delay - loop.time()
+            left = min(self._started_at[eid] for eid in self._starting) + self.running_delay - loop.time()
             if left <= 0:
                 return
             self._start_told.clear()
