@@ -3,11 +3,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from scitq.errors import BadRequest
 from scitq.server.db import MIGRATIONS, Database, lock_in, normalize_url
-from scitq.server.models import Base
+from scitq.server.models import Base, Batch
 
 
 def test_migrations_match_the_models_and_are_idempotent(db_url):
@@ -66,10 +66,10 @@ def test_postgresql_urls_as_people_type_them():
 def test_insert_rows_keeps_order_defaults_json_and_odd_text(db_url):
     """The bulk path (COPY on PostgreSQL) stores what an INSERT would: Python defaults,
     JSON, NULLs, text COPY would otherwise read as escapes, in order."""
-    from sqlalchemy import insert, select
+    from sqlalchemy import insert
 
     from scitq.server.db import add_events, insert_rows
-    from scitq.server.models import Batch, Event, Task, utcnow
+    from scitq.server.models import Event, Task, utcnow
 
     db = Database(db_url)
     try:
@@ -152,5 +152,36 @@ def test_get_or_404_one_rule_for_every_row_by_id(db_url):
             for model, ident in ((Job, job.id + 1), (Recruiter, 1), (Job, MAX_ID + 1)):
                 with pytest.raises(NotFound, match=f"^no {model.__tablename__} {ident}$"):
                     get_or_404(s, model, ident)
+    finally:
+        db.dispose()
+
+
+def test_a_read_session_drops_what_it_changed_and_keeps_prepared_statements(db_url):
+    """A read session stores nothing, whatever it changed (flushed or not). On PostgreSQL it
+    ends by COMMIT, since psycopg forgets a connection's prepared statements at each
+    ROLLBACK: a query read again and again is then prepared once, as on a write session's
+    connection."""
+    db = Database(db_url)
+    try:
+        db.migrate()
+        with db.write() as s:
+            s.add(Batch(name="kept"))
+        with db.read() as s:
+            s.scalars(select(Batch)).one().name = "changed, not flushed"
+        with db.read() as s:
+            s.scalars(select(Batch)).one().name = "changed and flushed"
+            s.flush()
+        with db.read() as s:
+            s.add(Batch(name="added"))
+        with db.read() as s:
+            assert s.scalars(select(Batch.name)).all() == ["kept"]
+        if db.is_sqlite:
+            return
+        for _ in range(8):      # psycopg prepares a query at its fifth run on a connection
+            with db.read() as s:
+                assert s.scalar(select(Batch.name).where(Batch.name == "kept")) == "kept"
+        with db.read() as s:
+            prepared = s.scalars(text("SELECT statement FROM pg_prepared_statements")).all()
+        assert any("FROM batch" in statement for statement in prepared), prepared
     finally:
         db.dispose()
