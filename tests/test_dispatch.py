@@ -690,3 +690,19 @@ def test_a_big_submission_is_claimed_without_reading_it_all(app, client):
         conn.execute(text("UPDATE task SET status = 'succeeded' WHERE id <= 5000"))
     rows_read()         # the first scan marks the index entries of tasks done as dead
     assert rows_read() <= 100
+
+
+def test_a_start_report_wakes_no_pass_an_end_does(app, client):
+    """Only an end (or the worker's news) can give a worker room: a start reported alone (a
+    full worker's, which asks for no `more`) wakes no dispatch pass; an end does."""
+    dispatcher = app.extensions["scitq"].dispatcher
+    woken = []
+    dispatcher.wake = lambda at_once=True: woken.append(at_once)
+    wid = register(client, "w1")
+    submit(client, "a")
+    (a,) = assign(app, client, wid)
+    woken.clear()
+    acked(client, wid, rep(a["execution_id"], "running", pid=10))
+    assert woken == []
+    acked(client, wid, rep(a["execution_id"], "succeeded", return_code=0))
+    assert woken == [True]

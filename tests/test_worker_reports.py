@@ -65,3 +65,18 @@ def test_an_end_and_the_start_it_makes_room_for_go_in_one_request(live, procs):
     assert summary["counts"]["succeeded"] == 12
     sent = report_requests() - before
     assert 6 <= sent <= 16, f"{sent} report requests for 12 tasks"     # two per task: 24
+
+
+def test_a_full_worker_asks_for_no_more():
+    """`more` asks the server to fill the worker in its answer: a worker holding all it may
+    (its slots, then its queue as deep as it wants) asks for nothing, one with room does, a
+    draining one never does."""
+    w = Worker("http://127.0.0.1:9", name="w", concurrency=2, prefetch=1)
+    w.running = {1: object(), 2: object()}
+    assert w._report_body([], None).get("more") is True        # its queue is empty
+    w.queue.append(object())
+    assert "more" not in w._report_body([], None)              # 2 running + 1 queued
+    w.running.pop(1)                                           # an end frees a slot
+    assert w._report_body([], None).get("more") is True
+    w.draining = True
+    assert "more" not in w._report_body([], None)

@@ -465,9 +465,15 @@ class Worker:
         body = {"reports": sent, "queued": len(self.queue), "depth": self._told_depth}
         if news:
             body["status"] = news
-        elif not self.draining and self.status == "running":
+        elif not self.draining and self.status == "running" and self._has_room():
             body["more"] = True     # the next tasks come in the answer
         return body
+
+    def _has_room(self):
+        """Whether it holds fewer tasks than it may (its slots, then its depth): a full
+        worker's request (the start of the task that took a freed slot) asks for nothing,
+        which the server would only have counted to find."""
+        return len(self.running) + len(self.queue) < self.concurrency + self.depth
 
     def _acknowledged(self, sent, news, answer):
         """The server has these reports: forget them, and take the tasks its answer brings."""

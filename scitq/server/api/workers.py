@@ -361,9 +361,11 @@ class Reports(Resource):
                     st.notifier.delivered(worker_id, claimed)
                     claimed = assignments(s, claimed)
             w.save(s)
-        if acked and any(r.get("status") in worker_calls.FINAL_REPORTS for r in body.get("reports") or ()):
+        ended = acked and any(r.get("status") in worker_calls.FINAL_REPORTS for r in body.get("reports") or ())
+        if ended:
             st.notifier.tasks_ended()
-        if claimed is None and (acked or body.get("status")):
+        # Only an end (or the worker's news) can give it room: a start alone wakes no pass.
+        if claimed is None and (ended or body.get("status")):
             # A worker with tasks queued (half its prefetch at least) keeps its slots busy:
             # its next tasks may wait for a pass that serves several reports at once.
             queued = body.get("queued") or 0
