@@ -80,3 +80,32 @@ def test_a_full_worker_asks_for_no_more():
     assert w._report_body([], None).get("more") is True
     w.draining = True
     assert "more" not in w._report_body([], None)
+
+
+def test_one_task_waits_on_the_worker_while_the_server_has_more():
+    """Tasks of seconds need no queue, but while the server has tasks left for every slot a
+    worker keeps one queued: the end of a task and the start of the next then go in one
+    request. An answer with fewer tasks than asked ends that, and the queued task goes back
+    when it waits (trim)."""
+    w = Worker("http://127.0.0.1:9", name="w", concurrency=2)
+    w._take, w._start_ready = w.queue.extend, lambda: None     # no task is run here
+    w.sizer.task_ended(20.0)
+    w.sizer.answered(0.05)
+    w.running = {1: object(), 2: object()}
+    assert (w.depth, w._report_body([], None).get("more")) == (0, None)     # full: asks nothing
+    w.running.pop(1)
+    assert w._report_body([], None)["more"] and w._asked == 1
+    w._acknowledged([], None, {"refused": [], "assignments": [{"execution_id": 7}]})
+    assert w.depth == 1                          # the server gave all it was asked
+    w.queue.clear()
+    w.running[1] = object()
+    assert w._report_body([], None)["more"] and w._asked == 1               # room for one queued
+    w._acknowledged([], None, {"refused": [], "assignments": []})
+    assert w.depth == 0                          # none left there: no queue
+
+    pinned = Worker("http://127.0.0.1:9", name="p", concurrency=2, prefetch=0)
+    pinned._take, pinned._start_ready = pinned.queue.extend, lambda: None
+    pinned.running = {1: object()}
+    pinned._report_body([], None)
+    pinned._acknowledged([], None, {"refused": [], "assignments": [{"execution_id": 8}]})
+    assert pinned.depth == 0                     # --prefetch pins it

@@ -5,7 +5,8 @@ brings the next ones: the queue must last as long as that round trip plus the re
 Its slots end tasks at concurrency / duration a second, so the depth it needs is twice
 that rate times the round trip. Short tasks (a few ms) get a deep queue (up to MAX), tasks
 of seconds get none, and stay spread over the fleet: a queued task waits on one worker
-while another one may have a slot free.
+while another one may have a slot free. (The worker still keeps one queued while the server
+has tasks left for every slot: Worker.depth.)
 """
 
 MAX = 128          # deeper queues did not pay on the throughput bench (flat past 128)

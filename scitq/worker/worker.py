@@ -49,6 +49,10 @@ class Worker:
         self.prefetch = prefetch            # pinned by a user, or None: sized by self.sizer
         self.sizer = Depth()
         self._auto_depth = 0
+        # Whether the server has more tasks than it gives: its last answer to `more` brought
+        # all the room asked (`_asked`). Then one task waits here beyond the measured need.
+        self._backlog = False
+        self._asked = 0
         self._started_at = {}               # execution id -> loop time its run began
         self.batch = batch
         self.status = "running"
@@ -87,7 +91,11 @@ class Worker:
             # Idle, its measures are of tasks that are over: it starts again no deeper than
             # its concurrency (its next tasks may be long) and grows from what they take.
             return min(self._auto_depth, self.concurrency)
-        return self._auto_depth
+        # While tasks wait on the server anyway, one queued here lets the end of a task and
+        # the start of the next go in one request, which then brings its successor: one
+        # request per task, not two (the server's work per task, at 1,000 workers). No other
+        # worker can be idle for it: the server had tasks left for all.
+        return max(self._auto_depth, 1 if self._backlog else 0)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -329,11 +337,11 @@ class Worker:
             if self.prefetch is not None or self.draining or not self.queue:
                 continue
             self._auto_depth = self._wanted_depth()
-            if len(self.queue) <= self._auto_depth or self._stalled(loop.time()) < self.trim_after:
+            if len(self.queue) <= self.depth or self._stalled(loop.time()) < self.trim_after:
                 continue
             log.info("queue of %d beyond the %d its tasks need: giving %d back", len(self.queue),
-                     self._auto_depth, len(self.queue) - self._auto_depth)
-            while len(self.queue) > self._auto_depth:
+                     self.depth, len(self.queue) - self.depth)
+            while len(self.queue) > self.depth:
                 ex = self.queue.pop()
                 ex.discard()
                 self._report({"execution_id": ex.id, "status": "released"})
@@ -465,15 +473,16 @@ class Worker:
         body = {"reports": sent, "queued": len(self.queue), "depth": self._told_depth}
         if news:
             body["status"] = news
-        elif not self.draining and self.status == "running" and self._has_room():
+        elif not self.draining and self.status == "running" and self._room() > 0:
             body["more"] = True     # the next tasks come in the answer
+        self._asked = self._room() if body.get("more") else 0
         return body
 
-    def _has_room(self):
-        """Whether it holds fewer tasks than it may (its slots, then its depth): a full
-        worker's request (the start of the task that took a freed slot) asks for nothing,
-        which the server would only have counted to find."""
-        return len(self.running) + len(self.queue) < self.concurrency + self.depth
+    def _room(self):
+        """How many tasks fewer than it may hold (its slots, then its depth) it holds: a
+        full worker's request (the start of the task that took a freed slot) asks for
+        nothing, which the server would only have counted to find."""
+        return self.concurrency + self.depth - len(self.running) - len(self.queue)
 
     def _acknowledged(self, sent, news, answer):
         """The server has these reports: forget them, and take the tasks its answer brings."""
@@ -486,6 +495,8 @@ class Worker:
             if r["status"] in FINAL:
                 self.held.discard(r["execution_id"])
                 self.signaled.pop(r["execution_id"], None)
+        if self._asked and self.prefetch is None:
+            self._backlog = len(answer.get("assignments") or ()) >= self._asked
         if answer.get("assignments"):
             self._take(answer["assignments"])
             self._start_ready()
