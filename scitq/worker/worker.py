@@ -373,7 +373,7 @@ class Worker:
 
     def _told_start(self, execution_id):
         if execution_id in self._starting:
-            self._starting.discard(execution_id)
+            self._starting.remove(execution_id)
             self._start_told.set()
 
     def _report(self, report):
@@ -471,11 +471,12 @@ class Worker:
     def _report_body(self, sent, news):
         self._told_depth = self.depth
         body = {"reports": sent, "queued": len(self.queue), "depth": self._told_depth}
+        self._asked = 0
         if news:
             body["status"] = news
-        elif not self.draining and self.status == "running" and self._room() > 0:
+        elif not self.draining and self.status == "running" and (room := self._room()) > 0:
             body["more"] = True     # the next tasks come in the answer
-        self._asked = self._room() if body.get("more") else 0
+            self._asked = room
         return body
 
     def _room(self):
