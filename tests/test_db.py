@@ -3,6 +3,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import event as sa_event
 from sqlalchemy import inspect, select, text
 
 from scitq.errors import BadRequest
@@ -103,6 +104,43 @@ def test_insert_rows_keeps_order_defaults_json_and_odd_text(db_url):
                 assert (t.status, t.attempt, t.retries, t.shell, t.use_cache) == ("pending", 0, 0, True, False)
                 assert t.created_at is not None and t.updated_at is not None
     finally:
+        db.dispose()
+
+
+def test_a_transactions_events_go_at_its_commit_by_one_statement_and_a_rollback_drops_them(db_url):
+    """add_events keeps a transaction's events till its commit, then writes them all, in
+    order, by one statement; a transaction rolled back writes none."""
+    from scitq.server.db import add_events, event_row
+    from scitq.server.models import Event
+
+    db = Database(db_url)
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        if "event" in statement.split("(")[0].lower():
+            statements.append(statement)
+
+    sa_event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        db.migrate()
+        statements.clear()
+        with db.write() as s:
+            add_events(s, [event_row("k.one", "task", 1)])
+            add_events(s, [event_row("k.two", "task", 2), event_row("k.three", "task", 3, {"n": 3})])
+            assert statements == []         # nothing written yet
+        assert len(statements) == 1
+        with pytest.raises(RuntimeError), db.write() as s:
+            add_events(s, [event_row("k.four", "task", 4)])
+            raise RuntimeError("changed its mind")
+        with db.write() as s:
+            pass
+        assert len(statements) == 1
+        with db.read() as s:
+            kinds = s.execute(select(Event.kind, Event.object_id, Event.detail)
+                              .where(Event.kind.like("k.%")).order_by(Event.id)).all()
+        assert kinds == [("k.one", 1, None), ("k.two", 2, None), ("k.three", 3, {"n": 3})]
+    finally:
+        sa_event.remove(db.engine, "before_cursor_execute", count)
         db.dispose()
 
 

@@ -64,6 +64,8 @@ class Database:
         sa_event.listen(self.engine, "commit", self._committed)
         sa_event.listen(self.engine, "rollback", _forget_events)
         sa_event.listen(self.Session, "after_flush", _flushed)
+        sa_event.listen(self.Session, "before_commit", _write_events)
+        sa_event.listen(self.Session, "after_transaction_end", _drop_events)
 
     def _committed(self, conn):
         kinds = conn.info.pop(EVENTS_KEY, None)
@@ -232,14 +234,30 @@ def event_row(kind, object_type, object_id, detail=None, at=None):
             "object_id": object_id, "detail": detail or None}
 
 
+PENDING_EVENTS = "scitq.pending_events"     # in a session's info: event rows to write at commit
+
+
 def add_events(session, rows):
     """The one way event rows are written (event_row dicts, in order), in the session's own
-    transaction: one statement for any number of them (by COPY on PostgreSQL past a few)."""
-    if not rows:
-        return
-    conn = session.connection()
-    _note_events(conn, (row["kind"] for row in rows))
-    insert_rows(conn, Event.__table__, rows)
+    transaction. They are written when it commits, all of them by one statement (by COPY on
+    PostgreSQL past a few): a worker's report and the claim in its answer made two inserts
+    of one or two rows each, a seventh of the request's statements. Nothing reads a
+    transaction's own events back before it commits."""
+    if rows:
+        session.info.setdefault(PENDING_EVENTS, []).extend(rows)
+
+
+def _write_events(session):
+    rows = session.info.pop(PENDING_EVENTS, None)
+    if rows:
+        conn = session.connection()
+        _note_events(conn, (row["kind"] for row in rows))
+        insert_rows(conn, Event.__table__, rows)
+
+
+def _drop_events(session, transaction):
+    if transaction.parent is None:      # rolled back (a commit wrote and took them already)
+        session.info.pop(PENDING_EVENTS, None)
 
 
 def record(session, kind, obj, **detail):
