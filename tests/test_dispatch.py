@@ -706,3 +706,35 @@ def test_a_start_report_wakes_no_pass_an_end_does(app, client):
     assert woken == []
     acked(client, wid, rep(a["execution_id"], "succeeded", return_code=0))
     assert woken == [True]
+
+
+def test_an_end_a_start_and_the_next_claim_take_nine_statements(app, client):
+    """The request a busy worker sends for each task (the end of one, the start of the one
+    queued behind it, `more`) is the server's hot path: its statements are counted, each
+    costs the server about 0.15 ms of CPU under a fleet. Nine: the worker's row, the
+    executions reported, their update, the tasks' update, what the worker holds (and
+    whether a batch is capped), the claim, its executions, their assignments, the events."""
+    from sqlalchemy import event
+
+    submit(client, *[f"t{i}" for i in range(4)])
+    wid = register(client, "w1", concurrency=1, prefetch=1)
+    first, queued = assign(app, client, wid)
+    acked(client, wid, rep(first["execution_id"], "running", pid=1))
+    statements = []
+    engine = app.extensions["scitq"].db.engine
+    count = lambda conn, cursor, statement, *args: statements.append(statement)     # noqa: E731
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        answer = call(client, "POST", f"/workers/{wid}/reports", json={"more": True, "reports": [
+            rep(first["execution_id"], "succeeded", return_code=0), rep(queued["execution_id"], "running", pid=2)]})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert answer["acked"] == [first["execution_id"], queued["execution_id"]]
+    (claimed,) = answer["assignments"]
+    assert [task(client, t)["status"] for t in (first["task_id"], queued["task_id"], claimed["task_id"])] \
+        == ["succeeded", "running", "assigned"]
+    assert len(statements) == 9, "\n".join(s.split("\n")[0][:100] for s in statements)
+    assert sum(s.lstrip().upper().startswith(("INSERT INTO EVENT", "COPY EVENT")) for s in statements) == 1
+    mine = (first["execution_id"], queued["execution_id"], claimed["execution_id"])
+    kinds = [kind for kind, _, object_id, _ in events(app) if object_id in mine]
+    assert kinds[-3:] == ["execution.succeeded", "execution.running", "execution.assigned"]

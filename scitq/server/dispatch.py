@@ -31,9 +31,6 @@ TASK, EXECUTION, BATCH, WORKER = (m.__table__ for m in (Task, Execution, Batch, 
 # The statements of every pass and every inline claim, built once: SQLAlchemy then neither
 # rebuilds them nor computes their cache keys again each time.
 _ids = bindparam("ids", expanding=True)
-ACTIVE_BY_WORKER = (select(EXECUTION.c.worker_id, func.count())
-                    .where(EXECUTION.c.worker_id.in_(_ids), EXECUTION.c.status.in_(ACTIVE))
-                    .group_by(EXECUTION.c.worker_id))
 CAPPED_BATCHES = select(BATCH.c.id, BATCH.c.concurrency).where(
     BATCH.c.concurrency.is_not(None), BATCH.c.status == BatchStatus.ACTIVE.value)
 BUSY_IN_BATCHES = (select(TASK.c.batch_id, func.count())
@@ -54,6 +51,14 @@ CLAIM_ANY = (select(TASK.c.id, TASK.c.batch_id)
                     TASK.c.id.not_in(bindparam("taken", expanding=True)))
              .order_by(TASK.c.id).limit(bindparam("n"))
              .with_for_update(skip_locked=True))
+# What an inline claim reads first, in one round trip: what the worker holds (by worker id:
+# the index on (worker_id, status) answers without reading the history of executions), and
+# whether a batch with a cap is active (only then is its room counted).
+HELD_AND_CAPPED = select(
+    select(func.count()).select_from(EXECUTION)
+    .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
+    .scalar_subquery(),
+    CAPPED_BATCHES.exists())
 ACTIVE_COUNT = (select(func.count()).select_from(EXECUTION)
                 .where(EXECUTION.c.worker_id == WORKER.c.id, EXECUTION.c.status.in_(ACTIVE))
                 .correlate(WORKER).scalar_subquery())
@@ -325,11 +330,12 @@ class Dispatcher(Loop):
         fills the worker as usual."""
         if worker.status != WorkerStatus.RUNNING.value:
             return []
-        active = self._active(s, [worker.id])
-        if active.get(worker.id, 0) >= worker.concurrency + ahead(worker):
-            return []       # full (a start reported, the next task queued): nothing to count
         conn = s.connection()
-        room = self._batch_room(conn)
+        held, capped = conn.execute(HELD_AND_CAPPED, {"worker_id": worker.id}).one()
+        if held >= worker.concurrency + ahead(worker):
+            return []       # full (a start reported, the next task queued): nothing to count
+        active = {worker.id: held} if held else {}
+        room = self._batch_room(conn) if capped else {}
         if room and not self.db.is_sqlite:
             if not lock_in(conn, "dispatch", wait=False):
                 return None
@@ -339,12 +345,6 @@ class Dispatcher(Loop):
         if claims and worker.idle_since is not None:
             worker.idle_since = None
         return claims.get(worker.id, [])
-
-    @staticmethod
-    def _active(s, worker_ids):
-        # By worker id: the index on (worker_id, status) answers without reading the
-        # history of executions, which only grows.
-        return dict(s.connection().execute(ACTIVE_BY_WORKER, {"ids": list(worker_ids)}).all())
 
     def _assign(self, s, workers, active, room, now):
         """Claim pending tasks for these workers (up to concurrency + prefetch each, oldest

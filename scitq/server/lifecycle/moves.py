@@ -15,11 +15,18 @@ from scitq.status import ExecutionStatus, TaskStatus
 
 # What deciding an attempt's end reads of its task: plain columns, selected with the execution.
 ATTEMPT_FIELDS = ("attempt", "retries", "retry_delay", "retry_backoff")
-TASKS_STARTED = (update(TASK).where(TASK.c.id.in_(IDS))
-                 .values(status=TaskStatus.RUNNING.value, updated_at=NOW))
-TASKS_SUCCEEDED = (update(TASK).where(TASK.c.id.in_(IDS))
-                   .values(status=TaskStatus.SUCCEEDED.value, reason=None, not_before=None, updated_at=NOW)
-                   .returning(TASK.c.id, exists().where(TaskDependency.__table__.c.depends_on_id == TASK.c.id)))
+# The tasks whose attempts started (`started`) or succeeded (the other `ids`), by one
+# statement: under load a worker's report brings an end and the start of the task queued
+# behind it, and these were two of its dozen statements. It returns which succeeded tasks
+# something waits for.
+_STARTED = TASK.c.id.in_(bindparam("started", expanding=True))
+TASKS_STARTED_OR_SUCCEEDED = (
+    update(TASK).where(TASK.c.id.in_(IDS))
+    .values(status=case((_STARTED, TaskStatus.RUNNING.value), else_=TaskStatus.SUCCEEDED.value),
+            reason=case((_STARTED, TASK.c.reason), else_=None),
+            not_before=case((_STARTED, TASK.c.not_before), else_=None), updated_at=NOW)
+    .returning(TASK.c.id, TASK.c.status,
+               exists().where(TaskDependency.__table__.c.depends_on_id == TASK.c.id)))
 TASK_RETRIED = (update(TASK).where(TASK.c.id == bindparam("_id"))
                 .values(status=TaskStatus.PENDING.value, not_before=bindparam("not_before"),
                         reason=bindparam("reason"), updated_at=NOW))
@@ -88,8 +95,6 @@ class Moves:
             return
         conn, now = s.connection(), utcnow()
         expire_held(s, Task, {row["_id"] for rows in by_kind.values() for row in rows})
-        if "started" in by_kind:
-            conn.execute(TASKS_STARTED, {"ids": [r["_id"] for r in by_kind["started"]], "now": now})
         for kind, statement in (("retried", TASK_RETRIED), ("given_back", TASK_GIVEN_BACK),
                                 ("failed", TASK_FAILED)):
             if kind in by_kind:
@@ -98,11 +103,15 @@ class Moves:
             failed = [row["_id"] for row in by_kind["failed"]]
             for tid in sorted(conn.execute(WAITED_FOR, {"ids": failed}).scalars()):
                 cancel_dependents(s, [tid], f"{DEPENDENCY}{tid} failed")
-        if "succeeded" in by_kind:
-            rows = conn.execute(TASKS_SUCCEEDED, {"ids": [r["_id"] for r in by_kind["succeeded"]], "now": now})
-            waited_for = [tid for tid, has_dependents in rows if has_dependents]
+        started = [r["_id"] for r in by_kind.get("started", ())]
+        succeeded = [r["_id"] for r in by_kind.get("succeeded", ())]
+        if started or succeeded:
+            rows = conn.execute(TASKS_STARTED_OR_SUCCEEDED, {"ids": started + succeeded, "started": started,
+                                                             "now": now})
+            waited_for = [tid for tid, status, has_dependents in rows
+                          if has_dependents and status == TaskStatus.SUCCEEDED.value]
             if waited_for:      # what waits for them is released once for all
-                make_ready(s, READY_DEPENDENTS, waited_for)
+                make_ready(s, READY_DEPENDENTS, sorted(waited_for))
 
 
 LOST_WITH_TASKS = (select(EXECUTION.c.id, EXECUTION.c.task_id, EXECUTION.c.signal,
