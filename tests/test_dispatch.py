@@ -708,12 +708,13 @@ def test_a_start_report_wakes_no_pass_an_end_does(app, client):
     assert woken == [True]
 
 
-def test_an_end_a_start_and_the_next_claim_take_nine_statements(app, client):
+def test_an_end_a_start_and_the_next_claim_take_eight_statements(app, client):
     """The request a busy worker sends for each task (the end of one, the start of the one
     queued behind it, `more`) is the server's hot path: its statements are counted, each
-    costs the server about 0.15 ms of CPU under a fleet. Nine: the worker's row, the
+    costs the server about 0.15 ms of CPU under a fleet. Eight: the worker's row, the
     executions reported, their update, the tasks' update, what the worker holds (and
-    whether a batch is capped), the claim, its executions, their assignments, the events."""
+    whether a batch is capped), the claim (which returns what runs its tasks), their
+    executions, the events."""
     from sqlalchemy import event
 
     submit(client, *[f"t{i}" for i in range(4)])
@@ -733,8 +734,45 @@ def test_an_end_a_start_and_the_next_claim_take_nine_statements(app, client):
     (claimed,) = answer["assignments"]
     assert [task(client, t)["status"] for t in (first["task_id"], queued["task_id"], claimed["task_id"])] \
         == ["succeeded", "running", "assigned"]
-    assert len(statements) == 9, "\n".join(s.split("\n")[0][:100] for s in statements)
+    assert len(statements) == 8, "\n".join(s.split("\n")[0][:100] for s in statements)
     assert sum(s.lstrip().upper().startswith(("INSERT INTO EVENT", "COPY EVENT")) for s in statements) == 1
     mine = (first["execution_id"], queued["execution_id"], claimed["execution_id"])
     kinds = [kind for kind, _, object_id, _ in events(app) if object_id in mine]
     assert kinds[-3:] == ["execution.succeeded", "execution.running", "execution.assigned"]
+
+
+def test_workers_heard_are_written_together_and_before_a_sweep(app, client):
+    """A poll or a report only notes that its worker was heard (and the poll's stats); the
+    dispatcher writes every note by one statement (about once a second, and first thing in a
+    sweep). A worker marked lost is back at its next call, at once."""
+    from sqlalchemy import event
+
+    dispatcher = app.extensions["scitq"].dispatcher
+    w1, w2 = register(client, "w1"), register(client, "w2")
+    registered = {w["name"]: w["last_seen"] for w in call(client, "GET", "/workers")}
+    time.sleep(0.05)
+    statements = []
+    engine = app.extensions["scitq"].db.engine
+    count = lambda conn, cursor, statement, *args: statements.append(statement)     # noqa: E731
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        poll(client, w1, stats={"load": 1.5, "memory": 40.0, "disk": float("nan")})
+        send(client, w2)
+        assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE WORKER")]
+        assert {w["name"]: w["last_seen"] for w in call(client, "GET", "/workers")} == registered
+        dispatcher.write_heard()
+        assert len([s for s in statements if s.lstrip().upper().startswith("UPDATE WORKER")]) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    seen = {w["name"]: w for w in call(client, "GET", "/workers")}
+    assert all(seen[n]["last_seen"] > registered[n] for n in ("w1", "w2"))
+    assert (seen["w1"]["load"], seen["w1"]["memory"], seen["w1"]["disk"]) == (1.5, 40.0, None)
+
+    deadline = time.monotonic() + LEASE + 0.3       # heard only through notes, never lost
+    while time.monotonic() < deadline:
+        poll(client, w1)
+        time.sleep(0.1)
+    assert sweep(app) == 1                          # w2 was silent
+    assert {w["name"]: w["status"] for w in call(client, "GET", "/workers")} == {"w1": "running", "w2": "lost"}
+    send(client, w2)
+    assert call(client, "GET", f"/workers/{w2}")["status"] == "running"

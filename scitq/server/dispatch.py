@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from scitq.server import dialect, lifecycle
 from scitq.server.db import add_events, event_row, insert_with_ids, lock_in, record
+from scitq.server.heard import Heard
 from scitq.server.loop import Loop
 from scitq.server.models import AHEAD, Batch, Execution, Task, Worker, ahead, utcnow
 from scitq.status import BatchStatus, ExecutionStatus, TaskStatus, WorkerStatus
@@ -73,30 +74,29 @@ PASS_WORKERS = (select(WORKER.c.id, WORKER.c.name, WORKER.c.concurrency, WORKER.
                            WORKER.c.concurrency + AHEAD > ACTIVE_COUNT))
                 .order_by(WORKER.c.id).with_for_update(of=WORKER, skip_locked=True))
 CLAIM_BATCH = CLAIM_ANY.where(TASK.c.batch_id == bindparam("of_batch"))     # a worker of one batch
-TASKS_ASSIGNED = (update(TASK).where(TASK.c.id.in_(_ids))
-                  .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1,
-                          not_before=None, updated_at=bindparam("now")))
+# What a worker needs to run a task, as the statements that take tasks return them (no read
+# after a claim) and as a poll's look reads them: the task's id first.
+TASK_ASSIGNED = (TASK.c.id, TASK.c.name,
+                 select(BATCH.c.name).where(BATCH.c.id == TASK.c.batch_id).scalar_subquery(),
+                 *(TASK.c[name] for name in ("command", "shell", "attempt", "timeout", "staging_timeout",
+                                             "container", "container_options", "inputs", "resources",
+                                             "output", "use_cache")))
+_TAKEN = dict(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1, not_before=None,
+              updated_at=bindparam("now"))
+TASKS_ASSIGNED = update(TASK).where(TASK.c.id.in_(_ids)).values(**_TAKEN).returning(*TASK_ASSIGNED)
 # With no capped batch active, a claim takes its tasks in the same statement that picks them
-# (one round trip, not two): UPDATE ... WHERE id IN (the claim) RETURNING id.
+# (one round trip, not two): UPDATE ... WHERE id IN (the claim) RETURNING what runs them.
 TAKE_ANY, TAKE_BATCH = (
     update(TASK).where(TASK.c.id.in_(claim.with_only_columns(TASK.c.id).scalar_subquery()))
-    .values(status=TaskStatus.ASSIGNED.value, attempt=TASK.c.attempt + 1, not_before=None,
-            updated_at=bindparam("now")).returning(TASK.c.id)
+    .values(**_TAKEN).returning(*TASK_ASSIGNED)
     for claim in (CLAIM_ANY, CLAIM_BATCH))
 
 
-ASSIGNMENT_COLUMNS = tuple(
-    table.c[name] for table, name in (
-        (EXECUTION, "id"), (TASK, "id"), (TASK, "name"), (BATCH, "name"), (TASK, "command"),
-        (TASK, "shell"), (TASK, "attempt"), (TASK, "timeout"), (TASK, "staging_timeout"),
-        (TASK, "container"), (TASK, "container_options"), (TASK, "inputs"), (TASK, "resources"),
-        (TASK, "output"), (TASK, "use_cache")))
 ASSIGNMENT_FIELDS = ("execution_id", "task_id", "name", "batch", "command", "shell", "attempt",
                      "timeout", "staging_timeout", "container", "container_options", "inputs",
                      "resources", "output", "use_cache")
-ASSIGNMENTS = (select(*ASSIGNMENT_COLUMNS)
-               .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id)
-                            .join(BATCH, TASK.c.batch_id == BATCH.c.id))
+ASSIGNMENTS = (select(EXECUTION.c.id, *TASK_ASSIGNED)
+               .select_from(EXECUTION.join(TASK, EXECUTION.c.task_id == TASK.c.id))
                .where(EXECUTION.c.id.in_(_ids)).order_by(EXECUTION.c.id))
 
 
@@ -214,6 +214,8 @@ class Dispatcher(Loop):
         if lease is not None:
             self.lease = lease
         self._last_sweep = 0.0
+        self.heard = Heard()        # when workers were last heard, written here (see write_heard)
+        self._last_heard = 0.0
         # No worker can be heard while this server is down or its database unreachable: a
         # worker's silence counts against its lease only from when it could have been heard.
         self._heard_since = time.monotonic()
@@ -248,7 +250,9 @@ class Dispatcher(Loop):
             now = time.monotonic()
             if now - self._last_sweep >= self.sweep_every and now - self._heard_since >= self.lease:
                 self.sweep()
-                self._last_sweep = time.monotonic()
+                self._last_sweep = self._last_heard = time.monotonic()
+            elif now - self._last_heard >= min(1.0, self.lease / 10):
+                self.write_heard()
             self._last_pass = time.monotonic()
             self.fresh_statistics()
             started = time.monotonic()
@@ -312,11 +316,12 @@ class Dispatcher(Loop):
             active = {w.id: w.active for w in workers if w.active}
             now = utcnow()
             made = self._assign(s, workers, active, room, now)
-            handed = _handed(s, made)
             _mark_idle(s, workers, made, active, now)
         if made:
-            self.notifier.hand(handed)
-        return {wid: len(ids) for wid, ids in made.items()}
+            # Each waiting poll answers with its worker's new assignments as they are, without
+            # reading them again (a read transaction of an idle worker's submit-to-start).
+            self.notifier.hand(made)
+        return {wid: len(handed) for wid, handed in made.items()}
 
     def claim_for(self, s, worker):
         """Fill one worker now, in the caller's transaction: a worker reporting ended tasks
@@ -324,7 +329,7 @@ class Dispatcher(Loop):
         its poll. The caller holds the worker's row locked (FOR UPDATE), so no pass fills
         it meanwhile; SKIP LOCKED keeps two claims off the same tasks.
 
-        Returns the new executions' ids, or None when a batch with a cap is active and a
+        Returns the new assignments (as a poll gives them), or None when a batch with a cap is active and a
         pass holds the dispatch lock: caps are counted under that lock, and waiting for it
         while holding rows could deadlock, so then the caller wakes the dispatcher, which
         fills the worker as usual."""
@@ -349,17 +354,19 @@ class Dispatcher(Loop):
     def _assign(self, s, workers, active, room, now):
         """Claim pending tasks for these workers (up to concurrency + prefetch each, oldest
         first, within the `room` of capped batches) and make their executions and events.
-        Returns {worker id: [execution ids]}.
+        Returns {worker id: [assignment]}, each as a poll gives it.
 
         Its statements are Core ones on the tables, on the session's connection: the same
         statements naming ORM classes cost several times more Python (a report's inline
         claim runs them for a handful of tasks at a time)."""
         conn = s.connection()
-        claims = self._claims(conn, workers, active, room, now)
+        taken = {}      # task id -> what runs it (TASK_ASSIGNED), as the statement taking it returned
+        claims = self._claims(conn, workers, active, room, now, taken)
         if not claims:
             return {}
         if room:        # the claims only picked them (see _claim)
-            conn.execute(TASKS_ASSIGNED, {"ids": [tid for _, ids in claims for tid in ids], "now": now})
+            taken = {row[0]: row for row in conn.execute(
+                TASKS_ASSIGNED, {"ids": [tid for _, ids in claims for tid in ids], "now": now})}
         new = [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
                 "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
                 "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
@@ -369,13 +376,13 @@ class Dispatcher(Loop):
         add_events(s, [event_row("execution.assigned", "execution", eid, {"task_id": tid, "worker": w.name}, now)
                        for (eid, tid), w in zip(rows, owners)])
         out = {}
-        for (eid, _), w in zip(rows, owners):
-            out.setdefault(w.id, []).append(eid)
+        for (eid, tid), w in zip(rows, owners):
+            out.setdefault(w.id, []).append(dict(zip(ASSIGNMENT_FIELDS, (eid, *taken[tid]))))
         return out
 
-    def _claims(self, conn, workers, active, room, now):
+    def _claims(self, conn, workers, active, room, now, taken):
         """[(worker, task ids)], in worker order: for each, up to concurrency + prefetch
-        pending tasks, oldest first, within the room of capped batches."""
+        pending tasks, oldest first, within the room of capped batches (`taken`: see _claim)."""
         claims = []
         exhausted = False       # no pending task left for workers without a batch
         for group in _groups(workers):
@@ -384,7 +391,7 @@ class Dispatcher(Loop):
             if not sum(free) or (exhausted and w.batch_id is None):
                 continue
             ids = self._claim(conn, w, sum(free), room, now,
-                              [tid for _, taken in claims for tid in taken])
+                              [tid for _, mine in claims for tid in mine], taken)
             if w.batch_id is None and len(ids) < sum(free):
                 exhausted = True
             for g, n in zip(group, free):   # oldest first, to the first workers first
@@ -394,18 +401,21 @@ class Dispatcher(Loop):
         return claims
 
     @staticmethod
-    def _claim(conn, w, free, room, now, taken=()):
+    def _claim(conn, w, free, room, now, picked, taken):
         """Up to `free` pending task ids for worker w, oldest first, within batch caps,
-        but none of `taken` (claimed earlier in this pass, and still pending until its end).
-        With no capped batch (no `room` to count), they are taken (assigned) at once."""
-        if not room:        # what this pass took earlier is assigned already: no `taken`
+        but none of `picked` (claimed earlier in this pass, and still pending until its end).
+        With no capped batch (no `room` to count), they are taken (assigned) at once, and
+        what runs them goes in `taken` (task id -> row)."""
+        if not room:        # what this pass took earlier is assigned already: none is picked
             params = {"n": free, "now": now, "of_batch": w.batch_id, "full": [], "taken": []}
-            return sorted(conn.execute(TAKE_ANY if w.batch_id is None else TAKE_BATCH, params).scalars())
+            rows = conn.execute(TAKE_ANY if w.batch_id is None else TAKE_BATCH, params).all()
+            taken.update((row[0], row) for row in rows)
+            return sorted(row[0] for row in rows)
         ids = []
         for _ in range(3):      # a capped batch can fill up midway: then look past it
             claim = CLAIM_ANY if w.batch_id is None else CLAIM_BATCH
             params = {"n": free - len(ids), "now": now, "of_batch": w.batch_id,
-                      "full": [bid for bid, n in room.items() if n <= 0], "taken": [*taken, *ids]}
+                      "full": [bid for bid, n in room.items() if n <= 0], "taken": [*picked, *ids]}
             skipped = False
             rows = conn.execute(claim, params).all()
             for tid, bid in rows:
@@ -429,9 +439,17 @@ class Dispatcher(Loop):
         busy = dict(conn.execute(BUSY_IN_BATCHES, {"ids": list(capped)}).all())
         return {bid: cap - busy.get(bid, 0) for bid, cap in capped.items()}
 
+    def write_heard(self):
+        """Write when the workers this process heard were last heard (see scitq.server.heard)."""
+        self._last_heard = time.monotonic()
+        with self.db.write() as s:
+            self.heard.write(s)
+
     def sweep(self):
         """Workers silent for longer than the lease are lost; their tasks go back to pending.
-        Another server process sweeping meanwhile: it does it (once, not twice over)."""
+        Another server process sweeping meanwhile: it does it (once, not twice over). What
+        this process heard is written first."""
+        self.write_heard()
         cutoff = utcnow() - timedelta(seconds=self.lease)
         with self.db.write() as s:
             if not lock_in(s, "lease_sweep", wait=False):
@@ -448,17 +466,6 @@ class Dispatcher(Loop):
         if stale:
             self.wake()
         return len(stale)
-
-
-def _handed(s, made):
-    """{worker id: [assignment]} of a pass's new executions ({worker id: [execution id]}): what
-    each worker's waiting poll answers with, by one query for the whole pass rather than one
-    read per woken poll (a read transaction of an idle worker's submit-to-start)."""
-    owner = {eid: wid for wid, ids in made.items() for eid in ids}
-    handed = {}
-    for a in assignments(s, list(owner)):
-        handed.setdefault(owner[a["execution_id"]], []).append(a)
-    return handed
 
 
 def _mark_idle(s, workers, made, active, now):

@@ -1,6 +1,5 @@
 """The calls workers make: registration, heartbeats, settings, what a poll reads, and the reports
 (whose meaning for each execution is the lifecycle's)."""
-import math
 import re
 
 from sqlalchemy import bindparam, func, select, update
@@ -8,6 +7,7 @@ from sqlalchemy import bindparam, func, select, update
 from scitq.errors import BadRequest, Conflict, Forbidden, NotFound
 from scitq.server import lifecycle, tokens
 from scitq.server.db import record
+from scitq.server.heard import clean_stats
 from scitq.server.dispatch import ACTIVE, EXECUTION
 from scitq.server.lifecycle import give_back
 from scitq.server.lifecycle.executions import ENDED
@@ -199,14 +199,10 @@ def running_counts(s, worker_ids=None):
     return dict(s.execute(q).all())
 
 
-HEARTBEAT_EVERY = 5.0   # seconds: a poll refreshes last_seen (and stats) at most this often
-
-
-def needs_heartbeat(worker, lease):
-    """Polls come back-to-back under load: writing last_seen for each would cost a write
-    transaction per task. A few times per lease is enough."""
-    return (worker.status == WorkerStatus.LOST.value
-            or (utcnow() - worker.last_seen).total_seconds() >= min(HEARTBEAT_EVERY, lease / 4))
+def needs_heartbeat(worker):
+    """Whether hearing the worker changes its row now: a worker marked lost is back. Else
+    its call is only noted (scitq.server.heard: written for all workers once a second)."""
+    return worker.status == WorkerStatus.LOST.value
 
 
 FINAL_REPORTS = ("succeeded", "failed", "released")     # report statuses that end an execution
@@ -227,12 +223,10 @@ def keep_depth(worker, depth):
 
 
 def heartbeat(s, worker, stats):
+    """Hear the worker in this transaction (its time and stats written now)."""
     worker.last_seen = utcnow()
-    for key in ("load", "memory", "disk"):
-        value = stats.get(key)
-        # JSON from Python may say NaN or Infinity: not a load, and no JSON to answer with.
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            setattr(worker, key, float(value))
+    for key, value in clean_stats(stats).items():
+        setattr(worker, key, value)
     if worker.status == WorkerStatus.LOST.value:
         # It was only slow: its executions were given back already, but it may work again
         # (or stay paused, if it was paused when it fell silent).

@@ -296,11 +296,13 @@ class Poll(Resource):
 def _look(st, worker_id, body, first):
     """One read (and one connection): the worker's settings, what was assigned to it, the
     signals for it and what it holds that is no longer its own. The first look of a poll
-    heartbeats when the worker's row needs it (a few times per lease: it may bring a lost
-    worker back) or its depth changed, and then looks."""
+    hears the worker; when that changes its row (a lost worker is back) or its depth
+    changed, it writes them, and then looks."""
     with WORKER_CALLS(worker_id, st.dispatcher.lease / 3), st.db.read() as s:
         w = worker_calls.worker_settings(s, worker_id)
-        stale = first and (worker_calls.needs_heartbeat(w, st.dispatcher.lease)
+        if first:
+            st.dispatcher.heard.note(worker_id, body.get("stats"))
+        stale = first and (worker_calls.needs_heartbeat(w)
                            or worker_calls.new_depth(w, body.get("depth")) is not None)
         if not stale:
             settings = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status}
@@ -347,9 +349,9 @@ class Reports(Resource):
         with WORKER_CALLS(worker_id, st.dispatcher.lease / 3), st.db.write() as s:
             # With more, its row is locked first: dispatch passes leave it to this claim.
             w = worker_calls.get_worker(s, worker_id, lock=bool(body.get("more")))
-            # Reports come back-to-back under load: last_seen is written a few times per
-            # lease, not once per request (polls keep it fresh too).
-            if worker_calls.needs_heartbeat(w, st.dispatcher.lease):
+            # Heard: noted, and written with every other worker's about once a second.
+            st.dispatcher.heard.note(worker_id)
+            if worker_calls.needs_heartbeat(w):
                 worker_calls.heartbeat(s, w, {})
             worker_calls.keep_depth(w, body.get("depth"))
             acked, refused = worker_calls.apply_reports(s, w, body.get("reports") or [], st.outputs)
@@ -358,8 +360,7 @@ class Reports(Resource):
             elif body.get("more"):
                 claimed = st.dispatcher.claim_for(s, w)
                 if claimed:
-                    st.notifier.delivered(worker_id, claimed)
-                    claimed = assignments(s, claimed)
+                    st.notifier.delivered(worker_id, [a["execution_id"] for a in claimed])
             w.save(s)
         ended = acked and any(r.get("status") in worker_calls.FINAL_REPORTS for r in body.get("reports") or ())
         if ended:
