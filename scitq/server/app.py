@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, Request, jsonify, redirect, request, send_from_directory
+from flask.sessions import SessionInterface
 from werkzeug.exceptions import BadRequest as HTTPBadRequest, HTTPException
 
 from scitq.server.access import access, install as install_access
@@ -156,6 +157,17 @@ def _start_tls(config, state):
     state.also, state.bridge_tls = ((bridge, context),), context is not None
 
 
+class NoCookieSession(SessionInterface):
+    """No Flask cookie session: the UI's login is a session of its own (ui.sessions), and
+    opening Flask's signed one built a serializer for each request, a worker's poll too."""
+
+    def open_session(self, app, request):
+        return self.make_null_session(app)
+
+    def save_session(self, app, session, response):
+        pass
+
+
 def create_app(config=None):
     """Build the app. config keys: DATA_DIR, DATABASE (URL), LEASE (seconds), PROVIDERS
     (a mapping of provider settings) or PROVIDERS_FILE (YAML; default DATA_DIR/providers.yaml),
@@ -167,6 +179,7 @@ def create_app(config=None):
     names and addresses its own certificate is for)."""
     app = Flask("scitq.server")     # the package's name: its logger and root path, as ever
     app.request_class = JSONRequest
+    app.session_interface = NoCookieSession()
     app.config.update(MAX_CONTENT_LENGTH=64 << 20, RESTX_MASK_SWAGGER=False,
                       RESTX_ERROR_404_HELP=False, JSON_SORT_KEYS=False)
     app.config.update(config or {})

@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, literal_column, or_, select, update
+from sqlalchemy import bindparam, case, func, literal_column, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from scitq.server import dialect, lifecycle
@@ -88,6 +88,20 @@ TASKS_ASSIGNED = update(TASK).where(TASK.c.id.in_(_ids)).values(**_TAKEN).return
 # (one round trip, not two): UPDATE ... WHERE id IN (the claim) RETURNING what runs them.
 TAKE_ANY, TAKE_BATCH = (
     update(TASK).where(TASK.c.id.in_(claim.with_only_columns(TASK.c.id).scalar_subquery()))
+    .values(**_TAKEN).returning(*TASK_ASSIGNED)
+    for claim in (CLAIM_ANY, CLAIM_BATCH))
+
+
+# A report's inline claim, in one statement while tasks are pending and no batch has a cap:
+# the worker's room (`cap` less what it holds, counted after its row is locked, in the
+# statement's own snapshot) is the LIMIT of the claim that takes them.
+_HELD = (select(func.count()).select_from(EXECUTION)
+         .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
+         .scalar_subquery())
+_ROOM = case((bindparam("cap") - _HELD > 0, bindparam("cap") - _HELD), else_=0)
+TAKE_ANY_FOR, TAKE_BATCH_FOR = (
+    update(TASK).where(TASK.c.id.in_(claim.with_only_columns(TASK.c.id).limit(_ROOM)
+                                     .where(~CAPPED_BATCHES.exists()).scalar_subquery()))
     .values(**_TAKEN).returning(*TASK_ASSIGNED)
     for claim in (CLAIM_ANY, CLAIM_BATCH))
 
@@ -327,29 +341,44 @@ class Dispatcher(Loop):
         """Fill one worker now, in the caller's transaction: a worker reporting ended tasks
         takes its next ones in the answer, without waiting for a pass, a notification and
         its poll. The caller holds the worker's row locked (FOR UPDATE), so no pass fills
-        it meanwhile; SKIP LOCKED keeps two claims off the same tasks.
+        it meanwhile; SKIP LOCKED keeps two claims off the same tasks. Under load it is one
+        statement (TAKE_ANY_FOR: the worker's room is its LIMIT).
 
-        Returns the new assignments (as a poll gives them), or None when a batch with a cap is active and a
-        pass holds the dispatch lock: caps are counted under that lock, and waiting for it
-        while holding rows could deadlock, so then the caller wakes the dispatcher, which
-        fills the worker as usual."""
+        Returns the new assignments (as a poll gives them), or None when a batch with a cap
+        is active and a pass holds the dispatch lock: caps are counted under that lock, and
+        waiting for it while holding rows could deadlock, so then the caller wakes the
+        dispatcher, which fills the worker as usual."""
         if worker.status != WorkerStatus.RUNNING.value:
             return []
-        conn = s.connection()
-        held, capped = conn.execute(HELD_AND_CAPPED, {"worker_id": worker.id}).one()
-        if held >= worker.concurrency + ahead(worker):
-            return []       # full (a start reported, the next task queued): nothing to count
-        active = {worker.id: held} if held else {}
-        room = self._batch_room(conn) if capped else {}
-        if room and not self.db.is_sqlite:
-            if not lock_in(conn, "dispatch", wait=False):
+        conn, now = s.connection(), utcnow()
+        params = {"worker_id": worker.id, "cap": worker.concurrency + ahead(worker), "now": now,
+                  "of_batch": worker.batch_id, "full": [], "taken": []}
+        rows = conn.execute(TAKE_ANY_FOR if worker.batch_id is None else TAKE_BATCH_FOR, params).all()
+        if rows:        # the common case under load: room, tasks pending, no cap
+            claims = self._executions(s, [(worker, sorted(row[0] for row in rows))],
+                                      {row[0]: row for row in rows}, now)
+        else:           # full, nothing pending, or a capped batch: see which
+            claims = self._claim_capped(s, conn, worker, now)
+            if claims is None:
                 return None
-            room = self._batch_room(conn)       # as counted under the lock
-        now = utcnow()
-        claims = self._assign(s, [worker], active, room, now)
         if claims and worker.idle_since is not None:
             worker.idle_since = None
         return claims.get(worker.id, [])
+
+    def _claim_capped(self, s, conn, worker, now):
+        """claim_for when its one-statement claim took nothing: {} when the worker is full or
+        no batch has a cap, else a claim within the caps (None: a pass holds the lock)."""
+        held, capped = conn.execute(HELD_AND_CAPPED, {"worker_id": worker.id}).one()
+        if held >= worker.concurrency + ahead(worker):
+            return {}       # full (a start reported, the next task queued): nothing to count
+        room = self._batch_room(conn) if capped else {}
+        if not room:
+            return {}
+        if not self.db.is_sqlite:
+            if not lock_in(conn, "dispatch", wait=False):
+                return None
+            room = self._batch_room(conn)       # as counted under the lock
+        return self._assign(s, [worker], {worker.id: held} if held else {}, room, now)
 
     def _assign(self, s, workers, active, room, now):
         """Claim pending tasks for these workers (up to concurrency + prefetch each, oldest
@@ -367,6 +396,13 @@ class Dispatcher(Loop):
         if room:        # the claims only picked them (see _claim)
             taken = {row[0]: row for row in conn.execute(
                 TASKS_ASSIGNED, {"ids": [tid for _, ids in claims for tid in ids], "now": now})}
+        return self._executions(s, claims, taken, now)
+
+    @staticmethod
+    def _executions(s, claims, taken, now):
+        """The executions and events of tasks taken ([(worker, task ids)]; `taken`: task id
+        -> its TASK_ASSIGNED row). Returns {worker id: [assignment]}."""
+        conn = s.connection()
         new = [{"task_id": tid, "worker_id": w.id, "worker_name": w.name,
                 "status": ExecutionStatus.ASSIGNED.value, "assigned_at": now,
                 "stdout_bytes": 0, "stderr_bytes": 0, "signal_seq": 0,
