@@ -100,6 +100,21 @@ class Sampler(threading.Thread):
         return t.user + t.system
 
 
+def request_counts(client):
+    """{endpoint: requests served so far} and the dispatch passes, from the server's /metrics
+    (read with prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    counts = {}
+    for family in text_string_to_metric_families(client.http.get(client.server + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "scitq_http_request_seconds_count":
+                key = sample.labels.get("endpoint") or "?"
+                counts[key] = counts.get(key, 0) + sample.value
+            elif sample.name == "scitq_dispatch_seconds_count":
+                counts["dispatch passes"] = sample.value
+    return counts
+
+
 def live_duplicates(db_url):
     """Tasks with two executions assigned or running at once (must be none)."""
     import sqlalchemy
@@ -155,12 +170,14 @@ def run_fleet(cluster, n, args, tmp):
             time.sleep(args.warmup)
             probe = Probe(server.url, token, "fleet")
             done0, t0, cpu0 = c.batch("fleet")["counts"]["succeeded"], time.monotonic(), sampler.cpu()
+            calls0 = request_counts(c)
             probe.start()
             dups = 0
             for _ in range(max(1, int(args.window // 10))):
                 time.sleep(args.window / max(1, int(args.window // 10)))
                 dups = max(dups, live_duplicates(db_url))
             done1, t1, cpu1 = c.batch("fleet")["counts"]["succeeded"], time.monotonic(), sampler.cpu()
+            calls1 = request_counts(c)
             probe.stop.set()
             probe.join()
             sampler.stop.set()
@@ -183,7 +200,9 @@ def run_fleet(cluster, n, args, tmp):
         return {"workers": n, "registered": registered, "rate": rate, "ideal": ideal, "probe": probe.times,
                 "probe_errors": probe.errors, "retries": retries, "refused": refused, "lost": lost, "dups": dups,
                 "failed": failed, "rss": sampler.rss, "threads": sampler.threads, "fds": sampler.fds,
-                "server_cpu": (cpu1 - cpu0) / (t1 - t0)}
+                "server_cpu": (cpu1 - cpu0) / (t1 - t0),
+                "per_task": {k: (v - calls0.get(k, 0)) / max(done1 - done0, 1) for k, v in calls1.items()
+                             if v - calls0.get(k, 0) > 0}}
     finally:
         for proc, log in sims:
             if proc.poll() is None:
@@ -244,7 +263,10 @@ def report(r, args):
     print(f"{r['workers']} workers{whole}: {r['rate']:.1f} tasks/s done (ideal {r['ideal']:.1f}), {probe}, "
           f"{r['retries']} worker retries ({r['refused']} of them 503 refusals), {len(r['probe_errors'])} probe errors "
           f"{r['probe_errors'][:3]}, {r['lost']} lost, {r['dups']} dup, {r['failed']} failed, "
-          f"server CPU {100 * r['server_cpu']:.0f}%", flush=True)
+          f"server CPU {100 * r['server_cpu']:.0f}% ({1000 * r['server_cpu'] / max(r['rate'], 1e-9):.2f} ms a task)",
+          flush=True)
+    calls = sorted(r["per_task"].items(), key=lambda kv: -kv[1])
+    print("  served per task done (from /metrics): " + ", ".join(f"{k} {v:.2f}" for k, v in calls[:8]), flush=True)
 
 
 if __name__ == "__main__":
