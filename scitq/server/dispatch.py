@@ -55,11 +55,10 @@ CLAIM_ANY = (select(TASK.c.id, TASK.c.batch_id)
 # What an inline claim reads first, in one round trip: what the worker holds (by worker id:
 # the index on (worker_id, status) answers without reading the history of executions), and
 # whether a batch with a cap is active (only then is its room counted).
-HELD_AND_CAPPED = select(
-    select(func.count()).select_from(EXECUTION)
-    .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
-    .scalar_subquery(),
-    CAPPED_BATCHES.exists())
+_HELD = (select(func.count()).select_from(EXECUTION)
+         .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
+         .scalar_subquery())
+HELD_AND_CAPPED = select(_HELD, CAPPED_BATCHES.exists())
 ACTIVE_COUNT = (select(func.count()).select_from(EXECUTION)
                 .where(EXECUTION.c.worker_id == WORKER.c.id, EXECUTION.c.status.in_(ACTIVE))
                 .correlate(WORKER).scalar_subquery())
@@ -95,9 +94,6 @@ TAKE_ANY, TAKE_BATCH = (
 # A report's inline claim, in one statement while tasks are pending and no batch has a cap:
 # the worker's room (`cap` less what it holds, counted after its row is locked, in the
 # statement's own snapshot) is the LIMIT of the claim that takes them.
-_HELD = (select(func.count()).select_from(EXECUTION)
-         .where(EXECUTION.c.worker_id == bindparam("worker_id"), EXECUTION.c.status.in_(ACTIVE))
-         .scalar_subquery())
 _ROOM = case((bindparam("cap") - _HELD > 0, bindparam("cap") - _HELD), else_=0)
 TAKE_ANY_FOR, TAKE_BATCH_FOR = (
     update(TASK).where(TASK.c.id.in_(claim.with_only_columns(TASK.c.id).limit(_ROOM)

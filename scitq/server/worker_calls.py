@@ -65,10 +65,9 @@ def get_worker(s, worker_id, lock=False):
 
 
 def worker_settings(s, worker_id):
-    """What a poll needs of its worker (status, concurrency, prefetch, last_seen), without
+    """What a poll needs of its worker (status, concurrency, prefetch, depth), without
     loading the whole row and its batch."""
-    row = s.execute(select(Worker.status, Worker.concurrency, Worker.prefetch, Worker.depth,
-                           Worker.last_seen)
+    row = s.execute(select(Worker.status, Worker.concurrency, Worker.prefetch, Worker.depth)
                     .where(Worker.id == worker_id)).first()
     if row is None:
         raise NotFound(f"no worker {worker_id}")
